@@ -1,0 +1,210 @@
+import { readFile, stat } from 'node:fs/promises';
+import { FerryError } from '../../core/errors.js';
+import { loadPrivateKey } from '../../core/keys.js';
+import { peekRootPayload } from '../../core/root.js';
+import { parseEnvelope } from '../../core/dsse.js';
+import { createBundle } from '../../bundler/create.js';
+import { blobDigestsIn } from '../../bundler/entries.js';
+import { fileSource, readBundle, type BundleContents } from '../../bundler/reader.js';
+import { signBundle } from '../../bundler/sign.js';
+import { loadSpec } from '../../bundler/spec.js';
+import { readRootFile } from './trust.js';
+import {
+  humanBytes,
+  jsonOption,
+  list,
+  parseSize,
+  printJson,
+  progressBar,
+  str,
+  type Command,
+  type Io,
+} from './common.js';
+
+export const bundleCreate: Command = {
+  summary:
+    'Builds a signed bundle from a spec (paths relative to the spec file). Each --key signs the manifest.\n' +
+    '--volume-size splits the bundle into self-verifying volumes; --base omits blobs an older bundle carries;\n' +
+    '--root adds a root envelope so that sites can walk a rotation.',
+  usage:
+    '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry] [--root ROOT.json]... [--json]',
+  options: {
+    spec: { type: 'string' },
+    key: { type: 'string', multiple: true },
+    out: { type: 'string' },
+    'volume-size': { type: 'string' },
+    base: { type: 'string' },
+    root: { type: 'string', multiple: true },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
+    const out = str(p, 'out');
+    const volumeSize = p.values['volume-size'] ? parseSize(str(p, 'volume-size'), 'volume-size') : undefined;
+    const base = str(p, 'base', false);
+    const roots = await Promise.all(
+      list(p, 'root', false).map(async (path) => {
+        const bytes = await readFile(path);
+        return { version: peekRootPayload(parseEnvelope(bytes, path)).version, bytes };
+      }),
+    );
+    const spec = await loadSpec(str(p, 'spec'), Date.now());
+    const r = await createBundle(spec, out, {
+      signers,
+      roots,
+      ...(volumeSize !== undefined && { volumeSize }),
+      ...(base && { baseBlobs: await blobDigestsIn(base) }),
+      onProgress: p.json ? undefined : progressBar(io, 'bundling'),
+    });
+    if (p.json) {
+      printJson(io, {
+        ok: true,
+        publisher: r.manifest.publisher,
+        sequence: r.manifest.sequence,
+        expires: r.manifest.expires,
+        signers: signers.map((s) => s.keyid),
+        artifacts: r.manifest.artifacts,
+        volumes: r.volumes,
+        omitted: r.omitted,
+      });
+      return 0;
+    }
+    io.out(
+      `${r.manifest.publisher} sequence ${r.manifest.sequence}, ${r.manifest.artifacts.length} artifact(s), expires ${r.manifest.expires}`,
+    );
+    for (const v of r.volumes)
+      io.out(`  wrote ${v.path} (${humanBytes(v.bytes)}, ${v.blobs.length} blob(s))`);
+    if (r.omitted.length) io.out(`  omitted ${r.omitted.length} blob(s) the base already carries`);
+    return 0;
+  },
+};
+
+export const bundleSign: Command = {
+  summary:
+    'Adds one signature to a bundle (for thresholds held by different people). Everything after the manifest is copied unchanged.',
+  usage: 'FILE.ferry --key K [--json]',
+  options: { key: { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const file = p.positionals[0]!;
+    const r = await signBundle(file, await loadPrivateKey(str(p, 'key')));
+    if (p.json) printJson(io, { ok: true, file, ...r });
+    else io.out(`signed ${file} with ${r.keyid} (${r.signatures} signature(s) now)`);
+    return 0;
+  },
+};
+
+function reportJson(file: string, c: BundleContents): Record<string, unknown> {
+  const held = new Set(c.blobs);
+  const m = c.manifest;
+  return {
+    file,
+    verified: c.verified,
+    ...(c.verified
+      ? {
+          signers: c.signers,
+          threshold: c.threshold,
+          rootVersion: c.root?.payload.version,
+          adoptedRoots: c.adoptedRoots,
+        }
+      : { claimedKeyids: c.envelope.signatures.map((s) => s.keyid ?? null) }),
+    publisher: m.publisher,
+    sequence: m.sequence,
+    created: m.created,
+    expires: m.expires,
+    sites: m.sites,
+    artifacts: m.artifacts.map((a) => ({ ...a, inThisFile: held.has(a.sha256) })),
+    rollout: m.rollout ?? null,
+    pins: m.pins ?? {},
+    minAgentVersion: m.minAgentVersion ?? null,
+    rootEntries: c.rootEntries.map((r) => r.version),
+    blobs: c.blobs,
+    missing: c.missing,
+    complete: c.complete,
+    bytes: c.bytes,
+  };
+}
+
+function printHuman(io: Io, file: string, c: BundleContents): void {
+  const m = c.manifest;
+  const held = new Set(c.blobs);
+  io.out(`${file}: ${m.publisher} sequence ${m.sequence}`);
+  io.out(`  created ${m.created}, expires ${m.expires}, sites ${m.sites.join(', ')}`);
+  if (c.verified) {
+    io.out(
+      `  signed by ${c.signers.length} of threshold ${c.threshold} under root v${c.root?.payload.version}: ${c.signers.join(', ')}`,
+    );
+    if (c.adoptedRoots.length) io.out(`  root rotated through v${c.adoptedRoots.join(', v')}`);
+  } else {
+    io.out(
+      `  ${c.envelope.signatures.length} signature(s), NOT verified (use ferry bundle verify --trust root.json)`,
+    );
+  }
+  for (const a of m.artifacts) {
+    const what = [a.kind, a.version, a.platform, a.interpreter].filter(Boolean).join(' ');
+    io.out(
+      `  ${held.has(a.sha256) ? '+' : '-'} ${a.name} (${what}) ${humanBytes(a.size)} sha256:${a.sha256}`,
+    );
+  }
+  if (m.rollout)
+    io.out(
+      `  rollout: agent ${m.rollout.agent} in waves ${m.rollout.waves.map((w) => `${w.percent}%`).join(' → ')}`,
+    );
+  io.out(
+    c.complete
+      ? `  complete: holds all ${c.blobs.length} blob(s)`
+      : `  partial (volume or delta): holds ${c.blobs.length} blob(s), ${c.missing.length} travel separately`,
+  );
+}
+
+export const bundleInspect: Command = {
+  summary: 'Shows what a bundle contains, checking its structure and blob digests but NOT its signatures.',
+  usage: 'FILE.ferry [--json]',
+  options: { ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const file = p.positionals[0]!;
+    const c = await readBundle(fileSource(file));
+    if (p.json) printJson(io, { ok: true, ...reportJson(file, c) });
+    else printHuman(io, file, c);
+    return 0;
+  },
+};
+
+export const bundleVerify: Command = {
+  summary:
+    'Verifies a bundle offline against a pinned trust root: signatures meet the bundle threshold (following\n' +
+    'any root rotation the bundle carries), the manifest is valid and unexpired (and for --site, if given),\n' +
+    'every blob present matches its digest and size, and nothing else is in the file. Exit 0 only if valid.',
+  usage: 'FILE.ferry --trust root.json [--site S] [--json]',
+  options: { trust: { type: 'string' }, site: { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const file = p.positionals[0]!;
+    const trusted = await readRootFile(str(p, 'trust'));
+    const site = str(p, 'site', false) || undefined;
+    let c: BundleContents;
+    try {
+      c = await readBundle(fileSource(file), {
+        trusted,
+        ...(site && { site }),
+        onProgress: p.json ? undefined : progressTracker(io, (await stat(file)).size),
+      });
+    } catch (e) {
+      if (e instanceof FerryError) throw new FerryError(e.code, `${file}: ${e.message}`, { cause: e });
+      throw e;
+    }
+    if (p.json) printJson(io, { ok: true, ...reportJson(file, c) });
+    else {
+      printHuman(io, file, c);
+      io.out('OK: bundle verified');
+    }
+    return 0;
+  },
+};
+
+function progressTracker(io: Io, total: number): ((bytes: number) => void) | undefined {
+  if (!io.isTTY) return undefined;
+  const bar = progressBar(io, 'verifying');
+  return (bytes) => bar(bytes, total);
+}

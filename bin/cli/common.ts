@@ -1,0 +1,152 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { FerryError, isFerryError } from '../../core/errors.js';
+
+export interface Io {
+  out: (line: string) => void;
+  err: (line: string) => void;
+  isTTY: boolean;
+}
+
+export const stdio: Io = {
+  out: (l) => process.stdout.write(l + '\n'),
+  err: (l) => process.stderr.write(l + '\n'),
+  isTTY: Boolean(process.stderr.isTTY),
+};
+
+export interface Command {
+  summary: string;
+  usage: string;
+  options: NonNullable<ParseArgsConfig['options']>;
+  positionals?: { min: number; max: number };
+  run(args: Parsed, io: Io): Promise<number>;
+}
+
+export interface Parsed {
+  values: Record<string, string | boolean | string[] | undefined>;
+  positionals: string[];
+  json: boolean;
+}
+
+export const jsonOption = { json: { type: 'boolean' } } as const;
+export const helpOption = { help: { type: 'boolean', short: 'h' } } as const;
+
+export function str(p: Parsed, name: string, required = true): string {
+  const v = p.values[name];
+  if (typeof v === 'string' && v !== '') return v;
+  if (required) throw new FerryError('USAGE', `--${name} is required`);
+  return '';
+}
+
+export function list(p: Parsed, name: string, required = true): string[] {
+  const v = p.values[name];
+  const arr = Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
+  if (required && arr.length === 0)
+    throw new FerryError('USAGE', `--${name} is required (it may be given more than once)`);
+  return arr;
+}
+
+export function int(p: Parsed, name: string, fallback?: number): number {
+  const v = p.values[name];
+  if (v === undefined && fallback !== undefined) return fallback;
+  if (typeof v !== 'string' || !/^[1-9][0-9]{0,5}$/.test(v))
+    throw new FerryError('USAGE', `--${name} must be a positive integer`);
+  return Number(v);
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** `4G`, `700M`, `1048576` (binary units). */
+export function parseSize(s: string, name: string): number {
+  const m = /^([1-9][0-9]*)([KMGT]?)(?:i?B)?$/i.exec(s);
+  if (!m) throw new FerryError('USAGE', `--${name} must be a size like 4G, 700M or a byte count`);
+  return Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!;
+}
+
+/** Runs a command with the exit-code contract: 0 ok, 1 refusal/failure, 2 usage. */
+export async function runCommand(cmd: Command, name: string, argv: string[], io: Io): Promise<number> {
+  const json = argv.includes('--json');
+  let parsed: Parsed;
+  try {
+    const r = parseArgs({
+      args: argv,
+      options: { ...cmd.options, ...helpOption },
+      allowPositionals: true,
+      strict: true,
+    });
+    if (r.values.help) {
+      io.out(`Usage: ferry ${name} ${cmd.usage}\n\n${cmd.summary}`);
+      return 0;
+    }
+    const pos = cmd.positionals ?? { min: 0, max: 0 };
+    if (r.positionals.length < pos.min || r.positionals.length > pos.max) {
+      throw new FerryError(
+        'USAGE',
+        r.positionals.length < pos.min ? 'missing argument' : `unexpected argument ${r.positionals.at(-1)}`,
+      );
+    }
+    parsed = { values: r.values, positionals: r.positionals, json };
+  } catch (e) {
+    return fail(
+      e instanceof FerryError ? e : new FerryError('USAGE', (e as Error).message),
+      io,
+      json,
+      `ferry ${name} ${cmd.usage}`,
+    );
+  }
+  try {
+    return await cmd.run(parsed, io);
+  } catch (e) {
+    return fail(e, io, json);
+  }
+}
+
+function fail(e: unknown, io: Io, json: boolean, usage?: string): number {
+  const err = isFerryError(e)
+    ? e
+    : new FerryError('IO_ERROR', (e as Error)?.message ?? String(e), { cause: e });
+  if (json) io.out(JSON.stringify({ ok: false, code: err.code, message: err.message }));
+  else {
+    io.err(`ferry: ${err.code}: ${err.message}`);
+    if (err.code === 'USAGE' && usage) io.err(`usage: ${usage}\n(see --help)`);
+  }
+  if (!isFerryError(e) && process.env.FERRY_DEBUG) io.err(String((e as Error)?.stack));
+  return err.code === 'USAGE' ? 2 : 1;
+}
+
+export function printJson(io: Io, value: unknown): void {
+  io.out(JSON.stringify(value, null, 2));
+}
+
+export function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+/** A progress line on a TTY for large work; silent otherwise. */
+export function progressBar(
+  io: Io,
+  label: string,
+  minTotal = 64 * 1024 * 1024,
+): (done: number, total: number) => void {
+  if (!io.isTTY) return () => undefined;
+  let last = 0;
+  return (done, total) => {
+    if (total < minTotal) return;
+    const now = Date.now();
+    if (now - last < 100 && done < total) return;
+    last = now;
+    const pct = total ? Math.floor((done / total) * 100) : 100;
+    const width = 30;
+    const fill = Math.round((pct / 100) * width);
+    process.stderr.write(
+      `\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${humanBytes(done)}/${humanBytes(total)}`,
+    );
+    if (done >= total) process.stderr.write('\n');
+  };
+}

@@ -1,0 +1,136 @@
+import { readFile } from 'node:fs/promises';
+import { serializeEnvelope, type Signer } from '../../core/dsse.js';
+import { FerryError } from '../../core/errors.js';
+import { writeFileAtomic } from '../../core/fsx.js';
+import { isPrivate, loadAnyKey, loadPrivateKey, type PublicKey } from '../../core/keys.js';
+import {
+  buildRootPayload,
+  loadPinnedRoot,
+  signRoot,
+  trustPinnedRoot,
+  verifyNextRoot,
+  type RootPayload,
+  type TrustedRoot,
+} from '../../core/root.js';
+import { resolveExpiry } from '../../core/time.js';
+import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
+
+async function loadKeys(paths: string[]): Promise<(PublicKey | Signer)[]> {
+  return Promise.all(paths.map((p) => loadAnyKey(p)));
+}
+
+function signersOf(keys: (PublicKey | Signer)[]): Signer[] {
+  return keys.filter((k): k is Signer & PublicKey => isPrivate(k as PublicKey));
+}
+
+export async function readRootFile(path: string): Promise<TrustedRoot> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw new FerryError('IO_ERROR', `cannot read trust root ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  return loadPinnedRoot(bytes);
+}
+
+function report(io: Io, json: boolean, out: string, payload: RootPayload, signers: number): void {
+  const { root, bundle } = payload.roles;
+  if (json) {
+    printJson(io, {
+      ok: true,
+      out,
+      version: payload.version,
+      expires: payload.expires,
+      roles: payload.roles,
+      signatures: signers,
+    });
+    return;
+  }
+  io.out(`wrote ${out}: root v${payload.version}, expires ${payload.expires}`);
+  io.out(
+    `  root role:   ${root.threshold} of ${root.keyids.length} (${root.keyids.map((k) => k.slice(0, 12)).join(', ')})`,
+  );
+  io.out(
+    `  bundle role: ${bundle.threshold} of ${bundle.keyids.length} (${bundle.keyids.map((k) => k.slice(0, 12)).join(', ')})`,
+  );
+}
+
+export const trustInit: Command = {
+  summary:
+    'Creates version 1 of a trust root. Root keys given as private .key files sign it; it must meet\n' +
+    'its own root threshold. Bundle keys may be .pub or .key files.',
+  usage:
+    '--root-key K... --root-threshold N --bundle-key PUB... --bundle-threshold M --expires 365d --out root.json [--json]',
+  options: {
+    'root-key': { type: 'string', multiple: true },
+    'root-threshold': { type: 'string' },
+    'bundle-key': { type: 'string', multiple: true },
+    'bundle-threshold': { type: 'string' },
+    expires: { type: 'string' },
+    out: { type: 'string' },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const rootKeys = await loadKeys(list(p, 'root-key'));
+    const bundleKeys = await loadKeys(list(p, 'bundle-key'));
+    const out = str(p, 'out');
+    const payload = buildRootPayload({
+      version: 1,
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      rootKeys: rootKeys as PublicKey[],
+      rootThreshold: int(p, 'root-threshold', 1),
+      bundleKeys: bundleKeys as PublicKey[],
+      bundleThreshold: int(p, 'bundle-threshold', 1),
+    });
+    const env = signRoot(payload, signersOf(rootKeys));
+    trustPinnedRoot(env); // refuses unless a threshold of its own root keys signed
+    await writeFileAtomic(out, serializeEnvelope(env));
+    report(io, p.json, out, payload, env.signatures.length);
+    return 0;
+  },
+};
+
+export const trustRotate: Command = {
+  summary:
+    'Creates root v(N+1) from v(N). It must be signed by a threshold of the old root keys AND a\n' +
+    'threshold of its own; give every private key that signs with --sign-key. Keys and thresholds not\n' +
+    'given are carried over.',
+  usage:
+    '--from root.json --sign-key K... [--root-key K...] [--root-threshold N] [--bundle-key K...] [--bundle-threshold M] [--expires 365d] --out root2.json [--json]',
+  options: {
+    from: { type: 'string' },
+    'sign-key': { type: 'string', multiple: true },
+    'root-key': { type: 'string', multiple: true },
+    'root-threshold': { type: 'string' },
+    'bundle-key': { type: 'string', multiple: true },
+    'bundle-threshold': { type: 'string' },
+    expires: { type: 'string' },
+    out: { type: 'string' },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const old = await readRootFile(str(p, 'from'));
+    const out = str(p, 'out');
+    const signers = await Promise.all(list(p, 'sign-key').map((k) => loadPrivateKey(k)));
+    const carried = (role: 'root' | 'bundle'): PublicKey[] =>
+      old.payload.roles[role].keyids.map((keyid) => ({
+        keyid,
+        publicKey: Buffer.from(old.payload.keys[keyid]!.public, 'hex'),
+      }));
+    const rootPaths = list(p, 'root-key', false);
+    const bundlePaths = list(p, 'bundle-key', false);
+    const payload = buildRootPayload({
+      version: old.payload.version + 1,
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      rootKeys: rootPaths.length ? ((await loadKeys(rootPaths)) as PublicKey[]) : carried('root'),
+      rootThreshold: int(p, 'root-threshold', old.payload.roles.root.threshold),
+      bundleKeys: bundlePaths.length ? ((await loadKeys(bundlePaths)) as PublicKey[]) : carried('bundle'),
+      bundleThreshold: int(p, 'bundle-threshold', old.payload.roles.bundle.threshold),
+    });
+    const env = signRoot(payload, signers);
+    verifyNextRoot(old, env); // refuses unless both thresholds are met
+    await writeFileAtomic(out, serializeEnvelope(env));
+    report(io, p.json, out, payload, env.signatures.length);
+    return 0;
+  },
+};

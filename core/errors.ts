@@ -1,0 +1,57 @@
+/**
+ * Coded errors. Callers branch on `code`, never on message text. Every refusal
+ * ferry makes is one of these, with a one-line message that names the reason.
+ */
+export type FerryErrorCode =
+  // usage and input files
+  | 'USAGE'
+  | 'SPEC_INVALID'
+  | 'IO_ERROR'
+  // keys
+  | 'KEY_INVALID'
+  | 'KEY_PERMISSIONS'
+  // DSSE envelopes
+  | 'ENVELOPE_INVALID'
+  | 'PAYLOAD_TYPE_MISMATCH'
+  | 'SIGNATURE_THRESHOLD'
+  // trust root
+  | 'ROOT_INVALID'
+  | 'ROOT_EXPIRED'
+  | 'ROOT_CHAIN_BROKEN'
+  | 'ROOT_ROLLBACK'
+  | 'ROOT_SIGNATURE'
+  // manifest
+  | 'MANIFEST_INVALID'
+  | 'MANIFEST_EXPIRED'
+  | 'MANIFEST_TOO_LARGE'
+  | 'SITE_MISMATCH'
+  // bundle container
+  | 'TAR_INVALID'
+  | 'TAR_TRUNCATED'
+  | 'ENTRY_TYPE_FORBIDDEN'
+  | 'ENTRY_NAME_FORBIDDEN'
+  | 'ENTRY_DUPLICATE'
+  | 'ENTRY_ORDER'
+  | 'ENTRY_NOT_IN_MANIFEST'
+  | 'ENTRY_TOO_LARGE'
+  | 'BLOB_DIGEST_MISMATCH'
+  | 'BLOB_SIZE_MISMATCH'
+  | 'BUNDLE_INCOMPLETE';
+
+export class FerryError extends Error {
+  readonly code: FerryErrorCode;
+
+  constructor(code: FerryErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'FerryError';
+    this.code = code;
+  }
+}
+
+export function isFerryError(e: unknown): e is FerryError {
+  return e instanceof FerryError;
+}
+
+export function usage(message: string): FerryError {
+  return new FerryError('USAGE', message);
+}

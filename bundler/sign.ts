@@ -46,7 +46,7 @@ export async function signBundle(
   const env = parseEnvelope(envBytes, 'manifest envelope');
   const body = decodeBase64Strict(env.payload, 'manifest payload');
   if (countSigners(env, body, new Map([[key.keyid, key.publicKey]])).length > 0) {
-    throw new FerryError('USAGE', `bundle is already signed by key ${key.keyid}`);
+    throw new FerryError('ALREADY_SIGNED', `bundle is already signed by key ${key.keyid}`);
   }
   const signed = addSignature(env, key);
   const newEnv = Buffer.from(serializeEnvelope(signed));

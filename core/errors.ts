@@ -14,6 +14,7 @@ export type FerryErrorCode =
   | 'ENVELOPE_INVALID'
   | 'PAYLOAD_TYPE_MISMATCH'
   | 'SIGNATURE_THRESHOLD'
+  | 'ALREADY_SIGNED'
   // trust root
   | 'ROOT_INVALID'
   | 'ROOT_EXPIRED'

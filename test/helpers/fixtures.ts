@@ -17,7 +17,9 @@ import { resolveSpec } from '../../bundler/spec.js';
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const FERRY_BIN = join(REPO, 'dist/bin/ferry.js');
 
-export async function tempDir(prefix = 'ferry-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function tempDir(
+  prefix = 'ferry-test-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
@@ -82,9 +84,25 @@ export interface ArtifactInput {
 }
 
 export const SAMPLE_ARTIFACTS: ArtifactInput[] = [
-  { name: 'ferry-agent', kind: 'agent', version: '1.4.2', platform: 'linux-x64', content: Buffer.alloc(70_000, 7) },
-  { name: 'rotate-logs', kind: 'script', version: '3', content: '#!/bin/sh\nfind /var/log/acme -mtime +7 -delete\n' },
-  { name: 'baseline', kind: 'policy', version: '7', content: JSON.stringify({ type: 'ferry.policy/v1', scripts: [] }) },
+  {
+    name: 'ferry-agent',
+    kind: 'agent',
+    version: '1.4.2',
+    platform: 'linux-x64',
+    content: Buffer.alloc(70_000, 7),
+  },
+  {
+    name: 'rotate-logs',
+    kind: 'script',
+    version: '3',
+    content: '#!/bin/sh\nfind /var/log/acme -mtime +7 -delete\n',
+  },
+  {
+    name: 'baseline',
+    kind: 'policy',
+    version: '7',
+    content: JSON.stringify({ type: 'ferry.policy/v1', scripts: [] }),
+  },
 ];
 
 /** Writes artifact files and a spec next to them; returns the spec path. */
@@ -106,7 +124,14 @@ export async function writeSpec(
       path: `art/${a.name}`,
     });
   }
-  const spec = { publisher: 'acme-ops', sequence: 1, expires: '90d', sites: ['plant-7'], artifacts: specArtifacts, ...overrides };
+  const spec = {
+    publisher: 'acme-ops',
+    sequence: 1,
+    expires: '90d',
+    sites: ['plant-7'],
+    artifacts: specArtifacts,
+    ...overrides,
+  };
   const path = join(dir, 'spec.json');
   await writeFile(path, JSON.stringify(spec, null, 2));
   return path;
@@ -116,7 +141,11 @@ export async function writeSpec(
 export async function buildBundle(
   w: World,
   out: string,
-  o: { spec?: Record<string, unknown>; artifacts?: ArtifactInput[]; now?: number } & Partial<CreateOptions> = {},
+  o: {
+    spec?: Record<string, unknown>;
+    artifacts?: ArtifactInput[];
+    now?: number;
+  } & Partial<CreateOptions> = {},
 ): Promise<CreateResult> {
   const specDir = await mkdtemp(join(w.dir, 'spec-'));
   const specPath = await writeSpec(specDir, o.spec, o.artifacts);
@@ -131,7 +160,10 @@ export interface RunResult {
 }
 
 /** Runs the built `ferry` binary as a child process. */
-export function ferry(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export function ferry(
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [FERRY_BIN, ...args], {
       cwd: opts.cwd,
@@ -158,7 +190,11 @@ export async function snapshotDir(dir: string): Promise<Record<string, string>> 
       if (e.isDirectory()) await walk(p);
       else {
         const st = await lstat(p);
-        const h = e.isFile() ? createHash('sha256').update(await readFile(p)).digest('hex') : 'special';
+        const h = e.isFile()
+          ? createHash('sha256')
+              .update(await readFile(p))
+              .digest('hex')
+          : 'special';
         out[p.slice(dir.length + 1)] = `${(st.mode & 0o7777).toString(8)}:${h}`;
       }
     }

@@ -1,0 +1,165 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { chmod, writeFile } from 'node:fs/promises';
+import { makeKey, makeRootEnvelope, tempDir } from '../test/helpers/fixtures.js';
+import { parseEnvelope, serializeEnvelope } from './dsse.js';
+import { loadPrivateKey, loadPublicKey, type PrivateKey } from './keys.js';
+import {
+  assertRootNotExpired,
+  loadPinnedRoot,
+  trustPinnedRoot,
+  verifyNextRoot,
+  walkRootChain,
+  type RootPayload,
+} from './root.js';
+import { isoUtc } from './time.js';
+
+let dir: string;
+let cleanup: () => Promise<void>;
+const k: Record<string, PrivateKey> = {};
+
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir());
+  for (const name of ['r1', 'r2', 'r3', 'n1', 'n2', 'b1', 'b2', 'evil']) k[name] = await makeKey(dir, name);
+});
+afterAll(() => cleanup());
+
+const code = (c: string) => expect.objectContaining({ code: c }) as Error;
+
+describe('keys', () => {
+  it('writes the private key 0600, refuses it once group/world readable, accepts .key where a .pub is asked', async () => {
+    const keyPath = join(dir, 'r1.key');
+    const pub = await loadPublicKey(join(dir, 'r1.pub'));
+    expect(pub.keyid).toBe(k.r1!.keyid);
+    expect((await loadPublicKey(keyPath)).keyid).toBe(k.r1!.keyid);
+    await chmod(keyPath, 0o640);
+    await expect(loadPrivateKey(keyPath)).rejects.toThrowError(code('KEY_PERMISSIONS'));
+    await chmod(keyPath, 0o604);
+    await expect(loadPrivateKey(keyPath)).rejects.toThrowError(code('KEY_PERMISSIONS'));
+    await chmod(keyPath, 0o600);
+    await expect(loadPrivateKey(keyPath)).resolves.toMatchObject({ keyid: k.r1!.keyid });
+    await expect(loadPrivateKey(join(dir, 'r1.pub'))).rejects.toThrowError(code('KEY_INVALID'));
+  });
+
+  it('refuses a key file whose keyid does not match its public key', async () => {
+    const path = join(dir, 'bad.pub');
+    const pub = {
+      type: 'ferry.pub/v1',
+      keytype: 'ed25519',
+      keyid: k.r2!.keyid,
+      public: Buffer.from(k.r1!.publicKey).toString('hex'),
+    };
+    await writeFile(path, JSON.stringify(pub));
+    await expect(loadPublicKey(path)).rejects.toThrowError(code('KEY_INVALID'));
+  });
+});
+
+describe('trust root', () => {
+  it('pins a root only when a threshold of its own root keys signed it', () => {
+    const two = makeRootEnvelope({
+      rootKeys: [k.r1!, k.r2!],
+      rootThreshold: 2,
+      bundleKeys: [k.b1!],
+      signers: [k.r1!],
+    });
+    expect(() => trustPinnedRoot(two)).toThrowError(code('ROOT_SIGNATURE'));
+    const ok = makeRootEnvelope({ rootKeys: [k.r1!, k.r2!], rootThreshold: 2, bundleKeys: [k.b1!] });
+    expect(trustPinnedRoot(ok).payload.version).toBe(1);
+    expect(loadPinnedRoot(serializeEnvelope(ok)).roles.bundle.threshold).toBe(1);
+  });
+
+  it('rotation: v2 needs a threshold of v1 root keys AND of its own', () => {
+    const v1 = trustPinnedRoot(
+      makeRootEnvelope({ rootKeys: [k.r1!, k.r2!], rootThreshold: 2, bundleKeys: [k.b1!] }),
+    );
+    const spec = { version: 2, rootKeys: [k.n1!, k.n2!], rootThreshold: 2, bundleKeys: [k.b2!] };
+    // only the new keys signed: the old root never approved it
+    expect(() => verifyNextRoot(v1, makeRootEnvelope({ ...spec, signers: [k.n1!, k.n2!] }))).toThrowError(
+      code('ROOT_SIGNATURE'),
+    );
+    // only the old keys signed: the new root keys never accepted the role
+    expect(() => verifyNextRoot(v1, makeRootEnvelope({ ...spec, signers: [k.r1!, k.r2!] }))).toThrowError(
+      code('ROOT_SIGNATURE'),
+    );
+    // one old key short of the old threshold
+    expect(() =>
+      verifyNextRoot(v1, makeRootEnvelope({ ...spec, signers: [k.r1!, k.n1!, k.n2!] })),
+    ).toThrowError(code('ROOT_SIGNATURE'));
+    const v2 = verifyNextRoot(v1, makeRootEnvelope({ ...spec, signers: [k.r1!, k.r2!, k.n1!, k.n2!] }));
+    expect(v2.payload.version).toBe(2);
+    expect([...v2.roles.bundle.keys.keys()]).toEqual([k.b2!.keyid]);
+  });
+
+  it('walks the chain one version at a time, never skipping or going back', () => {
+    const v1env = makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!] });
+    const v1 = trustPinnedRoot(v1env);
+    const v2env = makeRootEnvelope({
+      version: 2,
+      rootKeys: [k.r2!],
+      bundleKeys: [k.b1!],
+      signers: [k.r1!, k.r2!],
+    });
+    const v3env = makeRootEnvelope({
+      version: 3,
+      rootKeys: [k.r3!],
+      bundleKeys: [k.b2!],
+      signers: [k.r2!, k.r3!],
+    });
+    const skip3 = makeRootEnvelope({
+      version: 3,
+      rootKeys: [k.r3!],
+      bundleKeys: [k.b2!],
+      signers: [k.r1!, k.r3!],
+    });
+
+    const walked = walkRootChain(v1, [v3env, v1env, v2env]);
+    expect(walked.root.payload.version).toBe(3);
+    expect(walked.adopted.map((r) => r.payload.version)).toEqual([2, 3]);
+    // v1 → v3 directly, even when signed by v1's key, is a skip
+    expect(() => walkRootChain(v1, [skip3])).toThrowError(code('ROOT_CHAIN_BROKEN'));
+    expect(() => verifyNextRoot(v1, skip3)).toThrowError(code('ROOT_CHAIN_BROKEN'));
+    // a trusted v2 never goes back to v1
+    const v2 = verifyNextRoot(v1, v2env);
+    expect(() => verifyNextRoot(v2, v1env)).toThrowError(code('ROOT_ROLLBACK'));
+    expect(walkRootChain(v2, [v1env]).root.payload.version).toBe(2);
+    // a v3 signed by an attacker who holds no v2 root key
+    const evil3 = makeRootEnvelope({
+      version: 3,
+      rootKeys: [k.evil!],
+      bundleKeys: [k.evil!],
+      signers: [k.evil!],
+    });
+    expect(() => walkRootChain(v2, [evil3])).toThrowError(code('ROOT_SIGNATURE'));
+  });
+
+  it('refuses an expired final root', () => {
+    const old = trustPinnedRoot(
+      makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!], expires: isoUtc(Date.now() + 1000) }),
+    );
+    expect(() => assertRootNotExpired(old, Date.now() + 5000)).toThrowError(code('ROOT_EXPIRED'));
+  });
+
+  it('refuses root documents with inconsistent keys or roles', () => {
+    const env = makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!] });
+    type Doc = Omit<RootPayload, 'type'> & { type: string };
+    const payload = JSON.parse(Buffer.from(env.payload, 'base64').toString()) as Doc;
+    const mutate = (f: (p: Doc) => void) => {
+      const p = structuredClone(payload);
+      f(p);
+      return parseEnvelope(
+        JSON.stringify({ ...env, payload: Buffer.from(JSON.stringify(p)).toString('base64') }),
+      );
+    };
+    const bad = [
+      mutate((p) => (p.roles.root.threshold = 2)),
+      mutate((p) => (p.roles.bundle.keyids = ['00'.repeat(32)])),
+      mutate((p) => (p.version = 0)),
+      mutate((p) => {
+        const id = Object.keys(p.keys)[0]!;
+        p.keys['ab'.repeat(32)] = p.keys[id]!;
+      }),
+      mutate((p) => (p.type = 'ferry.root/v2')),
+    ];
+    for (const e of bad) expect(() => trustPinnedRoot(e)).toThrowError(code('ROOT_INVALID'));
+  });
+});

@@ -164,7 +164,8 @@ describe('ferry bundle', () => {
     const copy = join(w.dir, 'tampered.ferry');
     await copyFile(out, copy);
     const bytes = await readFile(copy);
-    bytes[bytes.indexOf(Buffer.alloc(64, 7)) + 1000] ^= 0x01; // a byte inside the agent binary's blob
+    const at = bytes.indexOf(Buffer.alloc(64, 7)) + 1000; // a byte inside the agent binary's blob
+    bytes.writeUInt8(bytes.readUInt8(at) ^ 0x01, at);
     await writeFile(copy, bytes);
     const v = await ferry(['bundle', 'verify', copy, '--trust', w.rootPath, '--json']);
     expect(v.code).toBe(1);

@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import { serializeEnvelope, type Signer } from '../../core/dsse.js';
+import { serializeEnvelope } from '../../core/dsse.js';
 import { FerryError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsx.js';
-import { isPrivate, loadAnyKey, loadPrivateKey, type PublicKey } from '../../core/keys.js';
+import { isPrivate, loadAnyKey, loadPrivateKey, type PrivateKey, type PublicKey } from '../../core/keys.js';
 import {
   buildRootPayload,
   loadPinnedRoot,
@@ -15,12 +15,8 @@ import {
 import { resolveExpiry } from '../../core/time.js';
 import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
 
-async function loadKeys(paths: string[]): Promise<(PublicKey | Signer)[]> {
+async function loadKeys(paths: string[]): Promise<(PublicKey | PrivateKey)[]> {
   return Promise.all(paths.map((p) => loadAnyKey(p)));
-}
-
-function signersOf(keys: (PublicKey | Signer)[]): Signer[] {
-  return keys.filter((k): k is Signer & PublicKey => isPrivate(k as PublicKey));
 }
 
 export async function readRootFile(path: string): Promise<TrustedRoot> {
@@ -77,12 +73,12 @@ export const trustInit: Command = {
     const payload = buildRootPayload({
       version: 1,
       expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
-      rootKeys: rootKeys as PublicKey[],
+      rootKeys,
       rootThreshold: int(p, 'root-threshold', 1),
-      bundleKeys: bundleKeys as PublicKey[],
+      bundleKeys,
       bundleThreshold: int(p, 'bundle-threshold', 1),
     });
-    const env = signRoot(payload, signersOf(rootKeys));
+    const env = signRoot(payload, rootKeys.filter(isPrivate));
     trustPinnedRoot(env); // refuses unless a threshold of its own root keys signed
     await writeFileAtomic(out, serializeEnvelope(env));
     report(io, p.json, out, payload, env.signatures.length);
@@ -122,9 +118,9 @@ export const trustRotate: Command = {
     const payload = buildRootPayload({
       version: old.payload.version + 1,
       expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
-      rootKeys: rootPaths.length ? ((await loadKeys(rootPaths)) as PublicKey[]) : carried('root'),
+      rootKeys: rootPaths.length ? await loadKeys(rootPaths) : carried('root'),
       rootThreshold: int(p, 'root-threshold', old.payload.roles.root.threshold),
-      bundleKeys: bundlePaths.length ? ((await loadKeys(bundlePaths)) as PublicKey[]) : carried('bundle'),
+      bundleKeys: bundlePaths.length ? await loadKeys(bundlePaths) : carried('bundle'),
       bundleThreshold: int(p, 'bundle-threshold', old.payload.roles.bundle.threshold),
     });
     const env = signRoot(payload, signers);

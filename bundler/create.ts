@@ -37,6 +37,27 @@ export interface CreateResult {
 
 const EOF_BYTES = 2 * BLOCK;
 const MAX_INFLIGHT_WRITES = 4;
+/** Start write-back every this many bytes, so the final fsync does not flush the whole bundle at once. */
+const FLUSH_EVERY = 64 * 1024 * 1024;
+
+/** Overlaps write-back with the rest of the work: at most one fdatasync in flight. */
+class Flusher {
+  private pending: Promise<void> | undefined;
+  private since = 0;
+
+  constructor(private readonly fh: FileHandle) {}
+
+  wrote(n: number): void {
+    this.since += n;
+    if (this.since < FLUSH_EVERY || this.pending) return;
+    this.since = 0;
+    this.pending = this.fh.datasync().finally(() => (this.pending = undefined));
+  }
+
+  async settle(): Promise<void> {
+    await this.pending;
+  }
+}
 
 /** The manifest entry's length is fixed before any digest is known: digests and signatures are fixed-width. */
 function envelopeLength(manifest: Manifest, signers: readonly Signer[]): number {
@@ -80,17 +101,18 @@ export async function createBundle(
   const omitted = new Set<string>();
   let done = 0;
 
-  const volumes: { tmp: string; fh: FileHandle; end: number; blobs: string[] }[] = [];
+  const volumes: { tmp: string; fh: FileHandle; flusher: Flusher; end: number; blobs: string[] }[] = [];
   try {
     for (const group of plan) {
       const path = volumePath(out, volumes.length, plan.length);
       const tmp = tempPathFor(path);
       const fh = await open(tmp, 'wx', 0o644);
-      volumes.push({ tmp, fh, end: headBytes, blobs: [] });
+      volumes.push({ tmp, fh, flusher: new Flusher(fh), end: headBytes, blobs: [] });
       const vol = volumes.at(-1)!;
       for (const src of group) {
         const at = vol.end;
         const digest = await writeHashed(vol.fh, src.path, src.artifact.size, at + BLOCK, (n) => {
+          vol.flusher.wrote(n);
           done += n;
           opts.onProgress?.(done, total);
         });
@@ -120,6 +142,7 @@ export async function createBundle(
       await vol.fh.write(head, 0, head.length, 0);
       await vol.fh.write(Buffer.alloc(EOF_BYTES), 0, EOF_BYTES, vol.end);
       await vol.fh.truncate(vol.end + EOF_BYTES);
+      await vol.flusher.settle();
       await vol.fh.sync();
       await vol.fh.close();
       result.push({ path: volumePath(out, i, volumes.length), bytes: vol.end + EOF_BYTES, blobs: vol.blobs });
@@ -129,6 +152,7 @@ export async function createBundle(
     return { manifest, envelopeBytes, volumes: result, omitted: [...omitted] };
   } catch (e) {
     for (const vol of volumes) {
+      await vol.flusher.settle().catch(() => undefined);
       await vol.fh.close().catch(() => undefined);
       await rm(vol.tmp, { force: true });
     }

@@ -86,11 +86,19 @@ export async function readBundle(
   source: AsyncIterable<Buffer>,
   opts: ReadBundleOptions = {},
 ): Promise<BundleContents> {
+  const iterator = source[Symbol.asyncIterator]();
+  try {
+    return await readEntries(new PullReader(iterator), opts);
+  } finally {
+    await iterator.return?.(); // close the file (or socket) on refusal as on success
+  }
+}
+
+async function readEntries(r: PullReader, opts: ReadBundleOptions): Promise<BundleContents> {
   const now = opts.now ?? Date.now();
   const maxManifest = opts.maxManifestBytes ?? MAX_MANIFEST_BYTES;
   const maxRoot = opts.maxRootBytes ?? MAX_ROOT_BYTES;
   const maxRoots = opts.maxRootEntries ?? DEFAULT_MAX_ROOT_ENTRIES;
-  const r = new PullReader(source[Symbol.asyncIterator]());
   const seen = new Set<string>();
   let phase: 'start' | 'roots' | 'blobs' = 'start';
   let envelope: Envelope | undefined;
@@ -143,60 +151,69 @@ export async function readBundle(
       throw new FerryError('ENTRY_DUPLICATE', `entry ${JSON.stringify(name)} appears twice`);
     seen.add(name);
 
-    if (name === MANIFEST_ENTRY) {
-      if (phase !== 'start')
-        throw new FerryError('ENTRY_ORDER', 'manifest.dsse.json must be the first entry');
-      if (size > maxManifest)
-        throw new FerryError(
-          'MANIFEST_TOO_LARGE',
-          `manifest envelope is ${size} bytes; the limit is ${maxManifest}`,
-        );
-      envelopeBytes = await readSmall(r, size, 'the manifest');
-      envelope = parseEnvelope(envelopeBytes, 'manifest envelope');
-      phase = 'roots';
-    } else if (phase === 'start') {
+    const rootMatch = ROOT_ENTRY.exec(name);
+    const blobMatch = BLOB_ENTRY.exec(name);
+    if (name !== MANIFEST_ENTRY && !rootMatch && !blobMatch) {
+      throw new FerryError(
+        'ENTRY_NAME_FORBIDDEN',
+        `entry ${JSON.stringify(name)} is not part of the bundle format`,
+      );
+    }
+    if (phase === 'start' && name !== MANIFEST_ENTRY) {
       throw new FerryError(
         'ENTRY_ORDER',
         `first entry is ${JSON.stringify(name)}; a bundle starts with manifest.dsse.json`,
       );
-    } else if (ROOT_ENTRY.test(name)) {
+    }
+
+    if (name === MANIFEST_ENTRY) {
+      if (phase !== 'start')
+        throw new FerryError('ENTRY_ORDER', 'manifest.dsse.json must be the first entry');
+      if (size > maxManifest) {
+        throw new FerryError(
+          'MANIFEST_TOO_LARGE',
+          `manifest envelope is ${size} bytes; the limit is ${maxManifest}`,
+        );
+      }
+      envelopeBytes = await readSmall(r, size, 'the manifest');
+      envelope = parseEnvelope(envelopeBytes, 'manifest envelope');
+      phase = 'roots';
+    } else if (rootMatch) {
       if (phase !== 'roots')
         throw new FerryError('ENTRY_ORDER', `${name} comes after a blob; root envelopes precede blobs`);
-      const version = Number(ROOT_ENTRY.exec(name)![1]);
+      const version = Number(rootMatch[1]);
       const last = rootEntries.at(-1);
-      if (last && version <= last.version)
+      if (last && version <= last.version) {
         throw new FerryError('ENTRY_ORDER', `${name} follows root v${last.version}; roots must ascend`);
+      }
       if (rootEntries.length >= maxRoots)
         throw new FerryError('ENTRY_TOO_LARGE', `more than ${maxRoots} root envelopes`);
       if (size > maxRoot)
         throw new FerryError('ENTRY_TOO_LARGE', `${name} is ${size} bytes; the limit is ${maxRoot}`);
       const bytes = await readSmall(r, size, name);
       const env = parseEnvelope(bytes, name);
-      if (peekRootPayload(env).version !== version)
+      if (peekRootPayload(env).version !== version) {
         throw new FerryError('ROOT_INVALID', `${name} holds a root of another version`);
+      }
       rootEntries.push({ version, bytes, env });
     } else {
-      const m = BLOB_ENTRY.exec(name);
-      if (!m)
-        throw new FerryError(
-          'ENTRY_NAME_FORBIDDEN',
-          `entry ${JSON.stringify(name)} is not part of the bundle format`,
-        );
       if (phase === 'roots') finishHead();
-      const digest = m[1]!;
+      const digest = blobMatch![1]!;
       const want = expected!.get(digest);
       if (want === undefined)
         throw new FerryError('ENTRY_NOT_IN_MANIFEST', `blob ${digest} is not named in the manifest`);
       if (size > want)
         throw new FerryError('ENTRY_TOO_LARGE', `blob ${digest} is ${size} bytes; the manifest says ${want}`);
-      if (size < want)
+      if (size < want) {
         throw new FerryError(
           'BLOB_SIZE_MISMATCH',
           `blob ${digest} is ${size} bytes; the manifest says ${want}`,
         );
+      }
       await readBlob(r, digest, size, opts);
       blobs.push(digest);
       opts.onProgress?.(r.position);
+      continue; // readBlob consumed the padding
     }
     await r.skipZeros(paddingFor(size), `the padding of ${name}`);
   }
@@ -233,6 +250,7 @@ async function readBlob(r: PullReader, digest: string, size: number, opts: ReadB
     const got = hash.digest('hex');
     if (got !== digest)
       throw new FerryError('BLOB_DIGEST_MISMATCH', `blob ${digest} has sha256 ${got}; it was altered`);
+    await r.skipZeros(paddingFor(size), `the padding of blob ${digest}`); // the entry is whole before it is kept
   } catch (e) {
     if (sink) await sink.abort();
     throw e;

@@ -86,9 +86,8 @@ function parseSize(field: Buffer): number {
     // base-256 (positive): the remaining 11 bytes, big-endian
     let v = 0n;
     for (let i = 1; i < field.length; i++) v = (v << 8n) | BigInt(field[i]!);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER))
-      throw new FerryError('ENTRY_TOO_LARGE', 'tar entry size is beyond any ferry limit');
-    return Number(v);
+    // Saturate: anything this large is over every limit, and the caller names which one.
+    return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
   }
   return parseOctal(field, 'size');
 }
@@ -119,11 +118,9 @@ export function decodeHeader(h: Buffer): TarHeader {
     throw new FerryError('TAR_INVALID', 'tar header checksum mismatch (corrupted archive)');
   if (!h.subarray(257, 265).equals(USTAR_MAGIC))
     throw new FerryError('TAR_INVALID', 'not a POSIX ustar header');
-  const name = (() => {
-    const base = cString(h, 0, 100);
-    const prefix = cString(h, 345, 155);
-    return prefix ? `${prefix}/${base}` : base;
-  })();
+  const base = cString(h, 0, 100);
+  const prefix = cString(h, 345, 155);
+  const name = prefix ? `${prefix}/${base}` : base;
   const flag = String.fromCharCode(h[156]!);
   if (flag !== '0' && flag !== '\0') {
     const kind = TYPE_NAMES[flag] ?? `type ${JSON.stringify(flag)}`;
@@ -131,6 +128,10 @@ export function decodeHeader(h: Buffer): TarHeader {
       'ENTRY_TYPE_FORBIDDEN',
       `entry ${JSON.stringify(name)} is a ${kind}; bundles hold regular files only`,
     );
+  }
+  if (prefix) {
+    // One name, one encoding: ferry never writes the prefix field, so a name built with it is refused.
+    throw new FerryError('ENTRY_NAME_FORBIDDEN', `entry ${JSON.stringify(name)} uses the ustar prefix field`);
   }
   return { name, size: parseSize(h.subarray(124, 136)) };
 }

@@ -27,13 +27,13 @@ export const bundleCreate: Command = {
     '--volume-size splits the bundle into self-verifying volumes; --base omits blobs an older bundle carries;\n' +
     '--root adds a root envelope so that sites can walk a rotation.',
   usage:
-    '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry] [--root ROOT.json]... [--json]',
+    '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry]... [--root ROOT.json]... [--json]',
   options: {
     spec: { type: 'string' },
     key: { type: 'string', multiple: true },
     out: { type: 'string' },
     'volume-size': { type: 'string' },
-    base: { type: 'string' },
+    base: { type: 'string', multiple: true },
     root: { type: 'string', multiple: true },
     ...jsonOption,
   },
@@ -41,7 +41,7 @@ export const bundleCreate: Command = {
     const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
     const out = str(p, 'out');
     const volumeSize = p.values['volume-size'] ? parseSize(str(p, 'volume-size'), 'volume-size') : undefined;
-    const base = str(p, 'base', false);
+    const bases = list(p, 'base', false);
     const roots = await Promise.all(
       list(p, 'root', false).map(async (path) => {
         const bytes = await readFile(path);
@@ -53,7 +53,7 @@ export const bundleCreate: Command = {
       signers,
       roots,
       ...(volumeSize !== undefined && { volumeSize }),
-      ...(base && { baseBlobs: await blobDigestsIn(base) }),
+      ...(bases.length > 0 && { baseBlobs: await baseDigests(bases) }),
       onProgress: p.json ? undefined : progressBar(io, 'bundling'),
     });
     if (p.json) {
@@ -78,6 +78,13 @@ export const bundleCreate: Command = {
     return 0;
   },
 };
+
+/** Blobs the site already has: every blob any base file (a bundle or any of its volumes) carries. */
+async function baseDigests(paths: string[]): Promise<Set<string>> {
+  const all = new Set<string>();
+  for (const path of paths) for (const d of await blobDigestsIn(path)) all.add(d);
+  return all;
+}
 
 export const bundleSign: Command = {
   summary:

@@ -51,6 +51,17 @@ function report(io: Io, json: boolean, out: string, payload: RootPayload, signer
   );
 }
 
+/** Options shared by init and rotate: the roles, thresholds, expiry and output of the new root. */
+const ROOT_OPTIONS = {
+  'root-key': { type: 'string', multiple: true },
+  'root-threshold': { type: 'string' },
+  'bundle-key': { type: 'string', multiple: true },
+  'bundle-threshold': { type: 'string' },
+  expires: { type: 'string' },
+  out: { type: 'string' },
+  ...jsonOption,
+} as const;
+
 export const trustInit: Command = {
   summary:
     'Creates version 1 of a trust root. Root keys given as private .key files sign it; it must meet\n' +
@@ -58,13 +69,7 @@ export const trustInit: Command = {
   usage:
     '--root-key K... --root-threshold N --bundle-key PUB... --bundle-threshold M --expires 365d --out root.json [--json]',
   options: {
-    'root-key': { type: 'string', multiple: true },
-    'root-threshold': { type: 'string' },
-    'bundle-key': { type: 'string', multiple: true },
-    'bundle-threshold': { type: 'string' },
-    expires: { type: 'string' },
-    out: { type: 'string' },
-    ...jsonOption,
+    ...ROOT_OPTIONS,
   },
   async run(p, io) {
     const rootKeys = await loadKeys(list(p, 'root-key'));
@@ -96,13 +101,7 @@ export const trustRotate: Command = {
   options: {
     from: { type: 'string' },
     'sign-key': { type: 'string', multiple: true },
-    'root-key': { type: 'string', multiple: true },
-    'root-threshold': { type: 'string' },
-    'bundle-key': { type: 'string', multiple: true },
-    'bundle-threshold': { type: 'string' },
-    expires: { type: 'string' },
-    out: { type: 'string' },
-    ...jsonOption,
+    ...ROOT_OPTIONS,
   },
   async run(p, io) {
     const old = await readRootFile(str(p, 'from'));

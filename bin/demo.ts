@@ -182,6 +182,19 @@ async function main(): Promise<void> {
   );
   ferry(['bundle', 'verify', forged, '--trust', join(work, 'root.json'), '--json'], 1);
 
+  step(
+    '7. The site mirror: volumes imported in any order, activated only when complete; refusals quarantined',
+  );
+  const data = join(work, 'mirror-data');
+  const vol = (n: number) => join(work, `usb/release-1.vol${n}.ferry`);
+  ferry(
+    ['mirror', 'import', vol(2), '--data', data, '--trust', join(work, 'root.json'), '--site', 'plant-7'],
+    0,
+  );
+  ferry(['mirror', 'import', vol(1), '--data', data], 0);
+  ferry(['mirror', 'import', tampered, '--data', data], 1);
+  ferry(['mirror', 'status', '--data', data], 0);
+
   console.log(
     `\n${bold('demo complete')}: every good bundle verified, every bad one was refused with its reason. Files are in ${work}`,
   );

@@ -2,7 +2,7 @@
 import { bundleCreate, bundleInspect, bundleSign, bundleVerify } from './cli/bundle.js';
 import { runCommand, stdio, type Command, type Io } from './cli/common.js';
 import { keysGenerate } from './cli/keys.js';
-import { mirrorImport, mirrorStatus } from './cli/mirror.js';
+import { mirrorImport, mirrorServe, mirrorStatus } from './cli/mirror.js';
 import { trustInit, trustRotate } from './cli/trust.js';
 import { VERSION } from './version.js';
 
@@ -10,7 +10,7 @@ const COMMANDS: Record<string, Record<string, Command>> = {
   keys: { generate: keysGenerate },
   trust: { init: trustInit, rotate: trustRotate },
   bundle: { create: bundleCreate, sign: bundleSign, inspect: bundleInspect, verify: bundleVerify },
-  mirror: { import: mirrorImport, status: mirrorStatus },
+  mirror: { serve: mirrorServe, import: mirrorImport, status: mirrorStatus },
 };
 
 function help(io: Io): void {

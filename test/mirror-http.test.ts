@@ -2,6 +2,7 @@
  * The mirror's read-only HTTP API on real loopback servers, over a real store
  * with a bundle imported the way the mirror does it.
  */
+import { createLogger, silentLogger } from '../core/log.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { rm, writeFile, mkdtemp, readFile } from 'node:fs/promises';
@@ -36,8 +37,14 @@ async function newStore(artifacts?: { name: string; content: Buffer }[]): Promis
 }
 
 /** Serves `store` on a loopback port; returns the base URL. */
-async function serve(store: Store, log?: (e: Record<string, unknown>) => void): Promise<string> {
-  const handle = createApp({ store, ...(log && { log }) }).callback();
+async function serve(store: Store, onEvent?: (e: Record<string, unknown>) => void): Promise<string> {
+  const log = onEvent
+    ? createLogger({
+        component: 'mirror-http',
+        write: (line) => onEvent(JSON.parse(line) as Record<string, unknown>),
+      })
+    : silentLogger;
+  const handle = createApp({ store, log }).callback();
   const server = createServer((req, res) => void handle(req, res));
   servers.push(server);
   server.listen(0, '127.0.0.1');
@@ -263,8 +270,13 @@ describe('mirror http: blobs', () => {
 
 describe('mirror http: errors', () => {
   it('unknown routes are 404 NOT_FOUND in JSON', async () => {
-    for (const p of ['/', '/v1', '/v1/blobs/sha256', '/v2/manifest', '/v1/manifest/extra'])
+    for (const p of ['/nope', '/v1', '/v1/blobs/sha256', '/v2/manifest', '/v1/manifest/extra'])
       await expectError(await fetch(`${base}${p}`), 404, 'NOT_FOUND');
+  });
+
+  it('a request body over the limit is 413 BODY_TOO_LARGE before any route reads it', async () => {
+    const res = await fetch(`${base}/v1/manifest`, { method: 'POST', body: Buffer.alloc(65 * 1024) });
+    await expectError(res, 413, 'BODY_TOO_LARGE');
   });
 
   it('a wrong method is 405 METHOD_NOT_ALLOWED in JSON with Allow', async () => {

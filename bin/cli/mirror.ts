@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { FerryError } from '../../core/errors.js';
+import { createLogger } from '../../core/log.js';
 import { importBundle } from '../../mirror/import.js';
+import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
 import { jsonOption, printJson, str, type Command, type Io } from './common.js';
 
@@ -90,4 +92,52 @@ function printStatus(
   for (const q of state.quarantine.slice(-10))
     io.out(`quarantined ${q.at}: ${q.file}: ${q.code}: ${q.message}`);
   for (const i of state.imports.slice(-5)) io.out(`imported ${i.at}: ${i.file} → ${i.status}`);
+}
+
+export const mirrorServe: Command = {
+  summary:
+    'Runs the site mirror: serves the verified store to agents and peer mirrors over HTTP and imports every\n' +
+    'bundle or volume that appears in the drop folder once it is completely written. SIGTERM/SIGINT stop it\n' +
+    'gracefully. Logs are JSON lines on stderr.',
+  usage: '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR]',
+  options: {
+    data: { type: 'string' },
+    listen: { type: 'string' },
+    trust: { type: 'string' },
+    site: { type: 'string' },
+    drop: { type: 'string' },
+  },
+  async run(p) {
+    const { host, port } = parseListen(str(p, 'listen'));
+    const log = createLogger({ component: 'mirror' });
+    const trust = str(p, 'trust', false);
+    const site = str(p, 'site', false);
+    const drop = str(p, 'drop', false);
+    const mirror = await startMirror({
+      dataDir: str(p, 'data'),
+      host,
+      port,
+      log,
+      ...(trust && { trustPath: trust }),
+      ...(site && { site }),
+      ...(drop && { dropDir: drop }),
+    });
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        log.info('mirror.signal', { signal });
+        void mirror.close().then(resolve);
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+    return 0;
+  },
+};
+
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535)
+    throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
+  return { host: m[1] ?? m[2]!, port };
 }

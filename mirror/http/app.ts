@@ -1,33 +1,46 @@
 /**
- * The mirror's read-only HTTP API as a Koa app (CONVENTIONS 3): error
- * middleware first, then one router per resource. No listen here; the
+ * The mirror's HTTP API as a Koa app (CONVENTIONS 3): error middleware first,
+ * then request accounting, then one router per resource. No listen here; the
  * composition root or a test drives `app.callback()`. No body parser: every
  * route is a GET (HEAD comes with it) and none reads a request body.
  */
 import Koa from 'koa';
+import { silentLogger, type Logger } from '../../core/log.js';
+import { mirrorMetrics, type Metrics } from '../metrics.js';
+import { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
-import { errorMiddleware, type Log } from './errors.js';
+import { errorMiddleware } from './errors.js';
+import { accounting, bodyLimit, opsRouter } from './ops.js';
 import { routers } from './routes.js';
 
 export interface AppDeps {
   store: Store;
   /** Structured events (request errors, failed streams); the app never prints. */
-  log?: Log;
+  log?: Logger;
+  metrics?: Metrics;
+  /** Largest request body accepted on any route (bytes). */
+  maxBodyBytes?: number;
 }
 
-export function createApp({ store, log }: AppDeps): Koa {
+export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
+
+export function createApp({
+  store,
+  log = silentLogger,
+  metrics = mirrorMetrics(),
+  maxBodyBytes,
+}: AppDeps): Koa {
   const app = new Koa();
+  const view = new StateView(store);
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
   // onerror, which would print to stderr without a listener; send them to the log instead.
-  app.on('error', (e: unknown) => {
-    log?.({
-      component: 'mirror-http',
-      event: 'response_error',
-      error: e instanceof Error ? e.message : String(e),
-    });
-  });
+  app.on('error', (e: unknown) =>
+    log.warn('http.response_error', { error: e instanceof Error ? e.message : String(e) }),
+  );
   app.use(errorMiddleware(log));
-  for (const router of routers(store)) {
+  app.use(accounting(metrics));
+  app.use(bodyLimit(maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES));
+  for (const router of [...routers(store, view), opsRouter(view, metrics, store.now)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

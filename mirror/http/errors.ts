@@ -6,6 +6,7 @@
  * `{code:'INTERNAL', message:'internal error'}`, so paths and stack traces
  * never leave the process.
  */
+import type { Logger } from '../../core/log.js';
 import type { Context, Next } from 'koa';
 import { isFerryError } from '../../core/errors.js';
 import { isMirrorError } from '../errors.js';
@@ -19,6 +20,7 @@ export type HttpErrorCode =
   | 'BLOB_NOT_FOUND'
   | 'NO_ACTIVE_MANIFEST'
   | 'RANGE_NOT_SATISFIABLE'
+  | 'BODY_TOO_LARGE'
   | 'STORE_UNAVAILABLE'
   | 'INTERNAL';
 
@@ -42,7 +44,6 @@ export function isHttpError(e: unknown): e is HttpError {
 }
 
 /** One event per call; the app never prints (CONVENTIONS 12). */
-export type Log = (event: Record<string, unknown>) => void;
 
 export interface ErrorBody {
   code: string;
@@ -71,7 +72,7 @@ const FALLBACK: Record<number, ErrorBody> = {
   501: { code: 'NOT_IMPLEMENTED', message: 'method not implemented' },
 };
 
-export function errorMiddleware(log?: Log) {
+export function errorMiddleware(log: Logger) {
   return async function errors(ctx: Context, next: Next): Promise<void> {
     try {
       await next();
@@ -85,9 +86,7 @@ export function errorMiddleware(log?: Log) {
     } catch (e) {
       const { status, body, expected } = publicError(e);
       if (!expected || status >= 500)
-        log?.({
-          component: 'mirror-http',
-          event: 'request_error',
+        log.error('http.request_error', {
           method: ctx.method,
           path: ctx.path,
           status,

@@ -10,11 +10,11 @@
  * for anyway; the URL is the digest, so there is nothing to hide or confuse.
  */
 import Router from '@koa/router';
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { decodeBase64Strict, isSha256Hex } from '../../core/encoding.js';
 import type { ManifestRef } from '../state.js';
+import type { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
 import { HttpError } from './errors.js';
 
@@ -106,39 +106,27 @@ function blobsRouter(store: Store): Router {
   return router;
 }
 
-function manifestRouter(store: Store): Router {
+function manifestRouter(view: StateView): Router {
   const router = new Router({ prefix: '/v1/manifest' });
   router.get('/', async (ctx) => {
-    // An import may retire the file between reading state and reading it: read state again.
-    for (let attempt = 0; ; attempt++) {
-      const { active } = await store.readState();
-      if (!active) throw new HttpError(404, 'NO_ACTIVE_MANIFEST', 'this mirror has no active manifest yet');
-      let bytes: Buffer;
-      try {
-        bytes = await store.readManifestBytes(active);
-      } catch (e) {
-        if (isEnoent(e) && attempt < 2) continue;
-        throw e;
-      }
-      const etag = `"${createHash('sha256').update(bytes).digest('hex')}"`;
-      ctx.set('ETag', etag);
-      ctx.set('Cache-Control', REVALIDATE);
-      if (etagMatches(ctx.get('If-None-Match'), etag)) {
-        ctx.status = 304;
-        return;
-      }
-      ctx.type = 'application/json';
-      ctx.body = bytes;
+    const { active } = await view.current();
+    if (!active) throw new HttpError(404, 'NO_ACTIVE_MANIFEST', 'this mirror has no active manifest yet');
+    ctx.set('ETag', active.etag);
+    ctx.set('Cache-Control', REVALIDATE);
+    if (etagMatches(ctx.get('If-None-Match'), active.etag)) {
+      ctx.status = 304;
       return;
     }
+    ctx.type = 'application/json';
+    ctx.body = active.bytes;
   });
   return router;
 }
 
-function rootRouter(store: Store): Router {
+function rootRouter(view: StateView): Router {
   const router = new Router({ prefix: '/v1/root' });
   router.get('/', async (ctx) => {
-    const { roots } = await store.readState();
+    const { roots } = (await view.current()).state;
     ctx.set('Cache-Control', REVALIDATE);
     ctx.body = roots.map((b64, i): unknown =>
       JSON.parse(Buffer.from(decodeBase64Strict(b64, `roots[${i}]`)).toString('utf8')),
@@ -149,10 +137,10 @@ function rootRouter(store: Store): Router {
 
 const refOut = (r: ManifestRef) => ({ publisher: r.publisher, sequence: r.sequence, digest: r.digest });
 
-function inventoryRouter(store: Store): Router {
+function inventoryRouter(store: Store, view: StateView): Router {
   const router = new Router({ prefix: '/v1/inventory' });
   router.get('/', async (ctx) => {
-    const state = await store.readState();
+    const { state } = await view.current();
     const blobs = (await readdir(store.paths.blobs)).filter(isSha256Hex).sort();
     ctx.set('Cache-Control', REVALIDATE);
     ctx.body = {
@@ -174,12 +162,12 @@ function healthRouter(): Router {
   return router;
 }
 
-export function routers(store: Store): Router[] {
+export function routers(store: Store, view: StateView): Router[] {
   return [
-    rootRouter(store),
-    manifestRouter(store),
+    rootRouter(view),
+    manifestRouter(view),
     blobsRouter(store),
-    inventoryRouter(store),
+    inventoryRouter(store, view),
     healthRouter(),
   ];
 }

@@ -1,0 +1,57 @@
+/** Operator routes: Prometheus metrics, the status page, and request accounting. */
+import Router from '@koa/router';
+import type { Context, Next } from 'koa';
+import { HttpError } from './errors.js';
+import type { Metrics } from '../metrics.js';
+import type { StateView } from '../snapshot.js';
+import { renderStatusPage } from '../status-page.js';
+
+/** Counts every request by matched route and status, and blob bytes actually sent. */
+export function accounting(metrics: Metrics) {
+  return async function account(ctx: Context, next: Next): Promise<void> {
+    try {
+      await next();
+    } finally {
+      const route = (ctx as Context & { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
+      metrics.inc('ferry_mirror_requests_total', { route, status: String(ctx.status) });
+      const length = ctx.length;
+      if (route.startsWith('/v1/blobs') && (ctx.status === 200 || ctx.status === 206) && length) {
+        // counted when the response has been handed to the OS in full, not for aborted downloads
+        ctx.res.once('finish', () => metrics.inc('ferry_mirror_bytes_served_total', {}, length));
+      }
+    }
+  };
+}
+
+/** Refuses request bodies above `limit` bytes before anything reads them. */
+export function bodyLimit(limit: number) {
+  return async function limitBody(ctx: Context, next: Next): Promise<void> {
+    const declared = Number(ctx.get('Content-Length') || 0);
+    if (declared > limit)
+      throw new HttpError(413, 'BODY_TOO_LARGE', `request bodies are limited to ${limit} bytes`);
+    await next();
+  };
+}
+
+export function opsRouter(view: StateView, metrics: Metrics, now: () => number): Router {
+  const router = new Router();
+  router.get('/metrics', async (ctx) => {
+    const { state } = await view.current();
+    metrics.set('ferry_mirror_active_sequence', state.active?.sequence ?? 0);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.type = 'text/plain; version=0.0.4; charset=utf-8';
+    ctx.body = metrics.render();
+  });
+  router.get('/', async (ctx) => {
+    const snap = await view.current();
+    ctx.set('Cache-Control', 'no-store');
+    ctx.type = 'text/html; charset=utf-8';
+    ctx.body = renderStatusPage({
+      state: snap.state,
+      rootVersion: snap.rootVersion,
+      manifest: snap.active?.manifest ?? null,
+      now: now(),
+    });
+  });
+  return router;
+}

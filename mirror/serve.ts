@@ -1,0 +1,106 @@
+/**
+ * The mirror's composition root: opens the store, mounts the HTTP API, watches
+ * the drop folder, and shuts down gracefully (in-flight downloads finish, the
+ * import under way completes, nothing is half-written).
+ */
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { FerryError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { watchDrop, type DropWatcher } from './drop.js';
+import { createApp } from './http/app.js';
+import { importBundle, type ImportResult } from './import.js';
+import { mirrorMetrics, type Metrics } from './metrics.js';
+import { Store } from './store.js';
+
+export interface MirrorOptions {
+  dataDir: string;
+  host: string;
+  port: number;
+  /** First start: pin this root and site (later starts check they agree). */
+  trustPath?: string;
+  site?: string;
+  dropDir?: string;
+  dropStableMs?: number;
+  log: Logger;
+}
+
+export interface RunningMirror {
+  url: string;
+  store: Store;
+  metrics: Metrics;
+  importFile(path: string): Promise<ImportResult>;
+  /** Stops accepting connections, lets in-flight requests and the current import finish. */
+  close(): Promise<void>;
+}
+
+export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
+  if (Boolean(o.trustPath) !== Boolean(o.site))
+    throw new FerryError('USAGE', '--trust and --site go together');
+  const init = o.trustPath && o.site ? { rootBytes: await readFile(o.trustPath), site: o.site } : undefined;
+  const store = await Store.open(o.dataDir, init ? { init } : {});
+  const metrics = mirrorMetrics();
+  const log = o.log;
+
+  const importFile = async (path: string): Promise<ImportResult> => {
+    const r = await importBundle(store, path);
+    if (r.ok) {
+      metrics.inc('ferry_mirror_imports_total', { status: r.status });
+      log.info('import.accepted', {
+        file: r.file,
+        publisher: r.publisher,
+        sequence: r.sequence,
+        status: r.status,
+        changed: r.changed,
+        missing: r.missing.length,
+      });
+    } else {
+      metrics.inc('ferry_mirror_refusals_total', { code: r.code });
+      log.warn('import.refused', { file: r.file, code: r.code, reason: r.message });
+    }
+    return r;
+  };
+
+  const app = createApp({ store, log, metrics });
+  const handle = app.callback();
+  const server: Server = createServer((req, res) => void handle(req, res));
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+  server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out
+  server.listen(o.port, o.host);
+  await once(server, 'listening');
+  const addr = server.address() as AddressInfo;
+  const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+
+  let drop: DropWatcher | undefined;
+  if (o.dropDir) {
+    drop = watchDrop({
+      dir: o.dropDir,
+      importFile,
+      log,
+      ...(o.dropStableMs !== undefined && { stableMs: o.dropStableMs }),
+    });
+    await drop.ready;
+  }
+  const state = await store.readState();
+  log.info('mirror.started', {
+    url,
+    site: state.site,
+    drop: o.dropDir ?? null,
+    active: state.active?.sequence ?? null,
+  });
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      log.info('mirror.stopping', {});
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await drop?.close();
+      await closed;
+      log.info('mirror.stopped', {});
+    })());
+  return { url, store, metrics, importFile, close };
+}

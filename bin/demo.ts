@@ -5,7 +5,7 @@
  * inspects and verifies it as an auditor would, splits a copy into volumes,
  * then shows the refusals: a tampered blob, the wrong site, an unauthorised key.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, writeFile, mkdir, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -31,6 +31,69 @@ function ferry(args: string[], expect: 0 | 1): void {
   if (code !== expect) {
     console.error(`demo: expected exit ${expect}, got ${code}`);
     process.exit(1);
+  }
+}
+
+/** Runs `ferry mirror serve` with a drop folder, drops a bundle in, and talks to it as an agent would. */
+async function serveDemo(dir: string, root: string, bundle: string): Promise<void> {
+  const drop = join(dir, 'drop');
+  await mkdir(drop, { recursive: true });
+  const args = ['mirror', 'serve', '--data', join(dir, 'data'), '--listen', '127.0.0.1:0'];
+  args.push('--trust', root, '--site', 'plant-7', '--drop', drop);
+  console.log(`$ ferry ${args.map((a) => (a.startsWith(work) ? relative(work, a) : a)).join(' ')} &`);
+  const child = spawn(process.execPath, [FERRY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const events: Record<string, unknown>[] = [];
+  let buffered = '';
+  child.stderr.on('data', (d: Buffer) => {
+    buffered += d.toString();
+    for (let i = buffered.indexOf('\n'); i >= 0; i = buffered.indexOf('\n')) {
+      const line = buffered.slice(0, i);
+      buffered = buffered.slice(i + 1);
+      try {
+        events.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        console.log(`  ${line}`);
+      }
+    }
+  });
+  const waitFor = async (event: string, ms = 15_000) => {
+    for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
+      const e = events.find((x) => x.event === event);
+      if (e) return e;
+    }
+    throw new Error(`demo: the mirror did not log ${event}`);
+  };
+  try {
+    const url = String((await waitFor('mirror.started')).url);
+    console.log(`  mirror listening on ${url}`);
+    console.log(`$ cp ${relative(work, bundle)} served/drop/   # the courier`);
+    await copyFile(bundle, join(drop, 'release-1.ferry'));
+    const imported = await waitFor('import.accepted');
+    console.log(`  log: ${JSON.stringify(imported)}`);
+    const m = await fetch(`${url}/v1/manifest`);
+    const etag = m.headers.get('etag') ?? '';
+    console.log(
+      `  GET /v1/manifest → ${m.status}, ETag ${etag}, ${(await m.arrayBuffer()).byteLength} bytes`,
+    );
+    const again = await fetch(`${url}/v1/manifest`, { headers: { 'If-None-Match': etag } });
+    console.log(`  GET /v1/manifest (If-None-Match) → ${again.status}: nothing new, nothing sent`);
+    const inv = (await (await fetch(`${url}/v1/inventory`)).json()) as { blobs: string[] };
+    const blob = inv.blobs[0]!;
+    const part = await fetch(`${url}/v1/blobs/sha256/${blob}`, { headers: { Range: 'bytes=0-1023' } });
+    await part.arrayBuffer();
+    console.log(
+      `  GET /v1/blobs/sha256/${blob.slice(0, 12)}… Range bytes=0-1023 → ${part.status} ${part.headers.get('content-range')}`,
+    );
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    for (const line of metrics
+      .split('\n')
+      .filter((l) => l.startsWith('ferry_mirror_imports') || l.startsWith('ferry_mirror_active'))) {
+      console.log(`  metrics: ${line}`);
+    }
+  } finally {
+    child.kill('SIGTERM');
+    await waitFor('mirror.stopped').catch(() => undefined);
+    console.log('  SIGTERM → mirror stopped gracefully');
   }
 }
 
@@ -194,6 +257,11 @@ async function main(): Promise<void> {
   ferry(['mirror', 'import', vol(1), '--data', data], 0);
   ferry(['mirror', 'import', tampered, '--data', data], 1);
   ferry(['mirror', 'status', '--data', data], 0);
+
+  step(
+    '8. The mirror serving agents: a courier drops a bundle, agents poll with ETag and resume blobs with Range',
+  );
+  await serveDemo(join(work, 'served'), join(work, 'root.json'), bundle);
 
   console.log(
     `\n${bold('demo complete')}: every good bundle verified, every bad one was refused with its reason. Files are in ${work}`,

@@ -1,24 +1,36 @@
 #!/usr/bin/env node
-import { bundleCreate, bundleInspect, bundleSign, bundleVerify } from './cli/bundle.js';
 import { runCommand, stdio, type Command, type Io } from './cli/common.js';
-import { keysGenerate } from './cli/keys.js';
-import { mirrorImport, mirrorServe, mirrorStatus } from './cli/mirror.js';
-import { trustInit, trustRotate } from './cli/trust.js';
 import { VERSION } from './version.js';
 
-const COMMANDS: Record<string, Record<string, Command>> = {
-  keys: { generate: keysGenerate },
-  trust: { init: trustInit, rotate: trustRotate },
-  bundle: { create: bundleCreate, sign: bundleSign, inspect: bundleInspect, verify: bundleVerify },
-  mirror: { serve: mirrorServe, import: mirrorImport, status: mirrorStatus },
+/**
+ * Each group's module is loaded only when one of its commands runs, so
+ * `ferry bundle verify` does not pay for the mirror's HTTP server and watcher.
+ */
+const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
+  keys: async () => {
+    const m = await import('./cli/keys.js');
+    return { generate: m.keysGenerate };
+  },
+  trust: async () => {
+    const m = await import('./cli/trust.js');
+    return { init: m.trustInit, rotate: m.trustRotate };
+  },
+  bundle: async () => {
+    const m = await import('./cli/bundle.js');
+    return { create: m.bundleCreate, sign: m.bundleSign, inspect: m.bundleInspect, verify: m.bundleVerify };
+  },
+  mirror: async () => {
+    const m = await import('./cli/mirror.js');
+    return { serve: m.mirrorServe, import: m.mirrorImport, status: m.mirrorStatus };
+  },
 };
 
-function help(io: Io): void {
+async function help(io: Io): Promise<void> {
   io.out(
     `ferry ${VERSION} — signed software delivery into air-gapped networks\n\nUsage: ferry <group> <command> [options]\n`,
   );
-  for (const [group, cmds] of Object.entries(COMMANDS)) {
-    for (const [name, cmd] of Object.entries(cmds)) io.out(`  ferry ${group} ${name} ${cmd.usage}`);
+  for (const [group, load] of Object.entries(GROUPS)) {
+    for (const [name, cmd] of Object.entries(await load())) io.out(`  ferry ${group} ${name} ${cmd.usage}`);
   }
   io.out('\nEach command takes --help. Exit codes: 0 success, 1 refused or failed, 2 usage error.');
 }
@@ -26,14 +38,15 @@ function help(io: Io): void {
 export async function main(argv: string[], io: Io = stdio): Promise<number> {
   const [group, name, ...rest] = argv;
   if (group === undefined || group === '--help' || group === '-h' || group === 'help') {
-    help(io);
+    await help(io);
     return group === undefined ? 2 : 0;
   }
   if (group === '--version' || group === 'version') {
     io.out(VERSION);
     return 0;
   }
-  const cmds = COMMANDS[group];
+  const load = GROUPS[group];
+  const cmds = load ? await load() : undefined;
   const cmd = cmds && name !== undefined ? cmds[name] : undefined;
   if (!cmds || !cmd) {
     if (cmds && (name === undefined || name === '--help' || name === '-h')) {
@@ -46,5 +59,11 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   }
   return runCommand(cmd, `${group} ${name}`, rest, io);
 }
+
+// `ferry … | head`: a reader that goes away is not an error worth a stack trace.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
 
 process.exitCode = await main(process.argv.slice(2));

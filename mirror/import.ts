@@ -57,6 +57,11 @@ export type ImportResult = ImportAccepted | ImportRefused;
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
+/** Exists for crash tests (test/mirror-crash.test.ts): FERRY_CRASH_AT=<phase> dies here like a power cut. */
+const crashPoint = (phase: string): void => {
+  if (process.env.FERRY_CRASH_AT === phase) process.kill(process.pid, 'SIGKILL');
+};
+
 /** Imports a bundle (or one volume of it). Refusals are returned, not thrown; I/O failures throw. */
 export function importBundle(store: Store, path: string): Promise<ImportResult> {
   return store.exclusive(() => importLocked(store, resolve(path)));
@@ -80,6 +85,7 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
       if (!r) throw operational(e, file);
       return await quarantine(store, state, file, now, r);
     }
+    crashPoint('staged');
     const adopted = adoptRoots(state, contents);
     state = adopted.state;
     const ref: ManifestRef = {
@@ -97,6 +103,7 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
     let stored = ref;
     if (decision.kind === 'accept') {
       await store.writeManifest(ref, contents.envelopeBytes);
+      crashPoint('manifest-written');
       state = accept(state, ref);
     } else {
       stored =
@@ -105,6 +112,7 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
         ) ?? ref;
     }
     const blobsAdded = decision.kind === 'known' && decision.where === 'retired' ? [] : await stage.publish();
+    crashPoint('blobs-published');
     const step = activate(state, await completeSet(store, state), now);
     state = step.state;
     const status = statusOf(state, stored);
@@ -117,7 +125,9 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
       status,
       blobsAdded: blobsAdded.length,
     });
+    crashPoint('before-state-write');
     await store.writeState(state);
+    crashPoint('after-state-write');
     for (const r of step.retired) await store.removeManifest(r);
     return {
       ok: true,

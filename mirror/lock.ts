@@ -5,7 +5,8 @@
  * over. Same host only: pids mean nothing across machines (no NFS).
  */
 import { randomBytes } from 'node:crypto';
-import { link, readFile, rm, writeFile } from 'node:fs/promises';
+import { link, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
 import { MirrorError } from './errors.js';
 
@@ -118,4 +119,24 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
     const now = await readFile(path, 'utf8').catch(() => undefined);
     if (now !== undefined && parseLock(now)?.token === body.token) await rm(path, { force: true });
   };
+}
+
+/**
+ * Removes lock candidates (`lock.<token>.tmp`) left by processes killed while
+ * they waited for the lock. A live waiter's candidate is kept: its link(2)
+ * would fail if the file vanished under it.
+ */
+export async function removeStaleCandidates(lockPath: string): Promise<void> {
+  const dir = dirname(lockPath);
+  const prefix = `${basename(lockPath)}.`;
+  for (const name of await readdir(dir)) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const path = join(dir, name);
+    const holder = parseLock(await readFile(path, 'utf8').catch(() => ''));
+    // Unparseable: perhaps a waiter still writing it; only an old one is garbage.
+    const old = async () =>
+      Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > 60_000;
+    const dead = holder ? holder.pid !== process.pid && !pidAlive(holder.pid) : await old();
+    if (dead) await rm(path, { force: true });
+  }
 }

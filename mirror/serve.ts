@@ -97,9 +97,16 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     (closing ??= (async () => {
       log.info('mirror.stopping', {});
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // A download in flight finishes; its keep-alive connection then goes idle and must be
+      // closed too, or server.close() would wait for the client's keep-alive timeout.
+      const reaper = setInterval(() => server.closeIdleConnections(), 100);
       server.closeIdleConnections();
-      await drop?.close();
-      await closed;
+      try {
+        await drop?.close();
+        await closed;
+      } finally {
+        clearInterval(reaper);
+      }
       log.info('mirror.stopped', {});
     })());
   return { url, store, metrics, importFile, close };

@@ -27,7 +27,9 @@ export class StateView {
 
   async current(): Promise<Snapshot> {
     const st = await stat(this.store.paths.state);
-    const tag = `${st.ino}:${st.mtimeMs}:${st.size}`;
+    // In-process writes bump the revision (no timestamp-granularity blind spot); other
+    // processes' writes (`ferry mirror import`) replace the file, changing inode or mtime.
+    const tag = `${this.store.revision}:${st.ino}:${st.mtimeMs}:${st.size}`;
     if (this.cached?.tag === tag) return this.cached.snap;
     this.loading ??= this.load(tag).finally(() => (this.loading = undefined));
     return this.loading;

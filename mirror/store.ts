@@ -8,7 +8,10 @@
  *   lock                               held by the process importing (pid inside)
  *
  * Every change reaches disk by rename after fsync; state.json is the commit
- * point, so a crash leaves at worst unreferenced files, which open removes.
+ * point, so a crash leaves at worst unreferenced files. Open removes temp
+ * files, lock candidates of dead processes and manifests state.json does not
+ * name; blobs are kept, since each was verified before it was published and a
+ * later import of the same release reuses it (see docs/mirror.md).
  */
 import { mkdir, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -19,7 +22,7 @@ import { decodeManifest, manifestBlobs } from '../core/manifest.js';
 import { loadPinnedRoot, trustPinnedRoot, verifyNextRoot, type TrustedRoot } from '../core/root.js';
 import { BlobStage } from './stage.js';
 import { MirrorError } from './errors.js';
-import { acquireLock, serialize, type LockOptions } from './lock.js';
+import { acquireLock, removeStaleCandidates, serialize, type LockOptions } from './lock.js';
 import type { ManifestRef, MirrorState } from './state.js';
 import { initialState, isSiteName, parseMirrorState, writeMirrorState } from './statefile.js';
 
@@ -125,8 +128,12 @@ export class Store {
     return parseMirrorState(text);
   }
 
-  writeState(state: MirrorState): Promise<void> {
-    return writeMirrorState(this.paths.state, state);
+  /** Bumped by every state write of this process: with state.json's stat, what the HTTP cache keys on. */
+  revision = 0;
+
+  async writeState(state: MirrorState): Promise<void> {
+    await writeMirrorState(this.paths.state, state);
+    this.revision++;
   }
 
   /** The newest root of the stored chain, re-verified link by link. */
@@ -199,6 +206,7 @@ export class Store {
       await rm(join(this.paths.tmp, name), { recursive: true, force: true });
     for (const name of await readdir(this.dir))
       if (/^\..*\.tmp$/.test(name)) await rm(join(this.dir, name), { force: true });
+    await removeStaleCandidates(this.paths.lock);
     const keep = new Set(
       [...(state.active ? [state.active] : []), ...state.pending].map((r) => this.manifestPath(r)),
     );

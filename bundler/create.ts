@@ -7,9 +7,9 @@ import { serializeEnvelope, signEnvelope, type Signer } from '../core/dsse.js';
 import { fsyncDir, tempPathFor } from '../core/fsx.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
-import { blobEntryName, MANIFEST_ENTRY, rootEntryName } from './reader.js';
+import { blobEntryName, MANIFEST_ENTRY, rootEntryName } from '../core/bundle/reader.js';
 import type { LoadedSpec } from './spec.js';
-import { BLOCK, encodeHeader, paddingFor } from './tar.js';
+import { BLOCK, encodeHeader, paddingFor } from '../core/bundle/tar.js';
 
 export interface CreateOptions {
   signers: readonly Signer[];

@@ -1,6 +1,6 @@
 import { open } from 'node:fs/promises';
 import { FerryError } from '../core/errors.js';
-import { BLOCK, decodeHeader, isZeroBlock, paddingFor } from './tar.js';
+import { BLOCK, decodeHeader, isZeroBlock, paddingFor } from '../core/bundle/tar.js';
 
 export interface EntryInfo {
   name: string;

@@ -9,8 +9,8 @@ import { decodeBase64Strict } from '../core/encoding.js';
 import { fsyncDir, tempPathFor } from '../core/fsx.js';
 import { MAX_MANIFEST_BYTES } from '../core/manifest.js';
 import type { PrivateKey } from '../core/keys.js';
-import { MANIFEST_ENTRY } from './reader.js';
-import { BLOCK, decodeHeader, encodeHeader, paddingFor } from './tar.js';
+import { MANIFEST_ENTRY } from '../core/bundle/reader.js';
+import { BLOCK, decodeHeader, encodeHeader, paddingFor } from '../core/bundle/tar.js';
 
 /**
  * Adds one signature to a bundle's manifest envelope. Only the first entry

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BlobSink } from '../bundler/reader.js';
+import type { BlobSink } from '../core/bundle/reader.js';
 import { fsyncDir } from '../core/fsx.js';
 
 /** Content-addressed blobs never change: stored read-only. */

@@ -10,7 +10,12 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { readBundle, type BlobSink, type BundleContents, type ReadBundleOptions } from '../bundler/reader.js';
+import {
+  readBundle,
+  type BlobSink,
+  type BundleContents,
+  type ReadBundleOptions,
+} from '../core/bundle/reader.js';
 import { parseEnvelope, serializeEnvelope, signEnvelope, type Envelope, type Signer } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { isFerryError, type FerryErrorCode } from '../core/errors.js';

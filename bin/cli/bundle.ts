@@ -5,7 +5,7 @@ import { peekRootPayload } from '../../core/root.js';
 import { parseEnvelope } from '../../core/dsse.js';
 import { createBundle } from '../../bundler/create.js';
 import { blobDigestsIn } from '../../bundler/entries.js';
-import { fileSource, readBundle, type BundleContents } from '../../bundler/reader.js';
+import { fileSource, readBundle, type BundleContents } from '../../core/bundle/reader.js';
 import { signBundle } from '../../bundler/sign.js';
 import { loadSpec } from '../../bundler/spec.js';
 import { readRootFile } from './trust.js';

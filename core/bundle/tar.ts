@@ -1,4 +1,4 @@
-import { FerryError } from '../core/errors.js';
+import { FerryError } from '../errors.js';
 
 /**
  * The strict POSIX ustar subset a ferry bundle uses: regular files only, short

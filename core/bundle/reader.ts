@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { decodeBase64Strict } from '../core/encoding.js';
-import { FerryError } from '../core/errors.js';
-import { parseEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
+import { decodeBase64Strict } from '../encoding.js';
+import { FerryError } from '../errors.js';
+import { parseEnvelope, verifyEnvelope, type Envelope } from '../dsse.js';
 import {
   decodeManifest,
   manifestBlobs,
@@ -10,15 +10,15 @@ import {
   MANIFEST_PAYLOAD_TYPE,
   MAX_MANIFEST_BYTES,
   type Manifest,
-} from '../core/manifest.js';
+} from '../manifest.js';
 import {
   assertRootNotExpired,
   peekRootPayload,
   walkRootChain,
   MAX_ROOT_BYTES,
   type TrustedRoot,
-} from '../core/root.js';
-import { parseIsoUtc } from '../core/time.js';
+} from '../root.js';
+import { parseIsoUtc } from '../time.js';
 import { BLOCK, decodeHeader, hostileNameReason, isZeroBlock, paddingFor } from './tar.js';
 import { PullReader } from './pull.js';
 

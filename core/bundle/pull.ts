@@ -1,4 +1,4 @@
-import { FerryError } from '../core/errors.js';
+import { FerryError } from '../errors.js';
 
 const EMPTY = Buffer.alloc(0);
 

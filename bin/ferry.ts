@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { runCommand, stdio, type Command, type Io } from './cli/common.js';
+import { useLibsodium } from '../core/ed25519.js';
 import { VERSION } from './version.js';
 
 /**
@@ -57,6 +58,9 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.err(`ferry: USAGE: unknown command ${[group, name].filter(Boolean).join(' ')} (see ferry --help)`);
     return 2;
   }
+  // Operator and auditor commands sign and verify with libsodium (the design's choice); the
+  // long-running service uses node:crypto, which costs it no memory (see core/ed25519.ts).
+  if (!(group === 'mirror' && name === 'serve')) await useLibsodium();
   return runCommand(cmd, `${group} ${name}`, rest, io);
 }
 

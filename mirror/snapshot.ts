@@ -1,8 +1,10 @@
 /**
  * What the HTTP side serves, cached until state.json changes. Every change to
- * the store ends with an atomic rename of state.json, so (inode, mtime, size)
- * of that one file tells whether anything the API shows may have changed: one
- * stat per request instead of reading and validating state on every poll.
+ * the store ends with an atomic rename of state.json. This process's own writes
+ * (drop-folder imports) bump the store's revision and show at once; another
+ * process's (`ferry mirror import`) are noticed by (inode, mtime, size) of
+ * state.json, checked at most every `recheckMs`, so that a thousand polls a
+ * second do not cost a thousand stats.
  */
 import { stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
@@ -19,23 +21,34 @@ export interface Snapshot {
   active: { bytes: Buffer; etag: string; manifest: Manifest } | null;
 }
 
+export const DEFAULT_RECHECK_MS = 250;
+
 export class StateView {
-  private cached: { tag: string; snap: Snapshot } | undefined;
+  private cached: { tag: string; snap: Snapshot; revision: number; checkedAt: number } | undefined;
   private loading: Promise<Snapshot> | undefined;
 
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    private readonly recheckMs = DEFAULT_RECHECK_MS,
+  ) {}
 
   async current(): Promise<Snapshot> {
+    const c = this.cached;
+    const now = Date.now();
+    if (c && c.revision === this.store.revision && now - c.checkedAt < this.recheckMs) return c.snap;
     const st = await stat(this.store.paths.state);
     // In-process writes bump the revision (no timestamp-granularity blind spot); other
     // processes' writes (`ferry mirror import`) replace the file, changing inode or mtime.
     const tag = `${this.store.revision}:${st.ino}:${st.mtimeMs}:${st.size}`;
-    if (this.cached?.tag === tag) return this.cached.snap;
-    this.loading ??= this.load(tag).finally(() => (this.loading = undefined));
+    if (this.cached?.tag === tag) {
+      this.cached.checkedAt = now;
+      return this.cached.snap;
+    }
+    this.loading ??= this.load(tag, this.store.revision, now).finally(() => (this.loading = undefined));
     return this.loading;
   }
 
-  private async load(tag: string): Promise<Snapshot> {
+  private async load(tag: string, revision: number, checkedAt: number): Promise<Snapshot> {
     // An import may retire the active manifest's file between reading state and reading it: read again.
     for (let attempt = 0; ; attempt++) {
       const state = await this.store.readState();
@@ -54,7 +67,7 @@ export class StateView {
         active = { bytes, etag: `"${createHash('sha256').update(bytes).digest('hex')}"`, manifest };
       }
       const snap = { state, rootVersion, active };
-      this.cached = { tag, snap };
+      this.cached = { tag, snap, revision, checkedAt };
       return snap;
     }
   }

@@ -69,7 +69,9 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
   server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out
-  server.listen(o.port, o.host);
+  // A site's agents may all reconnect at once (after a mirror restart): a deep accept queue keeps
+  // their SYNs from being dropped and retried a second later.
+  server.listen({ port: o.port, host: o.host, backlog: 4096 });
   await once(server, 'listening');
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;

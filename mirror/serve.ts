@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
-import { createApp } from './http/app.js';
+import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
@@ -63,9 +63,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
-  const app = createApp({ store, log, metrics });
-  const handle = app.callback();
-  const server: Server = createServer((req, res) => void handle(req, res));
+  const server: Server = createServer(createHandler({ store, log, metrics }));
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
   server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out

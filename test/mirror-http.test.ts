@@ -11,7 +11,8 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { importBundle } from '../mirror/import.js';
-import { createApp } from '../mirror/http/app.js';
+import { createHandler } from '../mirror/http/app.js';
+import { mirrorMetrics, type Metrics } from '../mirror/metrics.js';
 import { Store } from '../mirror/store.js';
 import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
 
@@ -37,15 +38,18 @@ async function newStore(artifacts?: { name: string; content: Buffer }[]): Promis
 }
 
 /** Serves `store` on a loopback port; returns the base URL. */
-async function serve(store: Store, onEvent?: (e: Record<string, unknown>) => void): Promise<string> {
+async function serve(
+  store: Store,
+  onEvent?: (e: Record<string, unknown>) => void,
+  metrics?: Metrics,
+): Promise<string> {
   const log = onEvent
     ? createLogger({
         component: 'mirror-http',
         write: (line) => onEvent(JSON.parse(line) as Record<string, unknown>),
       })
     : silentLogger;
-  const handle = createApp({ store, log }).callback();
-  const server = createServer((req, res) => void handle(req, res));
+  const server = createServer(createHandler({ store, log, ...(metrics && { metrics }) }));
   servers.push(server);
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -150,6 +154,39 @@ describe('mirror http: metadata routes', () => {
       pending: [],
       blobs: [],
     });
+  });
+});
+
+describe('mirror http: agent polls', () => {
+  it('answers unchanged polls 304 on the fast path, counts them, and sees a new manifest at once', async () => {
+    const store = await newStore([{ name: 'one', content: Buffer.from('first release') }]);
+    const metrics = mirrorMetrics();
+    const url = await serve(store, undefined, metrics);
+    const first = await fetch(`${url}/v1/manifest`);
+    const etag = first.headers.get('etag')!;
+    await first.arrayBuffer();
+    for (let i = 0; i < 5; i++) {
+      const poll = await fetch(`${url}/v1/manifest`, { headers: { 'If-None-Match': etag } });
+      expect(poll.status).toBe(304);
+      expect(poll.headers.get('etag')).toBe(etag);
+      expect(await poll.text()).toBe('');
+    }
+    expect(metrics.get('ferry_mirror_requests_total', { route: '/v1/manifest', status: '304' })).toBe(5);
+    // a stale ETag falls through to the full answer
+    const stale = await fetch(`${url}/v1/manifest`, { headers: { 'If-None-Match': '"0000"' } });
+    expect(stale.status).toBe(200);
+    await stale.arrayBuffer();
+    // a new release imported by this process is served on the very next poll
+    const out = join(w.dir, `next-${Date.now()}.ferry`);
+    await buildBundle(w, out, {
+      spec: { sequence: 2 },
+      artifacts: [{ name: 'one', kind: 'file', content: Buffer.from('second release') }],
+    });
+    expect((await importBundle(store, out)).ok).toBe(true);
+    const next = await fetch(`${url}/v1/manifest`, { headers: { 'If-None-Match': etag } });
+    expect(next.status).toBe(200);
+    expect(next.headers.get('etag')).not.toBe(etag);
+    await next.arrayBuffer();
   });
 });
 

@@ -13,6 +13,7 @@ import type { Store } from '../store.js';
 import { errorMiddleware } from './errors.js';
 import { accounting, bodyLimit, opsRouter } from './ops.js';
 import { routers } from './routes.js';
+import { withFastPolls, type Handler } from './fast.js';
 
 export interface AppDeps {
   store: Store;
@@ -21,6 +22,8 @@ export interface AppDeps {
   metrics?: Metrics;
   /** Largest request body accepted on any route (bytes). */
   maxBodyBytes?: number;
+  /** The cached state the routes serve; one per store. */
+  view?: StateView;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
@@ -30,9 +33,9 @@ export function createApp({
   log = silentLogger,
   metrics = mirrorMetrics(),
   maxBodyBytes,
+  view = new StateView(store),
 }: AppDeps): Koa {
   const app = new Koa();
-  const view = new StateView(store);
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
   // onerror, which would print to stderr without a listener; send them to the log instead.
   app.on('error', (e: unknown) =>
@@ -50,4 +53,12 @@ export function createApp({
   app.use(api.routes());
   app.use(api.allowedMethods());
   return app;
+}
+
+/** The request handler a server mounts: the Koa app behind the fast path for unchanged polls. */
+export function createHandler(deps: AppDeps): Handler {
+  const view = deps.view ?? new StateView(deps.store);
+  const metrics = deps.metrics ?? mirrorMetrics();
+  const app = createApp({ ...deps, view, metrics }).callback();
+  return withFastPolls(view, metrics, (req, res) => void app(req, res));
 }

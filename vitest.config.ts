@@ -6,6 +6,7 @@ export default defineConfig({
       'core/**/*.test.ts',
       'bundler/**/*.test.ts',
       'mirror/**/*.test.ts',
+      'agent/**/*.test.ts',
       'bin/**/*.test.ts',
       'test/**/*.test.ts',
     ],

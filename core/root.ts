@@ -217,3 +217,16 @@ export function loadPinnedRoot(bytes: Uint8Array | string): TrustedRoot {
     throw new FerryError('ROOT_INVALID', `root file is larger than ${MAX_ROOT_BYTES} bytes`);
   return trustPinnedRoot(parseEnvelope(bytes, 'root'));
 }
+
+/**
+ * Re-verifies a stored chain (pinned root first, then each next version, as
+ * exact envelope bytes in base64) and returns its newest root. Mirrors and
+ * agents keep their chain this way and check it on every start.
+ */
+export function trustStoredChain(rootsBase64: readonly string[]): TrustedRoot {
+  if (rootsBase64.length === 0) throw new FerryError('ROOT_INVALID', 'no pinned root');
+  const envs = rootsBase64.map((b64, i) => parseEnvelope(decodeBase64Strict(b64, `roots[${i}]`), 'root'));
+  let root = trustPinnedRoot(envs[0]!);
+  for (const env of envs.slice(1)) root = verifyNextRoot(root, env);
+  return root;
+}

@@ -19,7 +19,7 @@ import { decodeBase64Strict } from '../core/encoding.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { fsyncDir, writeFileAtomic } from '../core/fsx.js';
 import { decodeManifest, manifestBlobs } from '../core/manifest.js';
-import { loadPinnedRoot, trustPinnedRoot, verifyNextRoot, type TrustedRoot } from '../core/root.js';
+import { loadPinnedRoot, trustStoredChain, type TrustedRoot } from '../core/root.js';
 import { BlobStage } from './stage.js';
 import { MirrorError } from './errors.js';
 import { acquireLock, removeStaleCandidates, serialize, type LockOptions } from './lock.js';
@@ -139,10 +139,7 @@ export class Store {
   /** The newest root of the stored chain, re-verified link by link. */
   trustedRoot(state: MirrorState): TrustedRoot {
     try {
-      const envs = state.roots.map((b64, i) => parseEnvelope(decodeBase64Strict(b64, `roots[${i}]`), 'root'));
-      let root = trustPinnedRoot(envs[0]!);
-      for (const env of envs.slice(1)) root = verifyNextRoot(root, env);
-      return root;
+      return trustStoredChain(state.roots);
     } catch (e) {
       throw new MirrorError(
         'STORE_INVALID',

@@ -1,0 +1,117 @@
+/**
+ * The agent's durable state (state.json under its state directory), read and
+ * validated field by field, written atomically (temp + fsync + rename + dir
+ * fsync). A kill -9 at any moment leaves the previous state or the next one.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FerryError } from '../core/errors.js';
+import { writeFileAtomic } from '../core/fsx.js';
+import { initialTrust, type TrustState } from './decide.js';
+
+export interface ActiveManifest {
+  publisher: string;
+  sequence: number;
+  payloadDigest: string;
+  /** The verified envelope, exact bytes in base64, so the agent can re-derive its desired state offline. */
+  envelope: string;
+}
+
+export interface ScriptRun {
+  digest: string;
+  lastRunAt: number;
+  lastExit: number | null;
+}
+
+export interface AgentState {
+  format: 'ferry.agent-state/v1';
+  site: string;
+  groups: string[];
+  agentId: string | null;
+  /** Trusted root envelopes, exact bytes in base64: the pinned one first, each the next version. */
+  roots: string[];
+  trust: TrustState;
+  active: ActiveManifest | null;
+  /** ETag of the manifest last fetched, for If-None-Match. */
+  etag: string | null;
+  scripts: Record<string, ScriptRun>;
+  lastContactAt: number | null;
+  disconnectedSince: number | null;
+  /** Last heartbeat counter used; strictly increasing across restarts. */
+  counter: number;
+}
+
+export const stateFile = (dir: string) => join(dir, 'state.json');
+
+export function initialState(o: { site: string; groups: string[]; pinnedRoot: Buffer }): AgentState {
+  return {
+    format: 'ferry.agent-state/v1',
+    site: o.site,
+    groups: o.groups,
+    agentId: null,
+    roots: [o.pinnedRoot.toString('base64')],
+    trust: initialTrust(),
+    active: null,
+    etag: null,
+    scripts: {},
+    lastContactAt: null,
+    disconnectedSince: null,
+    counter: 0,
+  };
+}
+
+const bad = (field: string) => new FerryError('IO_ERROR', `agent state: ${field} is missing or malformed`);
+const isObj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const isStrArr = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+
+export function assertAgentState(v: unknown): asserts v is AgentState {
+  if (!isObj(v) || v.format !== 'ferry.agent-state/v1') throw bad('format');
+  if (typeof v.site !== 'string') throw bad('site');
+  if (!isStrArr(v.groups)) throw bad('groups');
+  if (v.agentId !== null && typeof v.agentId !== 'string') throw bad('agentId');
+  if (!isStrArr(v.roots) || v.roots.length === 0) throw bad('roots');
+  const t = v.trust;
+  if (!isObj(t) || !isNum(t.highestTime) || !isObj(t.publishers)) throw bad('trust');
+  for (const p of Object.values(t.publishers)) {
+    if (!isObj(p) || !isNum(p.sequence) || typeof p.payloadDigest !== 'string') throw bad('trust.publishers');
+  }
+  const a = v.active;
+  if (
+    a !== null &&
+    (!isObj(a) || typeof a.publisher !== 'string' || !isNum(a.sequence) || typeof a.envelope !== 'string')
+  ) {
+    throw bad('active');
+  }
+  if (v.etag !== null && typeof v.etag !== 'string') throw bad('etag');
+  if (!isObj(v.scripts)) throw bad('scripts');
+  for (const s of Object.values(v.scripts))
+    if (!isObj(s) || typeof s.digest !== 'string' || !isNum(s.lastRunAt)) throw bad('scripts');
+  if (v.lastContactAt !== null && !isNum(v.lastContactAt)) throw bad('lastContactAt');
+  if (v.disconnectedSince !== null && !isNum(v.disconnectedSince)) throw bad('disconnectedSince');
+  if (!isNum(v.counter)) throw bad('counter');
+}
+
+/** Reads state.json, or undefined when the agent has never run with this directory. */
+export async function readAgentState(dir: string): Promise<AgentState | undefined> {
+  let text: string;
+  try {
+    text = await readFile(stateFile(dir), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new FerryError('IO_ERROR', `cannot read agent state: ${(e as Error).message}`, { cause: e });
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new FerryError('IO_ERROR', 'agent state: state.json is not valid JSON', { cause: e });
+  }
+  assertAgentState(v);
+  return v;
+}
+
+export async function writeAgentState(dir: string, state: AgentState): Promise<void> {
+  await writeFileAtomic(stateFile(dir), JSON.stringify(state) + '\n', { mode: 0o600 });
+}

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
+import { agentsFor } from './agents.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
@@ -107,6 +108,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       } finally {
         clearInterval(reaper);
       }
+      await agentsFor(store).close(); // the telemetry log, after the last request that could append
       log.info('mirror.stopped', {});
     })());
   return { url, store, metrics, importFile, close };

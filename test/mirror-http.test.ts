@@ -312,7 +312,7 @@ describe('mirror http: errors', () => {
   });
 
   it('a request body over the limit is 413 BODY_TOO_LARGE before any route reads it', async () => {
-    const res = await fetch(`${base}/v1/manifest`, { method: 'POST', body: Buffer.alloc(65 * 1024) });
+    const res = await fetch(`${base}/v1/manifest`, { method: 'POST', body: Buffer.alloc(1024 * 1024 + 1) });
     await expectError(res, 413, 'BODY_TOO_LARGE');
   });
 

@@ -1,8 +1,8 @@
 /**
  * The mirror's HTTP API as a Koa app (CONVENTIONS 3): error middleware first,
  * then request accounting, then one router per resource. No listen here; the
- * composition root or a test drives `app.callback()`. No body parser: every
- * route is a GET (HEAD comes with it) and none reads a request body.
+ * composition root or a test drives `app.callback()`. No body parser: the two
+ * agent POST routes (http/agents.ts) read their bodies raw with their own caps.
  */
 import Router from '@koa/router';
 import Koa from 'koa';
@@ -10,6 +10,8 @@ import { silentLogger, type Logger } from '../../core/log.js';
 import { mirrorMetrics, type Metrics } from '../metrics.js';
 import { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
+import { agentsFor, type AgentsStore } from '../agents.js';
+import { agentsRouter, type AgentRouteLimits } from './agents.js';
 import { errorMiddleware } from './errors.js';
 import { accounting, bodyLimit, opsRouter } from './ops.js';
 import { routers } from './routes.js';
@@ -24,9 +26,13 @@ export interface AppDeps {
   maxBodyBytes?: number;
   /** The cached state the routes serve; one per store. */
   view?: StateView;
+  /** Enrolled agents and their telemetry; by default the one kept for `store`'s data dir. */
+  agents?: AgentsStore;
+  agentLimits?: Partial<AgentRouteLimits>;
 }
 
-export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
+/** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 
 export function createApp({
   store,
@@ -34,6 +40,8 @@ export function createApp({
   metrics = mirrorMetrics(),
   maxBodyBytes,
   view = new StateView(store),
+  agents = agentsFor(store),
+  agentLimits,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -47,7 +55,11 @@ export function createApp({
   // One router mounts the per-resource routers: one match pass per request instead of one per
   // resource (measured: about a third more polls per second than mounting each on the app).
   const api = new Router();
-  for (const router of [...routers(store, view), opsRouter(view, metrics, store.now)]) {
+  for (const router of [
+    ...routers(store, view),
+    agentsRouter(agents, store.now, agentLimits),
+    opsRouter(view, metrics, store.now),
+  ]) {
     api.use(router.routes(), router.allowedMethods());
   }
   app.use(api.routes());

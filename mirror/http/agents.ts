@@ -1,0 +1,172 @@
+/**
+ * Agent routes: `POST /v1/enroll` and `POST /v1/telemetry`. Request bodies are
+ * read raw with a size cap and parsed strictly here (no body parser).
+ *
+ * Telemetry takes one heartbeat envelope or {envelopes:[…]}. Each item is
+ * checked on its own (shape, enrolled agent, signature under that agent's key,
+ * payload, counter); the answer is 202 {accepted, rejected:[{index, code}]}
+ * once every accepted item is fsynced, or 400 when none was accepted.
+ */
+import Router from '@koa/router';
+import type { Context } from 'koa';
+import { assertEnvelope, type Envelope } from '../../core/dsse.js';
+import { isFerryError } from '../../core/errors.js';
+import { claimedAgentId, verifyEnrollRequest, verifyHeartbeat } from '../../core/heartbeat.js';
+import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
+import { HttpError, type HttpErrorCode } from './errors.js';
+
+export interface AgentRouteLimits {
+  enrollBodyBytes: number;
+  telemetryBodyBytes: number;
+  /** Envelopes in one telemetry request. */
+  telemetryItems: number;
+  /** How far an enrolment's `at` may be from the mirror's clock. */
+  enrollSkewMs: number;
+}
+
+export const DEFAULT_AGENT_ROUTE_LIMITS: AgentRouteLimits = {
+  enrollBodyBytes: 16 * 1024,
+  telemetryBodyBytes: 1024 * 1024,
+  telemetryItems: 1000,
+  enrollSkewMs: 15 * 60 * 1000,
+};
+
+export type TelemetryItemCode = Extract<
+  HttpErrorCode,
+  'BAD_ENVELOPE' | 'UNKNOWN_AGENT' | 'BAD_SIGNATURE' | 'BAD_HEARTBEAT' | 'REPLAY'
+>;
+
+/** Reads a JSON request body of at most `limit` bytes and parses it strictly (UTF-8, JSON). */
+export async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
+  if (!ctx.is('application/json'))
+    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+  const declared = Number(ctx.get('Content-Length') || 0);
+  if (declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks)));
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+  }
+}
+
+function enrollError(e: unknown): never {
+  if (isFerryError(e) && e.code === 'SIGNATURE_THRESHOLD')
+    throw new HttpError(400, 'BAD_SIGNATURE', 'enrolment is not signed by the key it enrols');
+  if (isFerryError(e)) throw new HttpError(400, 'BAD_ENROLLMENT', e.message);
+  throw e;
+}
+
+function itemCode(e: unknown): TelemetryItemCode {
+  if (!isFerryError(e)) throw e;
+  if (e.code === 'SIGNATURE_THRESHOLD') return 'BAD_SIGNATURE';
+  return 'BAD_HEARTBEAT';
+}
+
+async function checkItem(
+  agents: AgentsStore,
+  v: unknown,
+): Promise<{ ok: true; item: AcceptedHeartbeat } | { ok: false; code: TelemetryItemCode }> {
+  let env: Envelope;
+  try {
+    assertEnvelope(v, 'heartbeat');
+    env = v;
+  } catch {
+    return { ok: false, code: 'BAD_ENVELOPE' };
+  }
+  let agentId: string;
+  try {
+    agentId = claimedAgentId(env);
+  } catch (e) {
+    return { ok: false, code: itemCode(e) };
+  }
+  const publicKey = await agents.publicKeyOf(agentId);
+  if (!publicKey) return { ok: false, code: 'UNKNOWN_AGENT' };
+  try {
+    const heartbeat = verifyHeartbeat(env, publicKey);
+    // Cheap early refusal; the commit re-checks under its own serialisation.
+    if (heartbeat.counter <= (await agents.lastCounter(agentId))) return { ok: false, code: 'REPLAY' };
+    // Stored as DSSE and nothing else: unknown fields a client added do not reach the log.
+    const envelope: Envelope = {
+      payloadType: env.payloadType,
+      payload: env.payload,
+      signatures: env.signatures.map((x) => ({
+        ...(x.keyid !== undefined && { keyid: x.keyid }),
+        sig: x.sig,
+      })),
+    };
+    return { ok: true, item: { heartbeat, envelope } };
+  } catch (e) {
+    return { ok: false, code: itemCode(e) };
+  }
+}
+
+export function agentsRouter(
+  agents: AgentsStore,
+  now: () => number,
+  limits: Partial<AgentRouteLimits> = {},
+): Router {
+  const l = { ...DEFAULT_AGENT_ROUTE_LIMITS, ...limits };
+  const router = new Router({ prefix: '/v1' });
+
+  router.post('/enroll', async (ctx) => {
+    const body = await readJsonBody(ctx, l.enrollBodyBytes);
+    let payload;
+    try {
+      assertEnvelope(body, 'enrolment');
+      payload = verifyEnrollRequest(body);
+    } catch (e) {
+      enrollError(e);
+    }
+    if (Math.abs(Date.parse(payload.at) - now()) > l.enrollSkewMs)
+      throw new HttpError(400, 'BAD_ENROLLMENT', 'enrolment "at" is too far from the mirror clock');
+    const record = await agents.enroll(payload);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { agentId: record.id };
+  });
+
+  router.post('/telemetry', async (ctx) => {
+    const body = await readJsonBody(ctx, l.telemetryBodyBytes);
+    let list: unknown[];
+    if (typeof body === 'object' && body !== null && !Array.isArray(body) && 'envelopes' in body) {
+      const envs = body.envelopes;
+      if (!Array.isArray(envs) || Object.keys(body).length !== 1)
+        throw new HttpError(400, 'BAD_REQUEST', 'body must be one envelope or {envelopes:[…]}');
+      list = envs;
+    } else list = [body];
+    if (list.length === 0) throw new HttpError(400, 'BAD_REQUEST', 'no envelopes');
+    if (list.length > l.telemetryItems)
+      throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${l.telemetryItems} envelopes per request`);
+
+    const rejected: { index: number; code: TelemetryItemCode }[] = [];
+    const valid: { index: number; item: AcceptedHeartbeat }[] = [];
+    for (const [index, v] of list.entries()) {
+      const r = await checkItem(agents, v);
+      if (r.ok) valid.push({ index, item: r.item });
+      else rejected.push({ index, code: r.code });
+    }
+    const outcomes = valid.length ? await agents.commit(valid.map((x) => x.item)) : [];
+    outcomes.forEach((o, i) => {
+      if (o === 'REPLAY') rejected.push({ index: valid[i]!.index, code: 'REPLAY' });
+    });
+    rejected.sort((a, b) => a.index - b.index);
+    const accepted = list.length - rejected.length;
+    ctx.set('Cache-Control', 'no-store');
+    if (accepted === 0) {
+      const codes = new Set(rejected.map((r) => r.code));
+      const code = codes.size === 1 ? [...codes][0]! : 'TELEMETRY_REJECTED';
+      ctx.status = 400;
+      ctx.body = { code, message: 'no envelope in this request was accepted', rejected };
+      return;
+    }
+    ctx.status = 202;
+    ctx.body = { accepted, rejected };
+  });
+  return router;
+}

@@ -1,0 +1,236 @@
+/**
+ * Agent enrolment and signed heartbeats against a real mirror on a loopback
+ * port: enrolment is idempotent, telemetry is in the log once 202 is answered,
+ * and every refusal (tampered, forged, replayed, unknown, oversized) leaves
+ * the log and the counters as they were.
+ */
+import { once } from 'node:events';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { enroll, enrollRequest, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
+import type { Envelope } from '../core/dsse.js';
+import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
+import { createHandler } from '../mirror/http/app.js';
+import { Store } from '../mirror/store.js';
+import { makeWorld, type World } from './helpers/fixtures.js';
+
+let w: World;
+let store: Store;
+let base: string;
+const servers: Server[] = [];
+
+beforeAll(async () => {
+  w = await makeWorld();
+  const dir = await mkdtemp(join(w.dir, 'data-'));
+  store = await Store.open(dir, { init: { rootBytes: await readFile(w.rootPath), site: 'plant-7' } });
+  const server = createServer(createHandler({ store }));
+  servers.push(server);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  for (const s of servers) await new Promise((r) => s.close(r));
+  await w.cleanup();
+});
+
+const info = { hostname: 'node-1', platform: 'linux/amd64', groups: ['canary'] };
+
+async function newAgent(): Promise<AgentIdentity> {
+  return loadOrCreateIdentity(await mkdtemp(join(w.dir, 'agent-')));
+}
+
+function heartbeat(id: AgentIdentity, counter: number, extra: Partial<Heartbeat> = {}): Heartbeat {
+  return {
+    type: 'ferry.heartbeat/v1',
+    agentId: id.agentId,
+    counter,
+    sentAt: new Date().toISOString(),
+    version: '1.0.0',
+    manifestSequence: 3,
+    results: [{ name: 'ntp-check', ok: true }],
+    drift: [],
+    disconnectedSec: 0,
+    resources: { rssBytes: 40_000_000, load1: 0.25 },
+    ...extra,
+  };
+}
+
+async function post(path: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(base + path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+}
+
+/** Every line of every telemetry log, parsed. */
+async function logged(): Promise<{ agentId: string; counter: number; envelope: Envelope }[]> {
+  const dir = join(store.dir, 'telemetry');
+  const out = [];
+  for (const name of (await readdir(dir)).sort())
+    for (const line of (await readFile(join(dir, name), 'utf8')).split('\n').filter(Boolean))
+      out.push(JSON.parse(line) as { agentId: string; counter: number; envelope: Envelope });
+  return out;
+}
+
+const counters = async () => readFile(join(store.dir, 'agents', 'counters.json'), 'utf8').catch(() => '{}');
+
+describe('POST /v1/enroll', () => {
+  it('gives an id derived from the key, the same on re-enrolment, and records the agent', async () => {
+    const a = await newAgent();
+    const id = await enroll(base, a, info);
+    expect(id).toBe(a.agentId);
+    expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(await enroll(base, a, { ...info, groups: ['canary', 'plant-7'], token: 't-123' })).toBe(id);
+    const rec = JSON.parse(await readFile(join(store.dir, 'agents', `${id}.json`), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    expect(rec).toMatchObject({ id, keyid: a.keyid, groups: ['canary', 'plant-7'], token: 't-123' });
+    // the identity survives a restart: same key, same id
+    expect((await loadOrCreateIdentity(join(a.keyPath, '..', '..'))).agentId).toBe(id);
+  });
+
+  it('refuses an enrolment not signed by the key it names, and records nothing', async () => {
+    const a = await newAgent();
+    const b = await newAgent();
+    const env = enrollRequest(a, info);
+    env.signatures = enrollRequest(b, info).signatures;
+    const r = await post('/v1/enroll', env);
+    expect(r).toMatchObject({ status: 400, json: { code: 'BAD_SIGNATURE' } });
+    expect(await readdir(join(store.dir, 'agents'))).not.toContain(`${a.agentId}.json`);
+  });
+
+  it('refuses a stale enrolment and a body over 16 KiB', async () => {
+    const a = await newAgent();
+    const stale = enrollRequest(a, { ...info, now: () => Date.now() - 3600_000 });
+    expect(await post('/v1/enroll', stale)).toMatchObject({ status: 400, json: { code: 'BAD_ENROLLMENT' } });
+    const big = await post('/v1/enroll', { pad: 'x'.repeat(17 * 1024) });
+    expect(big).toMatchObject({ status: 413, json: { code: 'BODY_TOO_LARGE' } });
+    expect(await readdir(join(store.dir, 'agents'))).not.toContain(`${a.agentId}.json`);
+  });
+});
+
+describe('POST /v1/telemetry', () => {
+  let a: AgentIdentity;
+  beforeAll(async () => {
+    a = await newAgent();
+    await enroll(base, a, info);
+  });
+
+  it('answers 202 only once the heartbeat is in the log', async () => {
+    const env = signHeartbeat(heartbeat(a, 1), a.key);
+    const r = await post('/v1/telemetry', env);
+    expect(r).toEqual({ status: 202, json: { accepted: 1, rejected: [] } });
+    const lines = (await logged()).filter((l) => l.agentId === a.agentId);
+    expect(lines.map((l) => l.counter)).toEqual([1]);
+    expect(lines[0]!.envelope).toEqual(env);
+    // a batch: several heartbeats in one request
+    const batch = [2, 3, 4].map((n) => signHeartbeat(heartbeat(a, n), a.key));
+    expect(await post('/v1/telemetry', { envelopes: batch })).toMatchObject({
+      status: 202,
+      json: { accepted: 3 },
+    });
+    expect((await logged()).filter((l) => l.agentId === a.agentId).map((l) => l.counter)).toEqual([
+      1, 2, 3, 4,
+    ]);
+  });
+
+  it('groups concurrent requests and still refuses a counter seen in the same batch', async () => {
+    const [x, y] = await Promise.all([
+      post('/v1/telemetry', signHeartbeat(heartbeat(a, 10), a.key)),
+      post('/v1/telemetry', signHeartbeat(heartbeat(a, 10), a.key)),
+    ]);
+    expect([x.status, y.status].sort()).toEqual([202, 400]);
+    expect((await logged()).filter((l) => l.counter === 10)).toHaveLength(1);
+  });
+
+  it('refuses a tampered heartbeat (one payload byte changed) and stores nothing', async () => {
+    const env = signHeartbeat(heartbeat(a, 20), a.key);
+    const body = Buffer.from(env.payload, 'base64');
+    const at = body.indexOf('"version":"1.0.0"') + '"version":"1.0.'.length;
+    body[at] = '9'.charCodeAt(0);
+    const before = [await logged(), await counters()];
+    const r = await post('/v1/telemetry', { ...env, payload: body.toString('base64') });
+    expect(r).toMatchObject({
+      status: 400,
+      json: { code: 'BAD_SIGNATURE', rejected: [{ index: 0, code: 'BAD_SIGNATURE' }] },
+    });
+    expect([await logged(), await counters()]).toEqual(before);
+  });
+
+  it("refuses a heartbeat for this agent's id signed by another agent's key", async () => {
+    const b = await newAgent();
+    await enroll(base, b, info);
+    const before = [await logged(), await counters()];
+    const r = await post('/v1/telemetry', signHeartbeat(heartbeat(a, 21), b.key));
+    expect(r).toMatchObject({ status: 400, json: { code: 'BAD_SIGNATURE' } });
+    expect([await logged(), await counters()]).toEqual(before);
+  });
+
+  it('refuses a replayed or lower counter', async () => {
+    const before = [await logged(), await counters()];
+    expect(await post('/v1/telemetry', signHeartbeat(heartbeat(a, 4), a.key))).toMatchObject({
+      status: 400,
+      json: { code: 'REPLAY' },
+    });
+    expect(await post('/v1/telemetry', signHeartbeat(heartbeat(a, 2), a.key))).toMatchObject({
+      status: 400,
+      json: { code: 'REPLAY' },
+    });
+    expect([await logged(), await counters()]).toEqual(before);
+  });
+
+  it('refuses an unknown agent, and reports per-item refusals next to accepted ones', async () => {
+    const stranger = await newAgent();
+    const r = await post('/v1/telemetry', {
+      envelopes: [
+        signHeartbeat(heartbeat(stranger, 1), stranger.key),
+        signHeartbeat(heartbeat(a, 30), a.key),
+        { payloadType: 'x' },
+        signHeartbeat(heartbeat(a, 30), a.key),
+      ],
+    });
+    expect(r).toEqual({
+      status: 202,
+      json: {
+        accepted: 1,
+        rejected: [
+          { index: 0, code: 'UNKNOWN_AGENT' },
+          { index: 2, code: 'BAD_ENVELOPE' },
+          { index: 3, code: 'REPLAY' },
+        ],
+      },
+    });
+    expect((await logged()).filter((l) => l.agentId === stranger.agentId)).toHaveLength(0);
+  });
+
+  it('refuses a body over 1 MiB with 413 and stores nothing', async () => {
+    const before = [await logged(), await counters()];
+    // chunked (no Content-Length), so the route's own cap is what stops it
+    const huge = 'x'.repeat(1024 * 1024 + 1);
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(new TextEncoder().encode(`{"pad":"${huge}"}`));
+        c.close();
+      },
+    });
+    const res = await fetch(base + '/v1/telemetry', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: stream,
+      duplex: 'half',
+    });
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { code: string }).code).toBe('BODY_TOO_LARGE');
+    const declared = await post('/v1/telemetry', { pad: huge });
+    expect(declared).toMatchObject({ status: 413, json: { code: 'BODY_TOO_LARGE' } });
+    expect([await logged(), await counters()]).toEqual(before);
+  });
+});

@@ -27,6 +27,8 @@ export interface AgentState {
   format: 'ferry.agent-state/v1';
   site: string;
   groups: string[];
+  /** Mirror base URLs in failover order, as last configured. */
+  mirrors: string[];
   agentId: string | null;
   /** Trusted root envelopes, exact bytes in base64: the pinned one first, each the next version. */
   roots: string[];
@@ -39,15 +41,23 @@ export interface AgentState {
   disconnectedSince: number | null;
   /** Last heartbeat counter used; strictly increasing across restarts. */
   counter: number;
+  /** Managed files this agent has placed, as `placementKey(path, sha256)`. */
+  placed?: string[];
 }
 
 export const stateFile = (dir: string) => join(dir, 'state.json');
 
-export function initialState(o: { site: string; groups: string[]; pinnedRoot: Buffer }): AgentState {
+export function initialState(o: {
+  site: string;
+  groups: string[];
+  mirrors: string[];
+  pinnedRoot: Buffer;
+}): AgentState {
   return {
     format: 'ferry.agent-state/v1',
     site: o.site,
     groups: o.groups,
+    mirrors: o.mirrors,
     agentId: null,
     roots: [o.pinnedRoot.toString('base64')],
     trust: initialTrust(),
@@ -70,6 +80,7 @@ export function assertAgentState(v: unknown): asserts v is AgentState {
   if (!isObj(v) || v.format !== 'ferry.agent-state/v1') throw bad('format');
   if (typeof v.site !== 'string') throw bad('site');
   if (!isStrArr(v.groups)) throw bad('groups');
+  if (!isStrArr(v.mirrors)) throw bad('mirrors');
   if (v.agentId !== null && typeof v.agentId !== 'string') throw bad('agentId');
   if (!isStrArr(v.roots) || v.roots.length === 0) throw bad('roots');
   const t = v.trust;
@@ -91,6 +102,7 @@ export function assertAgentState(v: unknown): asserts v is AgentState {
   if (v.lastContactAt !== null && !isNum(v.lastContactAt)) throw bad('lastContactAt');
   if (v.disconnectedSince !== null && !isNum(v.disconnectedSince)) throw bad('disconnectedSince');
   if (!isNum(v.counter)) throw bad('counter');
+  if (v.placed !== undefined && !isStrArr(v.placed)) throw bad('placed');
 }
 
 /** Reads state.json, or undefined when the agent has never run with this directory. */

@@ -20,6 +20,10 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
     const m = await import('./cli/bundle.js');
     return { create: m.bundleCreate, sign: m.bundleSign, inspect: m.bundleInspect, verify: m.bundleVerify };
   },
+  agent: async () => {
+    const m = await import('./cli/agent.js');
+    return { run: m.agentRun, poll: m.agentPoll, status: m.agentStatus, version: m.agentVersion };
+  },
   mirror: async () => {
     const m = await import('./cli/mirror.js');
     return { serve: m.mirrorServe, import: m.mirrorImport, status: m.mirrorStatus };
@@ -60,7 +64,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   }
   // Operator and auditor commands sign and verify with libsodium (the design's choice); the
   // long-running service uses node:crypto, which costs it no memory (see core/ed25519.ts).
-  if (!(group === 'mirror' && name === 'serve')) await useLibsodium();
+  if (group !== 'agent' && !(group === 'mirror' && name === 'serve')) await useLibsodium();
   return runCommand(cmd, `${group} ${name}`, rest, io);
 }
 

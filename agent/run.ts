@@ -1,0 +1,214 @@
+/**
+ * The agent's composition root and loop: load state (pinning the trust root on
+ * first run), then every interval (with jitter): sync with the mirrors, apply
+ * the last verified state locally, queue a signed heartbeat, drain the outbox.
+ * Cut off from every mirror it keeps applying what it last verified.
+ */
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { FerryError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { loadPinnedRoot } from '../core/root.js';
+import { applyOnce, type ApplyReport } from './apply.js';
+import { MirrorSet } from './fetch.js';
+import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
+import { Outbox } from './outbox.js';
+import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
+import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
+import { syncOnce, type SyncOutcome } from './sync.js';
+
+export interface AgentOptions {
+  stateDir: string;
+  mirrors: string[];
+  /** First run: the root to pin and this node's site and groups (later runs use the stored ones). */
+  trustPath?: string;
+  site?: string;
+  groups?: string[];
+  log: Logger;
+  version: string;
+  pollIntervalSec?: number;
+  allowlist?: readonly string[];
+  enforceFiles?: boolean;
+  timeoutMs?: number;
+  now?: () => number;
+}
+
+export interface CycleResult {
+  sync: SyncOutcome;
+  apply: ApplyReport;
+  sent: number;
+  state: AgentState;
+}
+
+export const DEFAULT_POLL_SEC = 30;
+
+export async function loadOrInitState(o: AgentOptions): Promise<AgentState> {
+  const existing = await readAgentState(o.stateDir);
+  if (existing) {
+    if (o.site && o.site !== existing.site) {
+      throw new FerryError('USAGE', `${o.stateDir} belongs to site ${existing.site}, not ${o.site}`);
+    }
+    return {
+      ...existing,
+      ...(o.groups && o.groups.length > 0 && { groups: o.groups }),
+      ...(o.mirrors.length > 0 && { mirrors: o.mirrors }),
+    };
+  }
+  if (!o.trustPath || !o.site)
+    throw new FerryError('USAGE', 'first run: --trust and --site are required to pin the trust root');
+  const pinned = await readFile(o.trustPath);
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  loadPinnedRoot(pinned); // refuses a root that does not verify against itself
+  if (o.mirrors.length === 0) throw new FerryError('USAGE', 'first run: --mirror is required');
+  const state = initialState({
+    site: o.site,
+    groups: o.groups ?? [],
+    mirrors: o.mirrors,
+    pinnedRoot: pinned,
+  });
+  await writeAgentState(o.stateDir, state);
+  return state;
+}
+
+export class Agent {
+  private state!: AgentState;
+  private identity!: AgentIdentity;
+  private outbox!: Outbox;
+  private mirrors!: MirrorSet;
+  private readonly bootAt: number;
+  private readonly now: () => number;
+  private pollIntervalSec: number;
+  private timer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+  private stopping = false;
+
+  private readonly o: AgentOptions;
+
+  constructor(options: AgentOptions) {
+    const o = { ...options, stateDir: resolve(options.stateDir) }; // scripts run from cwd /, so paths are absolute
+    this.o = o;
+    this.now = o.now ?? Date.now;
+    this.bootAt = this.now();
+    this.pollIntervalSec = o.pollIntervalSec ?? DEFAULT_POLL_SEC;
+  }
+
+  async init(): Promise<void> {
+    this.state = await loadOrInitState(this.o);
+    await writeAgentState(this.o.stateDir, this.state);
+    this.mirrors = new MirrorSet(this.state.mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
+    this.identity = await loadOrCreateIdentity(this.o.stateDir);
+    this.outbox = await Outbox.open(this.o.stateDir);
+  }
+
+  get current(): AgentState {
+    return this.state;
+  }
+
+  /** One full cycle; state is persisted after every step, so a kill -9 loses at most the step under way. */
+  async cycle(): Promise<CycleResult> {
+    const { log } = this.o;
+    const timeoutMs = this.o.timeoutMs ?? 30_000;
+    const cacheDir = join(this.o.stateDir, 'cache');
+    if (this.state.agentId === null) await this.tryEnroll(timeoutMs);
+    const synced = await syncOnce(
+      { cacheDir, mirrors: this.mirrors, log, now: this.now, timeoutMs },
+      this.state,
+    );
+    await this.save(synced.state);
+    const applied = await applyOnce(
+      {
+        cacheDir,
+        log,
+        now: this.now,
+        allowlist: this.o.allowlist ?? ['sh', 'bash'],
+        enforceFiles: this.o.enforceFiles ?? true,
+        bootAt: this.bootAt,
+      },
+      this.state,
+    );
+    await this.save(applied.state);
+    if (applied.report.pollIntervalSec && this.o.pollIntervalSec === undefined)
+      this.pollIntervalSec = applied.report.pollIntervalSec;
+    const rctx = {
+      identity: this.identity,
+      outbox: this.outbox,
+      log,
+      now: this.now,
+      version: this.o.version,
+      timeoutMs,
+    };
+    await this.save(await queueHeartbeat(rctx, this.state, applied.report));
+    const sent =
+      synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
+    log.info('agent.cycle', {
+      sync: synced.outcome.kind,
+      sequence: this.state.active?.sequence ?? null,
+      scripts: applied.report.scripts.length,
+      drift: applied.report.files.filter((f) => f.status !== 'ok').length,
+      outbox: this.outbox.size.entries,
+      sent,
+      disconnectedSec:
+        this.state.disconnectedSince === null
+          ? 0
+          : Math.round((this.now() - this.state.disconnectedSince) / 1000),
+    });
+    return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
+  }
+
+  private async tryEnroll(timeoutMs: number): Promise<void> {
+    for (const mirror of this.mirrors.candidates(this.now())) {
+      try {
+        const agentId = await enroll(mirror, this.identity, {
+          hostname: hostnameOf(),
+          platform: platformOf(),
+          groups: this.state.groups,
+          timeoutMs,
+        });
+        await this.save({ ...this.state, agentId });
+        this.o.log.info('agent.enrolled', { mirror, agentId });
+        return;
+      } catch (e) {
+        this.o.log.warn('agent.enroll_failed', { mirror, reason: (e as Error).message });
+      }
+    }
+  }
+
+  private async save(next: AgentState): Promise<void> {
+    this.state = next;
+    await writeAgentState(this.o.stateDir, next);
+  }
+
+  /** Runs cycles until stop(); SIGUSR1 (or pollNow) cuts the wait short. */
+  async run(): Promise<void> {
+    const pidFile = join(this.o.stateDir, 'agent.pid');
+    await writeFile(pidFile, `${process.pid}\n`);
+    try {
+      while (!this.stopping) {
+        try {
+          await this.cycle();
+        } catch (e) {
+          this.o.log.error('agent.cycle_failed', { error: e });
+        }
+        if (this.stopping) break;
+        const base = this.pollIntervalSec * 1000;
+        const wait = base * (0.9 + Math.random() * 0.2); // ±10 % jitter: a site's agents do not poll in step
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          this.timer = setTimeout(resolve, wait);
+        });
+      }
+    } finally {
+      await rm(pidFile, { force: true });
+    }
+  }
+
+  pollNow(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.wake?.();
+  }
+
+  stop(): void {
+    this.stopping = true;
+    this.pollNow();
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * One conversation with the site's mirrors: walk the root chain forward,
+ * fetch the manifest (ETag), verify it ourselves, decide, fetch the blobs this
+ * agent needs, and only then make the new manifest active. The mirror is never
+ * trusted: a mirror that serves a bad root, manifest or blob is backed off and
+ * the next one is tried. Nothing is written unless it verified.
+ */
+import { createHash } from 'node:crypto';
+import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
+import { decodeBase64Strict } from '../core/encoding.js';
+import { isFerryError } from '../core/errors.js';
+import { request } from '../core/http.js';
+import type { Logger } from '../core/log.js';
+import {
+  decodeManifest,
+  MANIFEST_PAYLOAD_TYPE,
+  MAX_MANIFEST_BYTES,
+  type Artifact,
+  type Manifest,
+} from '../core/manifest.js';
+import { assertRootNotExpired, trustStoredChain, walkRootChain, MAX_ROOT_BYTES } from '../core/root.js';
+import { decideManifest } from './decide.js';
+import { fetchBlob, type MirrorSet } from './fetch.js';
+import { neededBlobs } from './desired.js';
+import type { AgentState } from './state.js';
+
+export interface SyncContext {
+  cacheDir: string;
+  mirrors: MirrorSet;
+  log: Logger;
+  now: () => number;
+  timeoutMs: number;
+}
+
+export type SyncOutcome =
+  | { kind: 'updated'; sequence: number; mirror: string }
+  | { kind: 'unchanged'; mirror: string }
+  | { kind: 'refused'; code: string; reason: string }
+  | { kind: 'unreachable'; reason: string };
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** Asks each usable mirror in turn; returns the new state (never persisted here) and what happened. */
+export async function syncOnce(
+  ctx: SyncContext,
+  state: AgentState,
+): Promise<{ state: AgentState; outcome: SyncOutcome }> {
+  let lastRefusal: SyncOutcome | undefined;
+  let lastError = 'no mirror answered';
+  for (const mirror of ctx.mirrors.candidates(ctx.now())) {
+    try {
+      const r = await syncWith(ctx, state, mirror);
+      ctx.mirrors.markGood(mirror);
+      const now = ctx.now();
+      return { state: { ...r.state, lastContactAt: now, disconnectedSince: null }, outcome: r.outcome };
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      const reason = (e as Error).message;
+      ctx.mirrors.markBad(mirror, reason, ctx.now());
+      if (e instanceof Refusal) {
+        // a mirror that serves something that does not verify is skipped for a while
+        ctx.log.warn('sync.refused', { mirror, code: e.code, reason });
+        lastRefusal = { kind: 'refused', code: e.code, reason };
+        state = e.state ?? state;
+      } else {
+        ctx.log.warn('sync.mirror_failed', {
+          mirror,
+          code: typeof code === 'string' ? code : 'ERROR',
+          reason,
+        });
+        lastError = reason;
+      }
+    }
+  }
+  if (lastRefusal)
+    return { state: { ...state, lastContactAt: ctx.now(), disconnectedSince: null }, outcome: lastRefusal };
+  return {
+    state: { ...state, disconnectedSince: state.disconnectedSince ?? ctx.now() },
+    outcome: { kind: 'unreachable', reason: lastError },
+  };
+}
+
+/** A mirror served something that does not verify or is not acceptable. */
+class Refusal extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly state?: AgentState,
+  ) {
+    super(message);
+  }
+}
+
+async function getJson(url: string, ctx: SyncContext, maxBytes: number): Promise<unknown> {
+  const r = await request(url, { timeoutMs: ctx.timeoutMs, maxBytes });
+  if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status}`);
+  try {
+    return JSON.parse(r.body.toString('utf8'));
+  } catch {
+    throw new Refusal('ENVELOPE_INVALID', `${url}: not JSON`);
+  }
+}
+
+async function syncWith(
+  ctx: SyncContext,
+  state: AgentState,
+  mirror: string,
+): Promise<{ state: AgentState; outcome: SyncOutcome }> {
+  // 1. Roots: adopt only versions that chain from what we trust, one at a time.
+  let trusted = trustStoredChain(state.roots);
+  const served = await getJson(`${mirror}/v1/root`, ctx, 64 * MAX_ROOT_BYTES);
+  if (!Array.isArray(served)) throw new Refusal('ROOT_INVALID', 'mirror /v1/root is not a list');
+  let roots = state.roots;
+  try {
+    const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root'));
+    const walked = walkRootChain(trusted, envs);
+    if (walked.adopted.length > 0) {
+      roots = [
+        ...roots,
+        ...walked.adopted.map((r) => Buffer.from(serializeEnvelope(r.envelope)).toString('base64')),
+      ];
+      ctx.log.info('sync.root_adopted', { mirror, versions: walked.adopted.map((r) => r.payload.version) });
+    }
+    trusted = walked.root;
+    assertRootNotExpired(trusted, ctx.now());
+  } catch (e) {
+    if (isFerryError(e)) throw new Refusal(e.code, e.message);
+    throw e;
+  }
+  state = { ...state, roots };
+
+  // 2. Manifest, conditional on what we already hold.
+  const headers: Record<string, string> = state.active && state.etag ? { 'If-None-Match': state.etag } : {};
+  const res = await request(`${mirror}/v1/manifest`, {
+    timeoutMs: ctx.timeoutMs,
+    maxBytes: MAX_MANIFEST_BYTES,
+    headers,
+  });
+  if (res.status === 304) return { state, outcome: { kind: 'unchanged', mirror } };
+  if (res.status === 404) return { state, outcome: { kind: 'unchanged', mirror } }; // the mirror has nothing yet
+  if (res.status !== 200) throw new Error(`${mirror}/v1/manifest: HTTP ${res.status}`);
+  let manifest: Manifest;
+  let payloadDigest: string;
+  try {
+    const env = parseEnvelope(res.body, 'manifest envelope');
+    const { body } = verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, trusted.roles.bundle, 'manifest');
+    manifest = decodeManifest(body);
+    payloadDigest = sha256(body);
+  } catch (e) {
+    if (isFerryError(e)) throw new Refusal(e.code, e.message, state);
+    throw e;
+  }
+  const decision = decideManifest(state.trust, manifest, payloadDigest, { site: state.site, now: ctx.now() });
+  const etag = typeof res.headers.etag === 'string' ? res.headers.etag : null;
+  if (decision.kind === 'refuse')
+    throw new Refusal(decision.code, decision.reason, { ...state, trust: decision.trust });
+  if (decision.kind === 'same')
+    return { state: { ...state, trust: decision.trust, etag }, outcome: { kind: 'unchanged', mirror } };
+
+  // 3. Blobs this agent needs; the manifest becomes active only when all are verified in the cache.
+  const fetchOne = (a: Artifact) =>
+    fetchBlob(ctx.mirrors, a, ctx.cacheDir, { timeoutMs: ctx.timeoutMs, log: ctx.log });
+  for (const a of await neededBlobs(manifest, state.groups, fetchOne)) await fetchOne(a);
+  const next: AgentState = {
+    ...state,
+    trust: decision.trust,
+    etag,
+    active: {
+      publisher: manifest.publisher,
+      sequence: manifest.sequence,
+      payloadDigest,
+      envelope: res.body.toString('base64'),
+    },
+  };
+  ctx.log.info('sync.updated', { mirror, publisher: manifest.publisher, sequence: manifest.sequence });
+  return { state: next, outcome: { kind: 'updated', sequence: manifest.sequence, mirror } };
+}
+
+/** The active manifest as verified when it was accepted. */
+export function activeManifest(state: AgentState): Manifest | undefined {
+  if (!state.active) return undefined;
+  const env = parseEnvelope(decodeBase64Strict(state.active.envelope, 'active'), 'active manifest');
+  return decodeManifest(decodeBase64Strict(env.payload, 'active manifest payload'));
+}

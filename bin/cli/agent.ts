@@ -1,0 +1,163 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FerryError } from '../../core/errors.js';
+import { createLogger } from '../../core/log.js';
+import { Agent } from '../../agent/run.js';
+import { readAgentState } from '../../agent/state.js';
+import { VERSION } from '../version.js';
+import { int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
+
+const mirrorsOf = (p: Parsed) =>
+  list(p, 'mirror', false)
+    .flatMap((m) => m.split(','))
+    .map((m) => m.trim())
+    .filter(Boolean);
+
+function agentFrom(p: Parsed): Agent {
+  const allow = list(p, 'allow-interpreter', false);
+  return new Agent({
+    stateDir: str(p, 'state'),
+    mirrors: mirrorsOf(p),
+    ...(str(p, 'trust', false) && { trustPath: str(p, 'trust') }),
+    ...(str(p, 'site', false) && { site: str(p, 'site') }),
+    groups: list(p, 'group', false),
+    log: createLogger({ component: 'agent' }),
+    version: VERSION,
+    ...(p.values.interval !== undefined && { pollIntervalSec: int(p, 'interval') }),
+    ...(allow.length > 0 && { allowlist: allow }),
+    enforceFiles: !p.values['report-only'],
+  });
+}
+
+const RUN_OPTIONS = {
+  state: { type: 'string' },
+  mirror: { type: 'string', multiple: true },
+  trust: { type: 'string' },
+  site: { type: 'string' },
+  group: { type: 'string', multiple: true },
+  interval: { type: 'string' },
+  'allow-interpreter': { type: 'string', multiple: true },
+  'report-only': { type: 'boolean' },
+} as const;
+
+export const agentRun: Command = {
+  summary:
+    'Runs the node agent: polls the mirrors (failover in order), verifies everything against its pinned root,\n' +
+    'fetches what its groups need, runs scripts and keeps managed files, and reports signed heartbeats. The\n' +
+    'first run pins --trust and records --site; SIGUSR1 polls at once; SIGTERM stops after the current step.\n' +
+    '--allow-interpreter replaces the default allowlist (sh, bash); --report-only never changes managed files.',
+  usage:
+    '--state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only]',
+  options: RUN_OPTIONS,
+  async run(p) {
+    const agent = agentFrom(p);
+    await agent.init();
+    process.on('SIGUSR1', () => agent.pollNow());
+    process.once('SIGTERM', () => agent.stop());
+    process.once('SIGINT', () => agent.stop());
+    await agent.run();
+    return 0;
+  },
+};
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const agentPoll: Command = {
+  summary:
+    'Polls now: signals the running agent of this state directory (SIGUSR1), or, when none runs, performs\n' +
+    'one full cycle itself with the stored mirrors and settings.',
+  usage: '--now --state DIR [--json]',
+  options: { now: { type: 'boolean' }, ...RUN_OPTIONS, ...jsonOption },
+  async run(p, io) {
+    if (!p.values.now) throw new FerryError('USAGE', 'poll needs --now');
+    const dir = str(p, 'state');
+    const pid = Number((await readFile(join(dir, 'agent.pid'), 'utf8').catch(() => '')).trim());
+    if (pid > 0 && pidAlive(pid)) {
+      process.kill(pid, 'SIGUSR1');
+      if (p.json) printJson(io, { ok: true, signalled: pid });
+      else io.out(`asked the running agent (pid ${pid}) to poll now`);
+      return 0;
+    }
+    const agent = agentFrom(p);
+    await agent.init();
+    const r = await agent.cycle();
+    const summary = {
+      sync: r.sync,
+      sequence: r.state.active?.sequence ?? null,
+      scripts: r.apply.scripts.map((s) => ({
+        script: s.script,
+        exitCode: s.exitCode,
+        refused: s.refused?.code ?? null,
+      })),
+      drift: r.apply.files.filter((f) => f.status !== 'ok'),
+      sent: r.sent,
+    };
+    if (p.json) printJson(io, { ok: true, ...summary });
+    else
+      io.out(
+        `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
+      );
+    return 0;
+  },
+};
+
+export const agentStatus: Command = {
+  summary:
+    'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs.',
+  usage: '--state DIR [--json]',
+  options: { state: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const dir = str(p, 'state');
+    const s = await readAgentState(dir);
+    if (!s) throw new FerryError('USAGE', `${dir} holds no agent state; start it with ferry agent run`);
+    const outbox = (await readdir(join(dir, 'outbox')).catch(() => [])).filter((n) =>
+      /^\d{16}\./.test(n),
+    ).length;
+    const now = Date.now();
+    const view = {
+      agentId: s.agentId,
+      site: s.site,
+      groups: s.groups,
+      mirrors: s.mirrors,
+      active: s.active ? { publisher: s.active.publisher, sequence: s.active.sequence } : null,
+      lastContactAt: s.lastContactAt === null ? null : new Date(s.lastContactAt).toISOString(),
+      disconnectedSec: s.disconnectedSince === null ? 0 : Math.round((now - s.disconnectedSince) / 1000),
+      outbox,
+      scripts: s.scripts,
+    };
+    if (p.json) printJson(io, { ok: true, ...view });
+    else {
+      io.out(
+        `agent ${s.agentId ?? '(not enrolled)'} at site ${s.site}, groups ${s.groups.join(', ') || '(none)'}`,
+      );
+      io.out(`active: ${view.active ? `${view.active.publisher} sequence ${view.active.sequence}` : 'none'}`);
+      io.out(
+        `last contact: ${view.lastContactAt ?? 'never'}${view.disconnectedSec ? `, cut off for ${view.disconnectedSec} s` : ''}`,
+      );
+      io.out(`outbox: ${outbox} entr${outbox === 1 ? 'y' : 'ies'} waiting`);
+      for (const [name, r] of Object.entries(s.scripts)) {
+        io.out(
+          `script ${name}: last run ${new Date(r.lastRunAt).toISOString()}, exit ${r.lastExit ?? 'none'}`,
+        );
+      }
+    }
+    return 0;
+  },
+};
+
+export const agentVersion: Command = {
+  summary: 'Prints the agent version.',
+  usage: '',
+  options: {},
+  run(_p, io) {
+    io.out(VERSION);
+    return Promise.resolve(0);
+  },
+};

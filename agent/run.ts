@@ -5,12 +5,14 @@
  * Cut off from every mirror it keeps applying what it last verified.
  */
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
 import { join, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { loadPinnedRoot } from '../core/root.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
+import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
 import { Outbox } from './outbox.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
@@ -31,6 +33,9 @@ export interface AgentOptions {
   enforceFiles?: boolean;
   timeoutMs?: number;
   now?: () => number;
+  /** Serve Prometheus metrics on this HOST:PORT, and/or write them to this textfile each cycle. */
+  metricsListen?: { host: string; port: number };
+  metricsFile?: string;
 }
 
 export interface CycleResult {
@@ -81,6 +86,8 @@ export class Agent {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
   private stopping = false;
+  readonly metrics = agentMetrics();
+  private metricsServer: Server | undefined;
 
   private readonly o: AgentOptions;
 
@@ -98,6 +105,13 @@ export class Agent {
     this.mirrors = new MirrorSet(this.state.mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await Outbox.open(this.o.stateDir);
+    if (this.o.metricsListen) {
+      this.metricsServer = await serveMetrics(
+        this.metrics,
+        this.o.metricsListen.host,
+        this.o.metricsListen.port,
+      );
+    }
   }
 
   get current(): AgentState {
@@ -107,14 +121,24 @@ export class Agent {
   /** One full cycle; state is persisted after every step, so a kill -9 loses at most the step under way. */
   async cycle(): Promise<CycleResult> {
     const { log } = this.o;
+    const m = this.metrics;
     const timeoutMs = this.o.timeoutMs ?? 30_000;
     const cacheDir = join(this.o.stateDir, 'cache');
     if (this.state.agentId === null) await this.tryEnroll(timeoutMs);
+
+    const t0 = performance.now();
+    const onBytes = (_have: number, _total: number, n: number) =>
+      m.inc('ferry_agent_bytes_fetched_total', {}, n);
     const synced = await syncOnce(
-      { cacheDir, mirrors: this.mirrors, log, now: this.now, timeoutMs },
+      { cacheDir, mirrors: this.mirrors, log, now: this.now, timeoutMs, onBytes },
       this.state,
     );
+    m.set('ferry_agent_poll_duration_seconds', (performance.now() - t0) / 1000);
+    m.inc('ferry_agent_polls_total', { outcome: synced.outcome.kind });
+    if (synced.outcome.kind === 'unreachable' || synced.outcome.kind === 'refused')
+      m.inc('ferry_agent_polls_failed_total');
     await this.save(synced.state);
+
     const applied = await applyOnce(
       {
         cacheDir,
@@ -127,8 +151,15 @@ export class Agent {
       this.state,
     );
     await this.save(applied.state);
-    if (applied.report.pollIntervalSec && this.o.pollIntervalSec === undefined)
+    if (applied.report.pollIntervalSec && this.o.pollIntervalSec === undefined) {
       this.pollIntervalSec = applied.report.pollIntervalSec;
+    }
+    for (const s of applied.report.scripts) {
+      m.inc('ferry_agent_scripts_total', {
+        result: s.refused ? 'refused' : s.exitCode === 0 ? 'ok' : 'failed',
+      });
+    }
+
     const rctx = {
       identity: this.identity,
       outbox: this.outbox,
@@ -140,6 +171,15 @@ export class Agent {
     await this.save(await queueHeartbeat(rctx, this.state, applied.report));
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
+
+    const disconnectedSec =
+      this.state.disconnectedSince === null
+        ? 0
+        : Math.round((this.now() - this.state.disconnectedSince) / 1000);
+    m.set('ferry_agent_outbox_entries', this.outbox.size.entries);
+    m.set('ferry_agent_disconnected_seconds', disconnectedSec);
+    m.set('ferry_agent_active_sequence', this.state.active?.sequence ?? 0);
+    if (this.o.metricsFile) await writeMetricsFile(m, this.o.metricsFile);
     log.info('agent.cycle', {
       sync: synced.outcome.kind,
       sequence: this.state.active?.sequence ?? null,
@@ -147,10 +187,7 @@ export class Agent {
       drift: applied.report.files.filter((f) => f.status !== 'ok').length,
       outbox: this.outbox.size.entries,
       sent,
-      disconnectedSec:
-        this.state.disconnectedSince === null
-          ? 0
-          : Math.round((this.now() - this.state.disconnectedSince) / 1000),
+      disconnectedSec,
     });
     return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
   }
@@ -199,6 +236,7 @@ export class Agent {
       }
     } finally {
       await rm(pidFile, { force: true });
+      this.metricsServer?.close();
     }
   }
 

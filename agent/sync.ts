@@ -30,6 +30,8 @@ export interface SyncContext {
   log: Logger;
   now: () => number;
   timeoutMs: number;
+  /** Download progress of blobs (metrics). */
+  onBytes?: (have: number, total: number, received: number) => void;
 }
 
 export type SyncOutcome =

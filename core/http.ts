@@ -241,7 +241,8 @@ export interface DownloadOptions extends BaseOptions {
   /** The signed sha256 (lowercase hex); also the mirror's ETag, sent as If-Range when resuming. */
   expectedSha256: string;
   /** Progress: bytes of the destination that are in place so far, and the expected total. */
-  onBytes?: (have: number, total: number) => void;
+  /** Progress: bytes held so far, the total, and how many arrived in this chunk. */
+  onBytes?: (have: number, total: number, received: number) => void;
 }
 
 export interface DownloadResult {
@@ -301,7 +302,7 @@ export async function download(
       // Complete already (an earlier call was cut after the last byte): verify, or start over.
       if (hash.copy().digest('hex') === expectedSha256) {
         await fh.sync();
-        opts.onBytes?.(have, expectedSize);
+        opts.onBytes?.(have, expectedSize, 0);
         return { resumedFrom: have, received: 0 };
       }
       await fh.truncate(0);
@@ -384,7 +385,7 @@ export async function download(
         }
         have += chunk.length;
         received += chunk.length;
-        opts.onBytes?.(have, expectedSize);
+        opts.onBytes?.(have, expectedSize, chunk.length);
       }
       clean = true;
     } catch (e) {

@@ -26,7 +26,17 @@ function agentFrom(p: Parsed): Agent {
     ...(p.values.interval !== undefined && { pollIntervalSec: int(p, 'interval') }),
     ...(allow.length > 0 && { allowlist: allow }),
     enforceFiles: !p.values['report-only'],
+    ...(str(p, 'metrics-listen', false) && { metricsListen: parseHostPort(str(p, 'metrics-listen')) }),
+    ...(str(p, 'metrics-file', false) && { metricsFile: str(p, 'metrics-file') }),
   });
+}
+
+function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535)
+    throw new FerryError('USAGE', '--metrics-listen must be HOST:PORT, e.g. 127.0.0.1:9109');
+  return { host: m[1] ?? m[2]!, port };
 }
 
 const RUN_OPTIONS = {
@@ -38,6 +48,8 @@ const RUN_OPTIONS = {
   interval: { type: 'string' },
   'allow-interpreter': { type: 'string', multiple: true },
   'report-only': { type: 'boolean' },
+  'metrics-listen': { type: 'string' },
+  'metrics-file': { type: 'string' },
 } as const;
 
 export const agentRun: Command = {
@@ -47,7 +59,7 @@ export const agentRun: Command = {
     'first run pins --trust and records --site; SIGUSR1 polls at once; SIGTERM stops after the current step.\n' +
     '--allow-interpreter replaces the default allowlist (sh, bash); --report-only never changes managed files.',
   usage:
-    '--state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only]',
+    '--state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH]',
   options: RUN_OPTIONS,
   async run(p) {
     const agent = agentFrom(p);

@@ -6,7 +6,7 @@
  * then shows the refusals: a tampered blob, the wrong site, an unauthorised key.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, writeFile, mkdir, copyFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, writeFile, mkdir, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,6 +90,42 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       .filter((l) => l.startsWith('ferry_mirror_imports') || l.startsWith('ferry_mirror_active'))) {
       console.log(`  metrics: ${line}`);
     }
+    console.log(
+      `\n${bold('== 9. A node agent: enrols, verifies the manifest itself, fetches, runs the script, places the managed file, reports')}`,
+    );
+    const agentState = join(dir, 'node/agent');
+    ferry(
+      [
+        'agent',
+        'poll',
+        '--now',
+        '--state',
+        agentState,
+        '--mirror',
+        url,
+        '--trust',
+        root,
+        '--site',
+        'plant-7',
+        '--group',
+        'web',
+      ],
+      0,
+    );
+    ferry(['agent', 'status', '--state', agentState], 0);
+    const conf = join(work, 'node/etc/acme/app.conf');
+    console.log(`$ echo tampered > ${relative(work, conf)}; ferry agent poll --now …   # drift is restored`);
+    await writeFile(conf, 'tampered\n');
+    ferry(['agent', 'poll', '--now', '--state', agentState, '--json'], 0);
+    console.log(`  ${relative(work, conf)} now: ${JSON.stringify(await readFile(conf, 'utf8'))}`);
+    const hb = (
+      await readFile(join(dir, 'data/telemetry', (await readdir(join(dir, 'data/telemetry')))[0]!), 'utf8')
+    )
+      .trim()
+      .split('\n');
+    console.log(
+      `  the mirror holds ${hb.length} signed heartbeat(s) from the agent, durable before each 202`,
+    );
   } finally {
     child.kill('SIGTERM');
     await waitFor('mirror.stopped').catch(() => undefined);
@@ -133,14 +169,18 @@ async function main(): Promise<void> {
   await writeFile(join(work, 'artifacts/ferry-agent-arm64'), randomFillSync(Buffer.alloc(1024 * 1024)));
   await writeFile(
     join(work, 'artifacts/rotate-logs.sh'),
-    '#!/bin/sh\nfind /var/log/acme -name "*.log" -mtime +7 -delete\n',
+    // harmless on any machine: the demo's node is this one
+    '#!/bin/sh\necho "rotating logs of the demo site (keep $2)"; date -u +%FT%TZ >> "$(dirname "$0")/../../rotations.log" 2>/dev/null || true\n',
   );
+  await writeFile(join(work, 'artifacts/app.conf'), 'listen = 8080\nlog_level = info\n');
   const policy = {
     type: 'ferry.policy/v1',
     scripts: [
       { script: 'rotate-logs', groups: ['*'], schedule: 'every 15m', args: ['--keep', '7'], timeoutSec: 60 },
     ],
-    files: [],
+    files: [
+      { path: join(work, 'node/etc/acme/app.conf'), artifact: 'app-conf', mode: '0640', enforce: true },
+    ],
     agent: { pollIntervalSec: 30 },
   };
   await writeFile(join(work, 'artifacts/baseline.json'), JSON.stringify(policy, null, 2) + '\n');
@@ -171,6 +211,7 @@ async function main(): Promise<void> {
         interpreter: 'sh',
         path: 'artifacts/rotate-logs.sh',
       },
+      { name: 'app-conf', kind: 'file', version: '1', path: 'artifacts/app.conf' },
       { name: 'baseline', kind: 'policy', version: '7', path: 'artifacts/baseline.json' },
     ],
     rollout: {

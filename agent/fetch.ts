@@ -64,6 +64,11 @@ export class MirrorSet {
     this.health.set(k, { failures, until: now + delay, reason });
   }
 
+  /** How many failures in a row `url` has had (0 when healthy). */
+  failures(url: string): number {
+    return this.health.get(this.key(url))?.failures ?? 0;
+  }
+
   /** Clears the back-off of a mirror that just served something. */
   markGood(url: string): void {
     this.health.delete(this.key(url));

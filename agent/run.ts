@@ -36,6 +36,8 @@ export interface AgentOptions {
   /** Serve Prometheus metrics on this HOST:PORT, and/or write them to this textfile each cycle. */
   metricsListen?: { host: string; port: number };
   metricsFile?: string;
+  /** Keep `mirrors` as the agent's configuration (run), or use them for this process only (poll). */
+  persistMirrors?: boolean;
 }
 
 export interface CycleResult {
@@ -56,7 +58,7 @@ export async function loadOrInitState(o: AgentOptions): Promise<AgentState> {
     return {
       ...existing,
       ...(o.groups && o.groups.length > 0 && { groups: o.groups }),
-      ...(o.mirrors.length > 0 && { mirrors: o.mirrors }),
+      ...(o.mirrors.length > 0 && o.persistMirrors !== false && { mirrors: o.mirrors }),
     };
   }
   if (!o.trustPath || !o.site)
@@ -102,7 +104,8 @@ export class Agent {
   async init(): Promise<void> {
     this.state = await loadOrInitState(this.o);
     await writeAgentState(this.o.stateDir, this.state);
-    this.mirrors = new MirrorSet(this.state.mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
+    const mirrors = this.o.mirrors.length > 0 ? this.o.mirrors : this.state.mirrors;
+    this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await Outbox.open(this.o.stateDir);
     if (this.o.metricsListen) {

@@ -50,9 +50,11 @@ export async function syncOnce(
   let lastRefusal: SyncOutcome | undefined;
   let lastError = 'no mirror answered';
   for (const mirror of ctx.mirrors.candidates(ctx.now())) {
+    const failuresBefore = ctx.mirrors.failures(mirror);
     try {
       const r = await syncWith(ctx, state, mirror);
-      ctx.mirrors.markGood(mirror);
+      // a mirror that served a bad blob during this very sync stays backed off
+      if (ctx.mirrors.failures(mirror) === failuresBefore) ctx.mirrors.markGood(mirror);
       const now = ctx.now();
       return { state: { ...r.state, lastContactAt: now, disconnectedSince: null }, outcome: r.outcome };
     } catch (e) {

@@ -13,7 +13,7 @@ const mirrorsOf = (p: Parsed) =>
     .map((m) => m.trim())
     .filter(Boolean);
 
-function agentFrom(p: Parsed): Agent {
+function agentFrom(p: Parsed, persistMirrors = true): Agent {
   const allow = list(p, 'allow-interpreter', false);
   return new Agent({
     stateDir: str(p, 'state'),
@@ -26,6 +26,7 @@ function agentFrom(p: Parsed): Agent {
     ...(p.values.interval !== undefined && { pollIntervalSec: int(p, 'interval') }),
     ...(allow.length > 0 && { allowlist: allow }),
     enforceFiles: !p.values['report-only'],
+    persistMirrors,
     ...(str(p, 'metrics-listen', false) && { metricsListen: parseHostPort(str(p, 'metrics-listen')) }),
     ...(str(p, 'metrics-file', false) && { metricsFile: str(p, 'metrics-file') }),
   });
@@ -97,7 +98,7 @@ export const agentPoll: Command = {
       else io.out(`asked the running agent (pid ${pid}) to poll now`);
       return 0;
     }
-    const agent = agentFrom(p);
+    const agent = agentFrom(p, false); // --mirror here is for this poll only
     await agent.init();
     const r = await agent.cycle();
     const summary = {
@@ -111,12 +112,15 @@ export const agentPoll: Command = {
       drift: r.apply.files.filter((f) => f.status !== 'ok'),
       sent: r.sent,
     };
-    if (p.json) printJson(io, { ok: true, ...summary });
+    const refusal = r.sync.kind === 'refused' ? { code: r.sync.code, message: r.sync.reason } : {};
+    if (p.json) printJson(io, { ok: r.sync.kind !== 'refused', ...refusal, ...summary });
     else
       io.out(
         `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
       );
-    return 0;
+    if (r.sync.kind === 'refused' && !p.json) io.err(`ferry: ${r.sync.code}: ${r.sync.reason}`);
+    // a refused update is a failure the operator must act on (exit 1); the running state is unchanged
+    return r.sync.kind === 'refused' ? 1 : 0;
   },
 };
 

@@ -24,13 +24,17 @@ export interface ReportContext {
   timeoutMs: number;
 }
 
-/** Queues one signed heartbeat, carrying the results of this cycle (results make it undroppable). */
+/**
+ * Queues one signed heartbeat with counter `state.counter`, carrying the
+ * results of this cycle (results make it undroppable). The caller persists the
+ * counter before calling, so a crash can leave a gap in counters, never reuse one.
+ */
 export async function queueHeartbeat(
   ctx: ReportContext,
   state: AgentState,
   report: ApplyReport,
-): Promise<AgentState> {
-  const counter = state.counter + 1;
+): Promise<void> {
+  const counter = state.counter;
   const results: JsonObject[] = report.scripts.map((s) => ({
     script: s.script,
     sha256: s.sha256,
@@ -65,7 +69,6 @@ export async function queueHeartbeat(
   const r = await ctx.outbox.append(results.length > 0 ? 'result' : 'heartbeat', bytes);
   if (!r.ok) ctx.log.warn('outbox.refused', { reason: r.reason, counter });
   else if (r.dropped.length > 0) ctx.log.warn('outbox.compacted', { droppedHeartbeats: r.dropped.length });
-  return { ...state, counter };
 }
 
 const BATCH = 200;

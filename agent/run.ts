@@ -171,7 +171,8 @@ export class Agent {
       version: this.o.version,
       timeoutMs,
     };
-    await this.save(await queueHeartbeat(rctx, this.state, applied.report));
+    await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
+    await queueHeartbeat(rctx, this.state, applied.report);
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
 

@@ -40,7 +40,57 @@ function parseHostPort(s: string): { host: string; port: number } {
   return { host: m[1] ?? m[2]!, port };
 }
 
+/** Config-file keys and the flags they stand for; flags given on the command line win. */
+const CONFIG_KEYS: Record<string, { flag: string; kind: 'string' | 'list' | 'number' | 'boolean' }> = {
+  state: { flag: 'state', kind: 'string' },
+  mirrors: { flag: 'mirror', kind: 'list' },
+  trust: { flag: 'trust', kind: 'string' },
+  site: { flag: 'site', kind: 'string' },
+  groups: { flag: 'group', kind: 'list' },
+  interval: { flag: 'interval', kind: 'number' },
+  allowInterpreters: { flag: 'allow-interpreter', kind: 'list' },
+  reportOnly: { flag: 'report-only', kind: 'boolean' },
+  metricsListen: { flag: 'metrics-listen', kind: 'string' },
+  metricsFile: { flag: 'metrics-file', kind: 'string' },
+};
+
+/** Fills options from `--config FILE` (JSON) where the command line did not give them. */
+export async function withConfig(p: Parsed): Promise<Parsed> {
+  const path = str(p, 'config', false);
+  if (!path) return p;
+  let v: unknown;
+  try {
+    const text = await readFile(path, 'utf8');
+    if (text.length > 64 * 1024) throw new Error('larger than 64 KiB');
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new FerryError('USAGE', `--config ${path}: ${(e as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new FerryError('USAGE', `--config ${path}: not a JSON object`);
+  const values = { ...p.values };
+  for (const [key, raw] of Object.entries(v)) {
+    const spec = CONFIG_KEYS[key];
+    if (!spec) throw new FerryError('USAGE', `--config ${path}: unknown key ${JSON.stringify(key)}`);
+    const ok =
+      spec.kind === 'list'
+        ? Array.isArray(raw) && raw.every((x) => typeof x === 'string')
+        : spec.kind === 'number'
+          ? Number.isSafeInteger(raw) && (raw as number) > 0
+          : typeof raw === spec.kind;
+    if (!ok)
+      throw new FerryError(
+        'USAGE',
+        `--config ${path}: ${key} must be a ${spec.kind === 'list' ? 'list of strings' : spec.kind}`,
+      );
+    if (values[spec.flag] !== undefined) continue; // the command line wins
+    values[spec.flag] = spec.kind === 'number' ? String(raw) : (raw as string | boolean | string[]);
+  }
+  return { ...p, values };
+}
+
 const RUN_OPTIONS = {
+  config: { type: 'string' },
   state: { type: 'string' },
   mirror: { type: 'string', multiple: true },
   trust: { type: 'string' },
@@ -58,11 +108,14 @@ export const agentRun: Command = {
     'Runs the node agent: polls the mirrors (failover in order), verifies everything against its pinned root,\n' +
     'fetches what its groups need, runs scripts and keeps managed files, and reports signed heartbeats. The\n' +
     'first run pins --trust and records --site; SIGUSR1 polls at once; SIGTERM stops after the current step.\n' +
+    '--config FILE reads the same settings from JSON (state, mirrors, trust, site, groups, interval,\n' +
+    'allowInterpreters, reportOnly, metricsListen, metricsFile); flags given on the command line win.\n' +
     '--allow-interpreter replaces the default allowlist (sh, bash); --report-only never changes managed files.',
   usage:
-    '--state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH]',
+    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH]',
   options: RUN_OPTIONS,
-  async run(p) {
+  async run(parsed) {
+    const p = await withConfig(parsed);
     const agent = agentFrom(p);
     await agent.init();
     process.on('SIGUSR1', () => agent.pollNow());
@@ -88,7 +141,8 @@ export const agentPoll: Command = {
     'one full cycle itself with the stored mirrors and settings.',
   usage: '--now --state DIR [--json]',
   options: { now: { type: 'boolean' }, ...RUN_OPTIONS, ...jsonOption },
-  async run(p, io) {
+  async run(parsed, io) {
+    const p = await withConfig(parsed);
     if (!p.values.now) throw new FerryError('USAGE', 'poll needs --now');
     const dir = str(p, 'state');
     const pid = Number((await readFile(join(dir, 'agent.pid'), 'utf8').catch(() => '')).trim());

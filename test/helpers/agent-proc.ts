@@ -123,6 +123,7 @@ export interface AgentStatusView {
   ok: boolean;
   agentId: string | null;
   site: string;
+  groups: string[];
   active: { publisher: string; sequence: number } | null;
   lastContactAt: string | null;
   disconnectedSec: number;

@@ -163,7 +163,11 @@ async function syncWith(
 
   // 3. Blobs this agent needs; the manifest becomes active only when all are verified in the cache.
   const fetchOne = (a: Artifact) =>
-    fetchBlob(ctx.mirrors, a, ctx.cacheDir, { timeoutMs: ctx.timeoutMs, log: ctx.log });
+    fetchBlob(ctx.mirrors, a, ctx.cacheDir, {
+      timeoutMs: ctx.timeoutMs,
+      log: ctx.log,
+      ...(ctx.onBytes && { onBytes: ctx.onBytes }),
+    });
   for (const a of await neededBlobs(manifest, state.groups, fetchOne)) await fetchOne(a);
   const next: AgentState = {
     ...state,

@@ -2,9 +2,9 @@
  * The agent under kill -9 at random moments of its cycles (poll, fetch, script,
  * state writes, outbox): every restart finds a state that parses and agrees with
  * itself, and the mirror ends up with each heartbeat counter at most once.
- * Also: settings from --config.
+ * Also: settings from --config, and the metrics textfile.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
@@ -93,7 +93,9 @@ describe('ferry agent under kill -9', () => {
     const s = await site('config');
     const mirror = await startMirrorAt(s.data);
     const config = join(s.dir, 'agent.json');
+    const metricsFile = join(s.dir, 'ferry.prom');
     const settings = {
+      metricsFile,
       state: s.state,
       mirrors: [mirror.url],
       trust: w.rootPath,
@@ -107,6 +109,12 @@ describe('ferry agent under kill -9', () => {
     const st = await agentStatus(s.state);
     expect(st).toMatchObject({ site: 'plant-7', active: { sequence: 1 } });
     expect(st.groups).toEqual(['db']);
+    // the node-exporter textfile, written atomically each cycle
+    const prom = await readFile(metricsFile, 'utf8');
+    expect(prom).toMatch(/^ferry_agent_active_sequence 1$/m);
+    expect(prom).toMatch(/^ferry_agent_polls_total\{outcome="updated"\} 1$/m);
+    expect(prom).toMatch(/^ferry_agent_scripts_total\{result="ok"\} 1$/m);
+    expect(prom).toMatch(/^ferry_agent_bytes_fetched_total \d{7,}$/m); // the 2 MiB managed file and the rest
     await agent.stop('SIGTERM');
     await writeFile(config, JSON.stringify({ ...settings, colour: 'blue' }));
     const bad = startAgent(['--config', config]);

@@ -1,4 +1,5 @@
 import { isSha256Hex } from './encoding.js';
+import { isSemver } from './semver.js';
 import { FerryError } from './errors.js';
 import { parseIsoUtc } from './time.js';
 
@@ -46,7 +47,6 @@ export interface Manifest {
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const SEMVER = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$/;
 const VERSION = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/;
 const PLATFORM = /^[a-z0-9]+-[a-z0-9_]+$/;
 const INTERPRETER = /^[A-Za-z0-9._-]{1,64}$/;
@@ -59,9 +59,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-export function isSemver(v: unknown): v is string {
-  return typeof v === 'string' && SEMVER.test(v);
-}
+export { isSemver };
 
 /** Validates an untrusted manifest payload; the message names the bad field. */
 export function assertManifest(

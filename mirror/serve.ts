@@ -11,10 +11,14 @@ import { FerryError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
+import { trackConnections } from './drain.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
+
+/** How long a stop waits for slow clients before cutting them off. */
+export const SHUTDOWN_GRACE_MS = 5 * 60_000;
 
 export interface MirrorOptions {
   dataDir: string;
@@ -64,7 +68,9 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
-  const server: Server = createServer(createHandler({ store, log, metrics }));
+  const server: Server = createServer();
+  const drainer = trackConnections(server); // first, so it sees every request before the app does
+  server.on('request', createHandler({ store, log, metrics }));
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
   server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out
@@ -97,17 +103,10 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   const close = () =>
     (closing ??= (async () => {
       log.info('mirror.stopping', {});
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // A download in flight finishes; its keep-alive connection then goes idle and must be
-      // closed too, or server.close() would wait for the client's keep-alive timeout.
-      const reaper = setInterval(() => server.closeIdleConnections(), 100);
-      server.closeIdleConnections();
-      try {
-        await drop?.close();
-        await closed;
-      } finally {
-        clearInterval(reaper);
-      }
+      // Downloads in flight finish and flush; idle keep-alive connections are ended gracefully.
+      const closed = drainer.close(SHUTDOWN_GRACE_MS);
+      await drop?.close();
+      await closed;
       await agentsFor(store).close(); // the telemetry log, after the last request that could append
       log.info('mirror.stopped', {});
     })());

@@ -17,7 +17,9 @@ import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js'
 import { Outbox } from './outbox.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
-import { syncOnce, type SyncOutcome } from './sync.js';
+import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
+import { installRootOf, limitsFromEnv, UpdateDriver } from './update/driver.js';
+import { queueUpdateReports } from './update/report.js';
 
 export interface AgentOptions {
   stateDir: string;
@@ -90,6 +92,8 @@ export class Agent {
   private stopping = false;
   readonly metrics = agentMetrics();
   private metricsServer: Server | undefined;
+  /** Self-update, when this process runs from an install root (versions/, current). */
+  private updater: UpdateDriver | undefined;
 
   private readonly o: AgentOptions;
 
@@ -108,6 +112,20 @@ export class Agent {
     this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await Outbox.open(this.o.stateDir);
+    const installRoot = installRootOf(process.argv[1]);
+    if (installRoot) {
+      this.updater = await UpdateDriver.open({
+        stateDir: this.o.stateDir,
+        installRoot,
+        version: this.o.version,
+        cacheDir: join(this.o.stateDir, 'cache'),
+        log: this.o.log,
+        now: this.now,
+        timeoutMs: this.o.timeoutMs ?? 30_000,
+        limits: limitsFromEnv(),
+      });
+      await this.updater.onStart();
+    }
     if (this.o.metricsListen) {
       this.metricsServer = await serveMetrics(
         this.metrics,
@@ -171,6 +189,7 @@ export class Agent {
       version: this.o.version,
       timeoutMs,
     };
+    if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
     await queueHeartbeat(rctx, this.state, applied.report);
     const sent =
@@ -194,6 +213,27 @@ export class Agent {
       disconnectedSec,
     });
     return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
+  }
+
+  /** After apply, before the heartbeat: health checks, soak, a new update; queues its reports. */
+  private async selfUpdate(sync: SyncOutcome['kind'], rctx: Parameters<typeof queueUpdateReports>[0]) {
+    const u = this.updater!;
+    try {
+      await u.afterCycle({
+        manifest: activeManifest(this.state),
+        payloadDigest: this.state.active?.payloadDigest ?? null,
+        agentId: this.state.agentId,
+        groups: this.state.groups,
+        mirrors: this.mirrors,
+        sync,
+      });
+    } catch (e) {
+      this.o.log.error('update.failed', { error: e });
+    }
+    const reports = u.takeReports();
+    if (reports.length === 0) return;
+    await this.save({ ...this.state, counter: this.state.counter + 1 });
+    if (await queueUpdateReports(rctx, this.state, reports)) await u.markReported(reports.length);
   }
 
   private async tryEnroll(timeoutMs: number): Promise<void> {
@@ -239,6 +279,7 @@ export class Agent {
         });
       }
     } finally {
+      this.updater?.stop();
       await rm(pidFile, { force: true });
       this.metricsServer?.close();
     }

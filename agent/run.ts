@@ -19,6 +19,7 @@ import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
 import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
 import { installRootOf, limitsFromEnv, UpdateDriver } from './update/driver.js';
+import type { UpdateLimits } from './update/machine.js';
 import { queueUpdateReports } from './update/report.js';
 
 export interface AgentOptions {
@@ -38,6 +39,10 @@ export interface AgentOptions {
   /** Serve Prometheus metrics on this HOST:PORT, and/or write them to this textfile each cycle. */
   metricsListen?: { host: string; port: number };
   metricsFile?: string;
+  /** Self-update's install root (versions/, current); default $FERRY_AGENT_INSTALL_ROOT or the start path. */
+  installRoot?: string;
+  /** Self-update limits, over $FERRY_AGENT_UPDATE_LIMITS. */
+  updateLimits?: Partial<UpdateLimits>;
   /** Keep `mirrors` as the agent's configuration (run), or use them for this process only (poll). */
   persistMirrors?: boolean;
 }
@@ -112,7 +117,7 @@ export class Agent {
     this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await Outbox.open(this.o.stateDir);
-    const installRoot = installRootOf(process.argv[1]);
+    const installRoot = this.o.installRoot ? resolve(this.o.installRoot) : installRootOf(process.argv[1]);
     if (installRoot) {
       this.updater = await UpdateDriver.open({
         stateDir: this.o.stateDir,
@@ -122,7 +127,7 @@ export class Agent {
         log: this.o.log,
         now: this.now,
         timeoutMs: this.o.timeoutMs ?? 30_000,
-        limits: limitsFromEnv(),
+        limits: { ...limitsFromEnv(), ...this.o.updateLimits },
       });
       await this.updater.onStart();
     }

@@ -1,5 +1,5 @@
 /**
- * The agent's own executable: `ferry-agent run|poll|status|version|self-test`.
+ * The agent's own executable: `ferry-agent run|poll|status|rollback|version|self-test`.
  * `npm run build:agent` bundles this entry point and everything it imports into
  * the single file dist/ferry-agent that bundles carry as an artifact of kind
  * `agent`. It reaches only the agent's commands, so the mirror (Koa, chokidar)
@@ -8,7 +8,7 @@
  * build time, so `version` and every heartbeat report the same string.
  */
 import { selfTest } from '../agent/self-test.js';
-import { agentPoll, agentRun, agentStatus } from './cli/agent.js';
+import { agentPoll, agentRollback, agentRun, agentStatus } from './cli/agent.js';
 import { runCommand, stdio, str, type Command, type Io } from './cli/common.js';
 import { VERSION } from './version.js';
 
@@ -40,6 +40,7 @@ const COMMANDS: Record<string, Command> = {
   run: agentRun,
   poll: agentPoll,
   status: agentStatus,
+  rollback: agentRollback,
   version,
   'self-test': agentSelfTest,
 };

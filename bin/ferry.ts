@@ -22,7 +22,13 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   agent: async () => {
     const m = await import('./cli/agent.js');
-    return { run: m.agentRun, poll: m.agentPoll, status: m.agentStatus, version: m.agentVersion };
+    return {
+      run: m.agentRun,
+      poll: m.agentPoll,
+      status: m.agentStatus,
+      rollback: m.agentRollback,
+      version: m.agentVersion,
+    };
   },
   mirror: async () => {
     const m = await import('./cli/mirror.js');

@@ -37,7 +37,12 @@ export type FerryErrorCode =
   | 'ENTRY_TOO_LARGE'
   | 'BLOB_DIGEST_MISMATCH'
   | 'BLOB_SIZE_MISMATCH'
-  | 'BUNDLE_INCOMPLETE';
+  | 'BUNDLE_INCOMPLETE'
+  // agent self-update (ferry agent rollback)
+  | 'NO_PREVIOUS_VERSION'
+  | 'UPDATE_IN_PROGRESS'
+  | 'CURRENT_MISMATCH'
+  | 'AGENT_RUNNING';
 
 export class FerryError extends Error {
   readonly code: FerryErrorCode;

@@ -2,12 +2,13 @@
  * Agent self-update end to end: real single-file agents (npm run build:agent)
  * installed as <install>/versions/<v>/ferry-agent with <install>/current, a
  * real `ferry mirror serve`, and this test playing systemd (Restart=always):
- * whatever `current` points at is started, and started again when it exits.
- * Bad versions are the same build with one line broken.
+ * whatever `current` points at is started, and started again when it exits,
+ * each start preceded by systemd/ferry-agent-prestart.sh as the unit's
+ * ExecStartPre= runs it. Bad versions are the same build with one line broken.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readFile, readlink, stat, symlink, writeFile, copyFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, readdir, readFile, readlink, stat, symlink, writeFile, copyFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventually, importInto, readTelemetry, startMirrorAt, type MirrorAt } from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, REPO, type World } from './helpers/fixtures.js';
@@ -33,6 +34,7 @@ const exits: { code: number | null; signal: string | null }[] = [];
 let child: ChildProcess | undefined;
 let stopping = false;
 let supervisor: Promise<void> | undefined;
+const prestartLog: string[] = [];
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Ran> {
   return new Promise((resolve, reject) => {
@@ -56,6 +58,9 @@ const agentEnv = (): NodeJS.ProcessEnv => ({
 /** systemd's part: start `current`, restart it whenever it exits (RestartSec 0.2 s, bounded). */
 async function supervise(maxStarts: number): Promise<void> {
   for (let starts = 0; starts < maxStarts && !stopping; starts++) {
+    const pre = await run('sh', [join(REPO, 'systemd', 'ferry-agent-prestart.sh'), stateDir, install]);
+    if (pre.code !== 0) throw new Error(`prestart failed: ${pre.stderr}`);
+    if (pre.stderr) prestartLog.push(pre.stderr);
     const started = await currentTarget();
     const c = spawn(
       join(install, 'current', 'ferry-agent'),
@@ -92,6 +97,8 @@ async function supervise(maxStarts: number): Promise<void> {
 }
 
 const currentTarget = () => readlink(join(install, 'current'));
+/** The prestart script links an absolute directory, the agent a relative one: compare the version. */
+const currentVersion = async () => basename(await currentTarget());
 const updateFile = async () =>
   JSON.parse(await readFile(join(stateDir, 'update.json'), 'utf8')) as {
     machine: { phase: string; version: string | null; highestCommitted: string | null };
@@ -158,6 +165,11 @@ beforeAll(async () => {
   await build('4.0.0', ['async cycle() {', 'async cycle() { process.exit(1);']);
   // 5: starts and stays up, but never completes a cycle (its state cannot be read)
   await build('5.0.0', ['async cycle() {', 'async cycle() { throw new Error("v5: cannot read its state");']);
+  // 6: passes its self-test, but `run` dies at load, before any of its own update code
+  await build('6.0.0', [
+    '#!/usr/bin/env -S node --lite-mode\n',
+    '#!/usr/bin/env -S node --lite-mode\nif (process.argv[2] === "run") throw new Error("v6: boot");\n',
+  ]);
 
   install = join(w.dir, 'opt-ferry');
   stateDir = join(w.dir, 'agent-state');
@@ -202,7 +214,7 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
     );
     const ms = Date.now() - t0;
     console.log(`self-update v1 → v2 end to end (import → committed, soak ${LIMITS.soakMs} ms): ${ms} ms`);
-    expect(await currentTarget()).toBe(join('versions', '2.0.0'));
+    expect(await currentVersion()).toBe('2.0.0');
     expect(await exists(join(stateDir, 'pending.json'))).toBe(false);
     expect(await exists(join(install, 'versions', '1.0.0', 'ferry-agent'))).toBe(true); // rollback target kept
     const v = await run(join(install, 'current', 'ferry-agent'), ['version'], agentEnv());
@@ -218,7 +230,7 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
     await eventually('v3 remembered as bad', async () =>
       (await updateFile()).badVersions.find((b) => b.endsWith(':3.0.0')),
     );
-    expect(await currentTarget()).toBe(join('versions', '2.0.0'));
+    expect(await currentVersion()).toBe('2.0.0');
     expect(await exists(join(install, 'versions', '3.0.0'))).toBe(false);
     await sleep(3_000); // a few more polls
     expect(begins('3.0.0')).toBe(1);
@@ -245,10 +257,10 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
     const from = logs.length;
     await eventually('v2 cycling again', () =>
       Promise.resolve(
-        logs.slice(from).find((l) => l.event === 'agent.cycle' && l._started === join('versions', '2.0.0')),
+        logs.slice(from).find((l) => l.event === 'agent.cycle' && basename(String(l._started)) === '2.0.0'),
       ),
     );
-    expect(await currentTarget()).toBe(join('versions', '2.0.0'));
+    expect(await currentVersion()).toBe('2.0.0');
     await sleep(3_000);
     expect(begins('4.0.0')).toBe(1);
     const r = await eventually('v4 report', async () =>
@@ -268,7 +280,7 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
       },
       30_000,
     );
-    expect(await currentTarget()).toBe(join('versions', '2.0.0'));
+    expect(await currentVersion()).toBe('2.0.0');
     await sleep(3_000);
     expect(begins('5.0.0')).toBe(1);
     const r = await eventually('v5 report', async () =>
@@ -285,7 +297,7 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
       (await updateReports()).find((x) => x.outcome === 'refused'),
     );
     expect(refused).toMatchObject({ code: 'DOWNGRADE_REFUSED' });
-    expect(await currentTarget()).toBe(join('versions', '2.0.0'));
+    expect(await currentVersion()).toBe('2.0.0');
     expect(begins('1.0.0')).toBe(0);
 
     const state = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as { agentId: string };
@@ -298,8 +310,94 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
       },
       30_000,
     );
-    expect(await currentTarget()).toBe(join('versions', '1.0.0'));
+    expect(await currentVersion()).toBe('1.0.0');
     const v = await run(join(install, 'current', 'ferry-agent'), ['version'], agentEnv());
     expect(v.stdout).toBe('1.0.0\n');
+  });
+
+  it('v6 dies at load, before its own code: the prestart script rolls back; v1 reports it; not retried', async () => {
+    const before = exits.filter((e) => e.code === 1).length;
+    await publish('6.0.0');
+    await eventually(
+      'v6 rolled back',
+      async () => {
+        const u = await updateFile();
+        return u.machine.phase === 'rolled-back' && u.machine.version === '6.0.0' ? u : undefined;
+      },
+      30_000,
+    );
+    expect(await currentVersion()).toBe('1.0.0');
+    expect(await currentTarget()).toBe(join(install, 'versions', '1.0.0')); // switched by the script
+    expect(prestartLog.join('')).toMatch(/rolled back to .*1\.0\.0 after 3 starts/);
+    expect(exits.filter((e) => e.code === 1).length - before).toBe(LIMITS.maxAttempts);
+    expect((await updateFile()).badVersions.some((b) => b.endsWith(':6.0.0'))).toBe(true);
+    const left = (await readdir(stateDir)).filter((n) => n.startsWith('pending.'));
+    expect(left).toEqual([]);
+    const r = await eventually('v6 report', async () =>
+      (await updateReports()).find((x) => x.version === '6.0.0'),
+    );
+    expect(r).toMatchObject({ outcome: 'rolled-back', phase: 'pending' }); // it never ran its own code
+    expect(r.reason).toMatch(/6\.0\.0 started 3 times without a commit \(max 2\)/);
+    await sleep(3_000);
+    expect(begins('6.0.0')).toBe(1);
+    expect(await currentVersion()).toBe('1.0.0');
+  });
+
+  it('ferry agent rollback: refuses with nothing to go back to; after a commit, returns to the previous', async () => {
+    const agent1 = join(install, 'versions', '1.0.0', 'ferry-agent');
+    const rollback = (...extra: string[]) =>
+      run(
+        agent1,
+        ['rollback', '--state', stateDir, '--install-root', install, '--json', ...extra],
+        agentEnv(),
+      );
+    const snapshot = async () => [
+      await readFile(join(stateDir, 'update.json'), 'utf8'),
+      await currentTarget(),
+    ];
+
+    // the last update (v6) was rolled back: no committed update to undo
+    const before = await snapshot();
+    const none = await rollback();
+    expect(none.code).toBe(1);
+    expect(JSON.parse(none.stdout)).toMatchObject({ ok: false, code: 'NO_PREVIOUS_VERSION' });
+    expect(await snapshot()).toEqual(before);
+
+    // 1.0.0 → 2.0.0 committed
+    await publish('2.0.0');
+    await eventually(
+      'v2 committed again',
+      async () => {
+        const u = await updateFile();
+        return u.machine.phase === 'committed' && u.machine.version === '2.0.0' ? u : undefined;
+      },
+      30_000,
+    );
+    const running = await snapshot();
+    const busy = await rollback();
+    expect(JSON.parse(busy.stdout)).toMatchObject({ ok: false, code: 'AGENT_RUNNING' });
+    expect(await snapshot()).toEqual(running);
+
+    stopping = true;
+    child?.kill('SIGTERM');
+    await supervisor;
+    const ok = await rollback('--mark-bad');
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, from: '2.0.0', to: '1.0.0', markedBad: true });
+    expect(await currentTarget()).toBe(join('versions', '1.0.0'));
+    const u = await updateFile();
+    expect(u.machine).toMatchObject({ phase: 'rolled-back', version: '2.0.0' });
+    expect(u.badVersions.filter((b) => b.endsWith(':2.0.0'))).toHaveLength(1);
+
+    const began = begins('2.0.0');
+    stopping = false;
+    supervisor = supervise(5);
+    const r = await eventually('manual rollback report', async () =>
+      (await updateReports()).find((x) => x.reason.startsWith('manual rollback from 2.0.0 to 1.0.0')),
+    );
+    expect(r).toMatchObject({ outcome: 'rolled-back', version: '2.0.0', phase: 'committed' });
+    await sleep(3_000);
+    expect(begins('2.0.0')).toBe(began); // marked bad: not installed again
+    expect(await currentVersion()).toBe('1.0.0');
   });
 });

@@ -6,6 +6,9 @@
  *   <install>/versions/<version>/ferry-agent   each installed agent
  *   <install>/current → versions/<version>     what the supervisor starts
  *   <state>/pending.json                       swapped, not yet committed
+ *   <state>/pending.{previous,max}             for the prestart script, written before pending.json
+ *   <state>/pending.attempts                   starts since the swap, counted by the prestart script
+ *   <state>/pending.rolledback                 the prestart script switched `current` back (reason)
  *   <state>/update.json                        machine state, bad versions, unsent reports
  *
  * The install root is $FERRY_AGENT_INSTALL_ROOT, else derived from the path the
@@ -24,6 +27,7 @@ import { readAgentState } from '../state.js';
 import {
   initialUpdateState,
   step,
+  type PendingRecord,
   type Report,
   type UpdateAction,
   type UpdateEvent,
@@ -31,6 +35,9 @@ import {
   type UpdateState,
 } from './machine.js';
 import { targetVersion } from './policy.js';
+
+/** Written by the prestart script (systemd/ferry-agent-prestart.sh) while an update is pending. */
+const PENDING_COUNTER_FILES = ['pending.attempts', 'pending.rolledback'] as const;
 
 /** The process exits with this code after a swap or a rollback, so the supervisor starts `current`. */
 export const UPDATE_EXIT_CODE = 75;
@@ -45,7 +52,7 @@ export interface UpdateReport {
   at: number;
 }
 
-interface UpdateFile {
+export interface UpdateFile {
   format: 'ferry.agent-update/v1';
   machine: UpdateState;
   badVersions: string[];
@@ -106,6 +113,11 @@ export function limitsFromEnv(env = process.env): Partial<UpdateLimits> {
   }
   return out;
 }
+
+/** Exists for crash tests (test/agent-update-crash.test.ts): FERRY_CRASH_AT=<phase> dies here like a power cut. */
+const crashPoint = (phase: string): void => {
+  if (process.env.FERRY_CRASH_AT === phase) process.kill(process.pid, 'SIGKILL');
+};
 
 const sha256File = async (p: string) =>
   createHash('sha256')
@@ -177,7 +189,17 @@ export class UpdateDriver {
     return this.serial(async () => {
       const pending = await readFile(this.path('pending.json'), 'utf8').catch(() => undefined);
       if (pending !== undefined) this.o.log.info('update.pending_found', { pending: JSON.parse(pending) });
-      await this.feed({ type: 'started', version: this.o.version });
+      const boot = pending === undefined ? {} : await this.bootRecord();
+      if (boot.rolledBack !== undefined) {
+        this.o.log.warn('update.boot_rolled_back', { reason: boot.rolledBack });
+        await this.feed({ type: 'boot-rolled-back', reason: boot.rolledBack });
+        await this.removePendingFiles(); // also when the machine had nothing in flight
+      }
+      await this.feed({ type: 'started', version: this.o.version, attempts: boot.attempts });
+      // A crash between saving a final phase and removing the record leaves pending files
+      // behind; a node no longer in an update must not keep them (the prestart script counts them).
+      const inUpdate = ['swapping', 'pending', 'health-checking'].includes(this.file.machine.phase);
+      if (!inUpdate && pending !== undefined) await this.removePendingFiles();
     });
   }
 
@@ -277,8 +299,15 @@ export class UpdateDriver {
     for (let e = queue.shift(); e !== undefined; e = queue.shift()) {
       const r = step(this.file.machine, e, this.o.now());
       if (r.state !== this.file.machine) {
+        if (r.state.phase === 'committed') crashPoint('before-commit');
         this.file.machine = r.state;
+        // Bookkeeping is part of the same atomic write as the phase: a crash right after it can
+        // neither forget a bad version (and retry it) nor lose the report of what happened.
+        for (const a of r.actions) this.book(a);
         await this.persist(); // recorded before anything is done
+        if (e.type === 'started') crashPoint('boot-counted');
+        if (r.state.phase === 'committed') crashPoint('committed');
+        if (r.state.phase === 'rolled-back') crashPoint('rolling-back');
         if (r.state.phase !== 'health-checking') this.stop();
       }
       for (const a of r.actions) {
@@ -286,6 +315,24 @@ export class UpdateDriver {
         if (next) queue.push(next);
       }
     }
+  }
+
+  /** Applies a bookkeeping action to the update file in memory; true when something changed. */
+  private booked = new WeakSet<UpdateAction>();
+  private book(a: UpdateAction): boolean {
+    if (this.booked.has(a)) return false;
+    if (a[0] === 'remember-bad') {
+      this.booked.add(a);
+      if (!this.file.badVersions.includes(a[2])) this.file.badVersions.push(a[2]);
+      return true;
+    }
+    if (a[0] === 'report') {
+      this.booked.add(a);
+      this.o.log.info('update.report', { ...a[1] });
+      this.addReport(a[1]);
+      return true;
+    }
+    return false;
   }
 
   private async act(a: UpdateAction): Promise<UpdateEvent | undefined> {
@@ -298,6 +345,7 @@ export class UpdateDriver {
           return { type: 'download-failed', reason: 'no artifact in hand' };
         try {
           await fetchBlob(this.mirrors, t, this.o.cacheDir, { timeoutMs: this.o.timeoutMs, log });
+          crashPoint('downloaded');
           return { type: 'download-done' };
         } catch (e) {
           return { type: 'download-failed', reason: (e as Error).message };
@@ -306,13 +354,21 @@ export class UpdateDriver {
       case 'verify': {
         const t = this.target!;
         const got = await sha256File(blobPath(this.o.cacheDir, t.sha256)).catch((e: Error) => e.message);
+        crashPoint('verified');
         return got === t.sha256
           ? { type: 'verify-ok' }
           : { type: 'verify-failed', reason: `sha256 ${got} is not ${t.sha256}` };
       }
       case 'stage':
-        await this.stage(a[1], blobPath(this.o.cacheDir, this.target!.sha256));
-        return { type: 'stage-done' };
+        try {
+          await this.stage(a[1], blobPath(this.o.cacheDir, this.target!.sha256));
+          return { type: 'stage-done' };
+        } catch (e) {
+          // a full disk or a read-only install root: abandon cleanly, keep running what we run
+          await rm(this.versionDir(a[1]), { recursive: true, force: true }).catch(() => undefined);
+          const code = (e as NodeJS.ErrnoException).code ?? (e as { code?: string }).code ?? 'IO_ERROR';
+          return { type: 'stage-failed', reason: `${code}: ${(e as Error).message}` };
+        }
       case 'self-test':
         return this.selfTest(a[1]);
       case 'discard-staged':
@@ -320,13 +376,17 @@ export class UpdateDriver {
           await rm(this.versionDir(a[1]), { recursive: true, force: true });
         return undefined;
       case 'write-pending-record':
+        await this.writePendingCompanions(a[1]);
         await writeFileAtomic(this.path('pending.json'), JSON.stringify(a[1]) + '\n', { mode: 0o600 });
+        crashPoint('pending-written');
         return undefined;
       case 'swap':
         await this.pointCurrentAt(a[1]);
+        crashPoint('swapped');
         return { type: 'swapped' };
       case 'switch-current-to':
         await this.pointCurrentAt(a[1]);
+        crashPoint('rollback-switched');
         return undefined;
       case 'exit':
         log.info('update.exit', { code: UPDATE_EXIT_CODE, phase: this.file.machine.phase });
@@ -337,19 +397,14 @@ export class UpdateDriver {
         this.startTicker();
         return undefined;
       case 'remove-pending-record':
-        await rm(this.path('pending.json'), { force: true });
-        await fsyncDir(this.o.stateDir);
+        await this.removePendingFiles();
         return undefined;
       case 'keep-previous':
         return undefined; // versions/<previous> stays: it is the next rollback target
       case 'remember-bad':
-        if (!this.file.badVersions.includes(a[2])) this.file.badVersions.push(a[2]);
-        await this.persist();
-        return undefined;
       case 'report':
-        log.info('update.report', { ...a[1] });
-        this.addReport(a[1]);
-        await this.persist();
+        // applied by book(), in the same write as the phase change (or now, for a step without one)
+        if (this.book(a)) await this.persist();
         return undefined;
       case 'ignored':
         return undefined;
@@ -373,6 +428,7 @@ export class UpdateDriver {
     const tmp = join(dir, 'ferry-agent.tmp');
     await rm(tmp, { force: true });
     await copyFile(blob, tmp);
+    crashPoint('stage-tmp');
     await chmod(tmp, 0o755);
     const fh = await open(tmp, 'r');
     try {
@@ -382,6 +438,7 @@ export class UpdateDriver {
     }
     await rename(tmp, join(dir, 'ferry-agent'));
     await fsyncDir(dir);
+    crashPoint('staged');
   }
 
   private selfTest(v: string): Promise<UpdateEvent> {
@@ -395,6 +452,7 @@ export class UpdateDriver {
         (err, stdout, stderr) => {
           if (!err) {
             this.o.log.info('update.self_test_ok', { version: v, out: stdout.trim() });
+            crashPoint('self-tested');
             done({ type: 'self-test-ok' });
           } else if ((err as { killed?: boolean }).killed) done({ type: 'self-test-timeout' });
           else done({ type: 'self-test-failed', reason: (stderr.trim() || err.message).slice(-500) });
@@ -406,6 +464,37 @@ export class UpdateDriver {
   private async currentVersion(): Promise<string | undefined> {
     const link = await readlink(join(this.o.installRoot, 'current')).catch(() => undefined);
     return link === undefined ? undefined : basename(link);
+  }
+
+  /** What systemd/ferry-agent-prestart.sh reads; written before pending.json, which is what it looks for. */
+  private async writePendingCompanions(r: PendingRecord): Promise<void> {
+    for (const n of PENDING_COUNTER_FILES) await rm(this.path(n), { force: true });
+    const opts = { mode: 0o600 };
+    await writeFileAtomic(this.path('pending.previous'), `${this.versionDir(r.previous)}\n`, opts);
+    await writeFileAtomic(this.path('pending.max'), `${this.file.machine.limits.maxAttempts}\n`, opts);
+  }
+
+  /** pending.json first: without it the prestart script does nothing. */
+  private async removePendingFiles(): Promise<void> {
+    await rm(this.path('pending.json'), { force: true });
+    for (const n of [...PENDING_COUNTER_FILES, 'pending.previous', 'pending.max'])
+      await rm(this.path(n), { force: true });
+    await fsyncDir(this.o.stateDir);
+  }
+
+  /** The prestart script's count of starts since the swap, and its rollback, if it made one. */
+  private async bootRecord(): Promise<{ attempts?: number; rolledBack?: string }> {
+    const read = (n: string) =>
+      readFile(this.path(n), 'utf8').then(
+        (t) => t.trim(),
+        () => undefined,
+      );
+    const attempts = await read('pending.attempts');
+    const rolledBack = await read('pending.rolledback');
+    return {
+      ...(attempts !== undefined && /^\d+$/.test(attempts) && { attempts: Number(attempts) }),
+      ...(rolledBack !== undefined && { rolledBack: rolledBack || 'rolled back by the prestart script' }),
+    };
   }
 
   /** current.tmp → versions/<v>, renamed over current: the switch is atomic. */

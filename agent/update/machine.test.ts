@@ -335,4 +335,36 @@ describe('agent self-update machine', () => {
     const r = run(s, [...toHealth, { type: 'health-ok' }, { type: 'soak-elapsed' }]);
     expect(r.state).toMatchObject({ phase: 'committed', highestCommitted: '2.0.0' });
   });
+
+  it('takes the start count from the prestart script when given, and rolls back past the max', () => {
+    const counted = run(init(), [...toPending, { type: 'started', version: '2.0.0', attempts: 3 }]);
+    expect(counted.state).toMatchObject({ phase: 'health-checking', attempts: 3 });
+    const over = run(init(), [...toPending, { type: 'started', version: '2.0.0', attempts: 4 }]);
+    expect(over.state.phase).toBe('rolled-back');
+    expect(over.last).toEqual(rolledBack(/started 4 times without a commit \(max 3\)/, 'pending'));
+  });
+
+  it('boot-rolled-back: the prestart script switched current; record, clean up, report, no exit', () => {
+    for (const events of [toPending, toHealth]) {
+      const r = run(init(), [...events, { type: 'boot-rolled-back', reason: 'started 4 times (max 3)' }]);
+      expect(r.state).toMatchObject({ phase: 'rolled-back', version: '2.0.0', highestCommitted: '1.0.0' });
+      expect(r.last).toEqual([
+        ['remember-bad', '2.0.0', BAD_V2],
+        ['remove-pending-record'],
+        [
+          'report',
+          {
+            outcome: 'rolled-back',
+            phase: events === toPending ? 'pending' : 'health-checking',
+            version: '2.0.0',
+            reason: '2.0.0 started 4 times (max 3)',
+          },
+        ],
+      ]);
+      // seen again after a crash before the clean-up: only clean up; the previous version's start is ignored
+      const again = step(r.state, { type: 'boot-rolled-back', reason: 'x' }, T0);
+      expect(again).toEqual({ state: r.state, actions: [['remove-pending-record']] });
+      expect(step(r.state, { type: 'started', version: '1.0.0' }, T0).state).toBe(r.state);
+    }
+  });
 });

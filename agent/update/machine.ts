@@ -12,7 +12,9 @@
  * Failures before the swap go back to idle and nothing on the host changes.
  * After the swap, every start of the new binary counts; more than maxAttempts
  * starts without a commit, a failed health check or a missed deadline switch
- * `current` back to the previous version and remember the version as bad.
+ * `current` back to the previous version and remember the version as bad. The
+ * starts are counted outside the new code by systemd/ferry-agent-prestart.sh,
+ * which also switches back by itself when the new binary never gets this far.
  */
 import { compareSemver, parseSemver } from '../../core/semver.js';
 import { badVersionKey } from './policy.js';
@@ -73,12 +75,19 @@ export type UpdateEvent =
   | { type: 'verify-ok' }
   | { type: 'verify-failed'; reason: string }
   | { type: 'stage-done' }
+  /** Staging failed on this node (e.g. ENOSPC): nothing was swapped; says nothing about the version. */
+  | { type: 'stage-failed'; reason: string }
   | { type: 'self-test-ok' }
   | { type: 'self-test-failed'; reason: string }
   | { type: 'self-test-timeout' }
   | { type: 'swapped' }
-  /** A start of the agent binary, with the version that is running. */
-  | { type: 'started'; version: string }
+  /**
+   * A start of the agent binary, with the version that is running and, when the
+   * prestart script counted it (pending.attempts), the starts since the swap.
+   */
+  | { type: 'started'; version: string; attempts?: number }
+  /** The prestart script already switched `current` back before this start (pending.rolledback). */
+  | { type: 'boot-rolled-back'; reason: string }
   | { type: 'health-ok' }
   | { type: 'health-failed'; reason: string }
   | { type: 'soak-elapsed' }
@@ -201,6 +210,14 @@ export function step(s: UpdateState, e: UpdateEvent, now: number): Step {
           'run-health-checks',
           v,
         ]);
+  /** The prestart script switched `current` back already: record, report, clean up; no exit. */
+  const bootRolledBack = (reason: string): Step =>
+    to(
+      { phase: 'rolled-back', deadline: null, soakUntil: null, highestCommitted: s.highestBefore },
+      rememberBad(s, v),
+      ['remove-pending-record'],
+      report('rolled-back', `${v} ${reason}`),
+    );
   const commit = (): Step =>
     to(
       {
@@ -227,6 +244,7 @@ export function step(s: UpdateState, e: UpdateEvent, now: number): Step {
     case 'staged':
       if (e.type === 'stage-done')
         return to({ phase: 'self-testing', deadline: now + s.limits.selfTestMs }, ['self-test', v]);
+      if (e.type === 'stage-failed') return abandon(`staging failed: ${e.reason}`, false);
       break;
     case 'self-testing':
       if (e.type === 'self-test-ok')
@@ -243,7 +261,8 @@ export function step(s: UpdateState, e: UpdateEvent, now: number): Step {
     case 'swapping':
       if (e.type === 'swapped') return to({ phase: 'pending' }, ['exit']);
       // Restarted before the driver saw the swap finish: the running version says whether it did.
-      if (e.type === 'started' && e.version === v) return startHealth(s.attempts + 1);
+      if (e.type === 'started' && e.version === v) return startHealth(e.attempts ?? s.attempts + 1);
+      if (e.type === 'boot-rolled-back') return bootRolledBack(e.reason);
       if (e.type === 'started' && e.version === prev)
         return to(
           { phase: 'idle' },
@@ -254,7 +273,8 @@ export function step(s: UpdateState, e: UpdateEvent, now: number): Step {
       break;
     case 'pending':
     case 'health-checking':
-      if (e.type === 'started' && e.version === v) return startHealth(s.attempts + 1);
+      if (e.type === 'started' && e.version === v) return startHealth(e.attempts ?? s.attempts + 1);
+      if (e.type === 'boot-rolled-back') return bootRolledBack(e.reason);
       if (e.type === 'started')
         // Something else already put another binary in place; no evidence against this version.
         return to(
@@ -292,6 +312,8 @@ export function step(s: UpdateState, e: UpdateEvent, now: number): Step {
     case 'rolled-back':
       // Restarted before `current` was switched back (crash mid-rollback): switch again.
       if (e.type === 'started' && e.version === v) return to({}, ['switch-current-to', prev], ['exit']);
+      // Recorded already (a crash before the pending files were removed): only clean up.
+      if (e.type === 'boot-rolled-back') return to({}, ['remove-pending-record']);
       break;
     case 'idle':
       break;

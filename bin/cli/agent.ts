@@ -1,9 +1,11 @@
 import { readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
 import { createLogger } from '../../core/log.js';
 import { Agent } from '../../agent/run.js';
 import { readAgentState } from '../../agent/state.js';
+import { installRootOf } from '../../agent/update/driver.js';
+import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
 import { int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
 
@@ -29,6 +31,8 @@ function agentFrom(p: Parsed, persistMirrors = true): Agent {
     persistMirrors,
     ...(str(p, 'metrics-listen', false) && { metricsListen: parseHostPort(str(p, 'metrics-listen')) }),
     ...(str(p, 'metrics-file', false) && { metricsFile: str(p, 'metrics-file') }),
+    ...(str(p, 'install-root', false) && { installRoot: str(p, 'install-root') }),
+    ...(p.values['update-soak'] !== undefined && { updateLimits: { soakMs: int(p, 'update-soak') * 1000 } }),
   });
 }
 
@@ -52,6 +56,8 @@ const CONFIG_KEYS: Record<string, { flag: string; kind: 'string' | 'list' | 'num
   reportOnly: { flag: 'report-only', kind: 'boolean' },
   metricsListen: { flag: 'metrics-listen', kind: 'string' },
   metricsFile: { flag: 'metrics-file', kind: 'string' },
+  installRoot: { flag: 'install-root', kind: 'string' },
+  updateSoak: { flag: 'update-soak', kind: 'number' },
 };
 
 /** Fills options from `--config FILE` (JSON) where the command line did not give them. */
@@ -101,6 +107,8 @@ const RUN_OPTIONS = {
   'report-only': { type: 'boolean' },
   'metrics-listen': { type: 'string' },
   'metrics-file': { type: 'string' },
+  'install-root': { type: 'string' },
+  'update-soak': { type: 'string' },
 } as const;
 
 export const agentRun: Command = {
@@ -110,9 +118,13 @@ export const agentRun: Command = {
     'first run pins --trust and records --site; SIGUSR1 polls at once; SIGTERM stops after the current step.\n' +
     '--config FILE reads the same settings from JSON (state, mirrors, trust, site, groups, interval,\n' +
     'allowInterpreters, reportOnly, metricsListen, metricsFile); flags given on the command line win.\n' +
-    '--allow-interpreter replaces the default allowlist (sh, bash); --report-only never changes managed files.',
+    '--allow-interpreter replaces the default allowlist (sh, bash); --report-only never changes managed files.\n' +
+    'Self-update: --install-root DIR holds versions/<v>/ferry-agent and the current symlink (default\n' +
+    '$FERRY_AGENT_INSTALL_ROOT, else the root this binary was started from as <root>/current/ferry-agent);\n' +
+    '--update-soak SEC is how long a new version must keep running after its health check before it is\n' +
+    'committed (default 600). Config keys installRoot, updateSoak.',
   usage:
-    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH]',
+    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC]',
   options: RUN_OPTIONS,
   async run(parsed) {
     const p = await withConfig(parsed);
@@ -218,6 +230,45 @@ export const agentStatus: Command = {
         );
       }
     }
+    return 0;
+  },
+};
+
+export const agentRollback: Command = {
+  summary:
+    'Switches the agent back to the previous committed version: points <install>/current at it atomically\n' +
+    'and records the rollback, which the agent reports home on its next cycle. Stop the agent first and\n' +
+    'start it again after. --mark-bad also remembers the current version as bad under the manifest that\n' +
+    'offered it, so it is not installed again; without it the next poll may update to it again.\n' +
+    'Refuses (exit 1) with NO_PREVIOUS_VERSION, UPDATE_IN_PROGRESS, CURRENT_MISMATCH or AGENT_RUNNING and\n' +
+    'then changes nothing. --install-root as for run.',
+  usage: '--state DIR [--install-root DIR] [--mark-bad] [--json]',
+  options: {
+    state: { type: 'string' },
+    'install-root': { type: 'string' },
+    'mark-bad': { type: 'boolean' },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const installRoot = str(p, 'install-root', false)
+      ? resolve(str(p, 'install-root'))
+      : installRootOf(process.argv[1]);
+    if (!installRoot)
+      throw new FerryError(
+        'USAGE',
+        '--install-root is required (or $FERRY_AGENT_INSTALL_ROOT, or run <root>/current/ferry-agent)',
+      );
+    const r = await manualRollback({
+      stateDir: resolve(str(p, 'state')),
+      installRoot,
+      markBad: p.values['mark-bad'] === true,
+      now: Date.now(),
+    });
+    if (p.json) printJson(io, { ok: true, ...r, current: join(installRoot, 'versions', r.to) });
+    else
+      io.out(
+        `rolled back ${r.from} → ${r.to}${r.markedBad ? ` (${r.from} marked bad)` : ''}; start the agent`,
+      );
     return 0;
   },
 };

@@ -10,11 +10,10 @@
  * time-limited enrolment token will go; mirrors accept its absence for now.
  */
 import { mkdir, stat } from 'node:fs/promises';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
 import { FerryError } from '../core/errors.js';
+import { request } from '../core/http.js';
 import {
   agentIdOf,
   ENROLL_TYPE,
@@ -92,7 +91,13 @@ export function enrollRequest(identity: AgentIdentity, o: EnrollOptions): Envelo
 /** Enrols with a mirror; resolves to the agent id it assigned (checked against our own key). */
 export async function enroll(mirrorUrl: string, identity: AgentIdentity, o: EnrollOptions): Promise<string> {
   const body = JSON.stringify(enrollRequest(identity, o));
-  const res = await postJson(new URL('/v1/enroll', mirrorUrl), body, o.timeoutMs ?? 30_000, 64 * 1024);
+  const res = await request(new URL('/v1/enroll', mirrorUrl).href, {
+    method: 'POST',
+    body,
+    headers: { 'Content-Type': 'application/json' },
+    timeoutMs: o.timeoutMs ?? 30_000,
+    maxBytes: 64 * 1024,
+  });
   let v: unknown;
   try {
     v = JSON.parse(res.body.toString('utf8'));
@@ -110,46 +115,4 @@ export async function enroll(mirrorUrl: string, identity: AgentIdentity, o: Enro
   if (!isAgentId(o2.agentId) || o2.agentId !== identity.agentId)
     throw new FerryError('IO_ERROR', 'enrol: mirror answered with an agent id that is not this key');
   return o2.agentId;
-}
-
-/**
- * A tiny POST helper over node:http(s), with a timeout and a response size cap.
- * Kept private here on purpose: all outbound HTTP belongs in one core client
- * (CONVENTIONS 11, being written as core/http.ts); fold this into it then.
- */
-function postJson(
-  url: URL,
-  body: string,
-  timeoutMs: number,
-  maxResponseBytes: number,
-): Promise<{ status: number; body: Buffer }> {
-  const request =
-    url.protocol === 'https:' ? httpsRequest : url.protocol === 'http:' ? httpRequest : undefined;
-  if (!request) return Promise.reject(new FerryError('USAGE', `mirror URL must be http(s): ${url.href}`));
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        timeout: timeoutMs,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (c: Buffer) => {
-          size += c.length;
-          if (size > maxResponseBytes) {
-            res.destroy();
-            reject(new FerryError('IO_ERROR', `${url.href}: response larger than ${maxResponseBytes} bytes`));
-          } else chunks.push(c);
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-        res.on('error', (e) => reject(new FerryError('IO_ERROR', `${url.href}: ${e.message}`, { cause: e })));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', (e) => reject(new FerryError('IO_ERROR', `${url.href}: ${e.message}`, { cause: e })));
-    req.end(body);
-  });
 }

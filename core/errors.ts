@@ -44,15 +44,26 @@ export type FerryErrorCode =
   | 'CURRENT_MISMATCH'
   | 'AGENT_RUNNING';
 
-export class FerryError extends Error {
-  readonly code: FerryErrorCode;
+/**
+ * The base of every component's coded error: a stable `code` and a one-line
+ * message. Components keep their own code unions (FerryError here, MirrorError
+ * in mirror/); the CLI reports any CodedError the same way without knowing them.
+ */
+export class CodedError<C extends string = string> extends Error {
+  readonly code: C;
 
-  constructor(code: FerryErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: C, message: string, options?: { cause?: unknown }) {
     super(message, options);
-    this.name = 'FerryError';
+    this.name = new.target.name;
     this.code = code;
   }
 }
+
+export function isCodedError(e: unknown): e is CodedError {
+  return e instanceof CodedError;
+}
+
+export class FerryError extends CodedError<FerryErrorCode> {}
 
 export function isFerryError(e: unknown): e is FerryError {
   return e instanceof FerryError;

@@ -1,4 +1,4 @@
-import { isFerryError, type FerryErrorCode } from '../core/errors.js';
+import { CodedError, isFerryError, type FerryErrorCode } from '../core/errors.js';
 
 /**
  * Codes only the mirror produces. Refusals a bundle can earn at the mirror are
@@ -17,15 +17,7 @@ export type MirrorErrorCode =
   /** Another import holds the store's lock for longer than the wait allows. */
   | 'STORE_LOCKED';
 
-export class MirrorError extends Error {
-  readonly code: MirrorErrorCode;
-
-  constructor(code: MirrorErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'MirrorError';
-    this.code = code;
-  }
-}
+export class MirrorError extends CodedError<MirrorErrorCode> {}
 
 export function isMirrorError(e: unknown): e is MirrorError {
   return e instanceof MirrorError;

@@ -1,6 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { FerryError, isFerryError } from '../../core/errors.js';
-import { isMirrorError } from '../../mirror/errors.js';
+import { FerryError, isCodedError } from '../../core/errors.js';
 
 export interface Io {
   out: (line: string) => void;
@@ -103,7 +102,7 @@ export async function runCommand(cmd: Command, name: string, argv: string[], io:
 
 /** Any component's coded error, as the CLI reports it; anything else is an I/O failure. */
 function coded(e: unknown): { code: string; message: string } {
-  if (isFerryError(e) || isMirrorError(e)) return e;
+  if (isCodedError(e)) return e;
   return new FerryError('IO_ERROR', (e as Error)?.message ?? String(e), { cause: e });
 }
 
@@ -114,7 +113,7 @@ function fail(e: unknown, io: Io, json: boolean, usage?: string): number {
     io.err(`ferry: ${err.code}: ${err.message}`);
     if (err.code === 'USAGE' && usage) io.err(`usage: ${usage}\n(see --help)`);
   }
-  if (!isFerryError(e) && !isMirrorError(e) && process.env.FERRY_DEBUG) io.err(String((e as Error)?.stack));
+  if (!isCodedError(e) && process.env.FERRY_DEBUG) io.err(String((e as Error)?.stack));
   return err.code === 'USAGE' ? 2 : 1;
 }
 

@@ -6,80 +6,9 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { spawnFerry, runFerry, sleep, type Exit, type FerryChild, type LogLine } from './mirror-proc.js';
+import { followLogs as follow, spawnFerry, runFerry, sleep, type LoggedProc } from './mirror-proc.js';
 
-export interface LoggedProc {
-  pid: number;
-  logs: LogLine[];
-  /** Resolves with the first log line (past or future) that satisfies `pred`. */
-  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  /** Resolves with the first line satisfying `pred` logged after this call. */
-  nextLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  exited: Promise<Exit>;
-  stop(signal?: NodeJS.Signals): Promise<Exit>;
-  stderr(): string;
-}
-
-/** Parses a child's stderr into JSON log lines as they arrive. */
-function follow(c: FerryChild, what: string): LoggedProc {
-  const logs: LogLine[] = [];
-  const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
-  let partial = '';
-  c.child.stderr!.on('data', (d: Buffer) => {
-    partial += d.toString();
-    const lines = partial.split('\n');
-    partial = lines.pop() ?? '';
-    for (const text of lines) {
-      let line: LogLine;
-      try {
-        line = JSON.parse(text) as LogLine;
-      } catch {
-        continue;
-      }
-      logs.push(line);
-      for (const w of waiters)
-        if (w.pred(line)) {
-          waiters.delete(w);
-          w.resolve(line);
-        }
-    }
-  });
-  const wait = (pred: (l: LogLine) => boolean, from: number, timeoutMs: number): Promise<LogLine> => {
-    const seen = logs.slice(from).find(pred);
-    if (seen) return Promise.resolve(seen);
-    return new Promise<LogLine>((resolve, reject) => {
-      const w = {
-        pred,
-        resolve: (l: LogLine) => {
-          clearTimeout(timer);
-          resolve(l);
-        },
-      };
-      const timer = setTimeout(() => {
-        waiters.delete(w);
-        reject(new Error(`${what}: no matching log line within ${timeoutMs} ms; stderr:\n${c.stderr()}`));
-      }, timeoutMs);
-      waiters.add(w);
-      void c.exited.then((exit) => {
-        if (!waiters.delete(w)) return;
-        clearTimeout(timer);
-        reject(new Error(`${what} exited (${JSON.stringify(exit)}) first; stderr:\n${c.stderr()}`));
-      });
-    });
-  };
-  return {
-    pid: c.child.pid!,
-    logs,
-    waitForLog: (pred, timeoutMs = 20_000) => wait(pred, 0, timeoutMs),
-    nextLog: (pred, timeoutMs = 20_000) => wait(pred, logs.length, timeoutMs),
-    exited: c.exited,
-    stop: async (signal = 'SIGTERM') => {
-      if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill(signal);
-      return c.exited;
-    },
-    stderr: c.stderr,
-  };
-}
+export type { LoggedProc };
 
 export interface MirrorAt extends LoggedProc {
   url: string;

@@ -73,20 +73,10 @@ export async function runFerry(
   return { ...exit, stdout: c.stdout(), stderr: c.stderr() };
 }
 
-export interface MirrorProc {
+export interface MirrorProc extends LoggedProc {
   url: string;
-  pid: number;
-  /** Every JSON log line so far, in order. */
-  logs: LogLine[];
-  /** Resolves with the first log line (past or future) that satisfies `pred`. */
-  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
-  exited: Promise<Exit>;
-  /** Sends `signal` and waits for the process to end. */
-  stop(signal?: NodeJS.Signals): Promise<Exit>;
   /** Sends `signal` without waiting. */
   signal(signal: NodeJS.Signals): void;
-  /** Raw stderr (non-JSON lines included), for failure messages. */
-  stderr(): string;
 }
 
 export interface MirrorProcOptions {
@@ -97,13 +87,20 @@ export interface MirrorProcOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** Starts `ferry mirror serve --listen 127.0.0.1:0` and waits for its `mirror.started` line. */
-export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc> {
-  const args = ['mirror', 'serve', '--data', o.data, '--listen', '127.0.0.1:0'];
-  if (o.trust) args.push('--trust', o.trust);
-  if (o.site) args.push('--site', o.site);
-  if (o.drop) args.push('--drop', o.drop);
-  const c = spawnFerry(args, o.env);
+export interface LoggedProc {
+  pid: number;
+  logs: LogLine[];
+  /** Resolves with the first log line (past or future) that satisfies `pred`. */
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** Resolves with the first line satisfying `pred` logged after this call. */
+  nextLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  exited: Promise<Exit>;
+  stop(signal?: NodeJS.Signals): Promise<Exit>;
+  stderr(): string;
+}
+
+/** Parses a child's stderr into JSON log lines as they arrive (mirrors and agents alike). */
+export function followLogs(c: FerryChild, what: string): LoggedProc {
   const logs: LogLine[] = [];
   const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
   let partial = '';
@@ -116,7 +113,7 @@ export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc>
       try {
         line = JSON.parse(text) as LogLine;
       } catch {
-        continue; // not a log line (a crash trace): kept in stderr()
+        continue;
       }
       logs.push(line);
       for (const w of waiters)
@@ -126,9 +123,8 @@ export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc>
         }
     }
   });
-
-  const waitForLog = (pred: (l: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> => {
-    const seen = logs.find(pred);
+  const wait = (pred: (l: LogLine) => boolean, from: number, timeoutMs: number): Promise<LogLine> => {
+    const seen = logs.slice(from).find(pred);
     if (seen) return Promise.resolve(seen);
     return new Promise<LogLine>((resolve, reject) => {
       const w = {
@@ -140,34 +136,47 @@ export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc>
       };
       const timer = setTimeout(() => {
         waiters.delete(w);
-        reject(new Error(`no matching mirror log line within ${timeoutMs} ms; stderr:\n${c.stderr()}`));
+        reject(new Error(`${what}: no matching log line within ${timeoutMs} ms; stderr:\n${c.stderr()}`));
       }, timeoutMs);
       waiters.add(w);
       void c.exited.then((exit) => {
         if (!waiters.delete(w)) return;
         clearTimeout(timer);
-        reject(new Error(`mirror exited (${JSON.stringify(exit)}) first; stderr:\n${c.stderr()}`));
+        reject(new Error(`${what} exited (${JSON.stringify(exit)}) first; stderr:\n${c.stderr()}`));
       });
     });
   };
-
-  const started = await waitForLog((l) => l.event === 'mirror.started');
-  const url = started.url;
-  if (typeof url !== 'string') throw new Error(`mirror.started has no url: ${JSON.stringify(started)}`);
   return {
-    url,
     pid: c.child.pid!,
     logs,
-    waitForLog,
+    waitForLog: (pred, timeoutMs = 20_000) => wait(pred, 0, timeoutMs),
+    nextLog: (pred, timeoutMs = 20_000) => wait(pred, logs.length, timeoutMs),
     exited: c.exited,
     stop: async (signal = 'SIGTERM') => {
       if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill(signal);
       return c.exited;
     },
+    stderr: c.stderr,
+  };
+}
+
+/** Starts `ferry mirror serve --listen 127.0.0.1:0` and waits for its `mirror.started` line. */
+export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc> {
+  const args = ['mirror', 'serve', '--data', o.data, '--listen', '127.0.0.1:0'];
+  if (o.trust) args.push('--trust', o.trust);
+  if (o.site) args.push('--site', o.site);
+  if (o.drop) args.push('--drop', o.drop);
+  const c = spawnFerry(args, o.env);
+  const p = followLogs(c, 'mirror');
+  const started = await p.waitForLog((l) => l.event === 'mirror.started');
+  const url = started.url;
+  if (typeof url !== 'string') throw new Error(`mirror.started has no url: ${JSON.stringify(started)}`);
+  return {
+    ...p,
+    url,
     signal: (signal) => {
       c.child.kill(signal);
     },
-    stderr: c.stderr,
   };
 }
 

@@ -147,6 +147,39 @@ export function countSigners(
   return [...counted];
 }
 
+/**
+ * verifyEnvelope for one key with threshold 1 (heartbeats, batches, acks), with
+ * the signature check off the main thread: for services verifying many.
+ */
+export async function verifyEnvelopeByAsync(
+  env: Envelope,
+  expectedType: string,
+  publicKey: Uint8Array,
+  what = 'envelope',
+): Promise<Buffer> {
+  if (env.payloadType !== expectedType) {
+    throw new FerryError(
+      'PAYLOAD_TYPE_MISMATCH',
+      `${what}: payloadType is ${JSON.stringify(env.payloadType)}, expected ${expectedType}`,
+    );
+  }
+  const body = decodeBase64Strict(env.payload, `${what} payload`);
+  const message = pae(env.payloadType, body);
+  for (const s of env.signatures) {
+    let sig: Buffer;
+    try {
+      sig = decodeBase64Strict(s.sig, 'signature');
+    } catch {
+      continue;
+    }
+    if (sig.length === 64 && (await ed.verifyAsync(publicKey, message, sig))) return body;
+  }
+  throw new FerryError(
+    'SIGNATURE_THRESHOLD',
+    `${what}: 0 valid signature(s) from authorised keys, threshold is 1`,
+  );
+}
+
 /** Stable serialisation of an envelope as it is written to disk. */
 export function serializeEnvelope(env: Envelope): string {
   return (

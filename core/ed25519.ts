@@ -2,6 +2,7 @@ import {
   createHash,
   createPrivateKey,
   createPublicKey,
+  type KeyObject,
   randomBytes,
   sign as nodeSign,
   verify as nodeVerify,
@@ -30,6 +31,8 @@ export interface Ed25519Backend {
   publicFromSeed(seed: Uint8Array): Uint8Array;
   sign(seed: Uint8Array, message: Uint8Array): Uint8Array;
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
+  /** The same check off the main thread where the backend can (node: libuv's thread pool). */
+  verifyAsync(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean>;
 }
 
 const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
@@ -49,34 +52,65 @@ export const nodeBackend: Ed25519Backend = {
   },
   verify(publicKey, message, signature) {
     try {
-      const key = createPublicKey({
-        key: Buffer.concat([SPKI_PREFIX, publicKey]),
-        format: 'der',
-        type: 'spki',
-      });
-      return nodeVerify(null, message, key, signature);
+      return nodeVerify(null, message, publicKeyObject(publicKey), signature);
     } catch {
       return false;
     }
   },
+  verifyAsync(publicKey, message, signature) {
+    return new Promise((resolve) => {
+      try {
+        nodeVerify(null, message, publicKeyObject(publicKey), signature, (err, ok) => resolve(!err && ok));
+      } catch {
+        resolve(false);
+      }
+    });
+  },
 };
+
+/*
+ * Parsing a public key costs about as much as a verification; a service that
+ * checks the same agents' keys over and over keeps the parsed objects (bounded:
+ * the oldest half is dropped when full).
+ */
+const KEY_CACHE_MAX = 20_000;
+const keyCache = new Map<string, KeyObject>();
+
+function publicKeyObject(publicKey: Uint8Array): KeyObject {
+  const hex = Buffer.from(publicKey).toString('hex');
+  let key = keyCache.get(hex);
+  if (!key) {
+    key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' });
+    if (keyCache.size >= KEY_CACHE_MAX) {
+      let drop = KEY_CACHE_MAX / 2;
+      for (const k of keyCache.keys()) {
+        if (drop-- <= 0) break;
+        keyCache.delete(k);
+      }
+    }
+    keyCache.set(hex, key);
+  }
+  return key;
+}
 
 /** Loads libsodium (its WebAssembly) and returns a backend over it. */
 export async function libsodiumBackend(): Promise<Ed25519Backend> {
   const sodium = (await import('libsodium-wrappers')).default;
   await sodium.ready;
+  const verify = (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean => {
+    try {
+      return sodium.crypto_sign_verify_detached(signature, message, publicKey);
+    } catch {
+      return false;
+    }
+  };
   return {
     name: 'libsodium',
     publicFromSeed: (seed) => sodium.crypto_sign_seed_keypair(seed).publicKey,
     sign: (seed, message) =>
       sodium.crypto_sign_detached(message, sodium.crypto_sign_seed_keypair(seed).privateKey),
-    verify(publicKey, message, signature) {
-      try {
-        return sodium.crypto_sign_verify_detached(signature, message, publicKey);
-      } catch {
-        return false;
-      }
-    },
+    verify,
+    verifyAsync: (publicKey, message, signature) => Promise.resolve(verify(publicKey, message, signature)),
   };
 }
 
@@ -116,6 +150,16 @@ export function sign(seed: Uint8Array, message: Uint8Array): Uint8Array {
 export function verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
   if (publicKey.length !== 32 || signature.length !== 64) return false;
   return backend.verify(publicKey, message, signature);
+}
+
+/** verify(), off the main thread when the backend can: for services checking many signatures. */
+export function verifyAsync(
+  publicKey: Uint8Array,
+  message: Uint8Array,
+  signature: Uint8Array,
+): Promise<boolean> {
+  if (publicKey.length !== 32 || signature.length !== 64) return Promise.resolve(false);
+  return backend.verifyAsync(publicKey, message, signature);
 }
 
 /** keyid = lowercase hex SHA-256 of the raw 32-byte public key. */

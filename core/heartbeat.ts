@@ -8,7 +8,7 @@
  * for: a heartbeat naming another agent's id never verifies.
  */
 import { decodeBase64Strict } from './encoding.js';
-import { signEnvelope, verifyEnvelope, type Envelope, type Signer } from './dsse.js';
+import { signEnvelope, verifyEnvelope, verifyEnvelopeByAsync, type Envelope, type Signer } from './dsse.js';
 import { keyIdOf } from './ed25519.js';
 import { FerryError } from './errors.js';
 
@@ -189,6 +189,17 @@ export function verifyHeartbeat(env: Envelope, agentPublicKey: Uint8Array): Hear
     { keys: new Map([[keyid, agentPublicKey]]), threshold: 1 },
     'heartbeat',
   );
+  const v = parseBody(body);
+  assertHeartbeat(v);
+  if (v.agentId !== agentIdOf(agentPublicKey))
+    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
+  return v;
+}
+
+/** verifyHeartbeat with the signature checked off the main thread (services verifying many). */
+export async function verifyHeartbeatAsync(env: Envelope, agentPublicKey: Uint8Array): Promise<Heartbeat> {
+  decodeBody(env);
+  const body = await verifyEnvelopeByAsync(env, HEARTBEAT_PAYLOAD_TYPE, agentPublicKey, 'heartbeat');
   const v = parseBody(body);
   assertHeartbeat(v);
   if (v.agentId !== agentIdOf(agentPublicKey))

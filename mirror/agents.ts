@@ -1,24 +1,21 @@
 /**
- * Agents enrolled at this mirror and the telemetry they send, in the data dir:
- *
- *   agents/<agentId>.json        enrolment record (atomic writes)
- *   agents/counters.json         highest heartbeat counter accepted per agent
- *   telemetry/<yyyy-mm-dd>.jsonl append-only log, one accepted heartbeat a line
- *
- * A heartbeat is acknowledged (202) only after its line is fsynced. Commits are
- * grouped: whatever arrives while one fsync runs goes into the next, so
- * concurrent requests share one fsync of the log and one write of the
- * counters. The log is written before the counters, so a crash between the two
- * can accept the same heartbeat twice (never lose one); readers dedupe on
- * (agentId, counter).
+ * Agents enrolled at this mirror, in the data dir (`agents/<agentId>.json`,
+ * atomic writes), and the telemetry they send, which goes into the mirror's
+ * outbox (mirror/outbox.ts): a heartbeat is acknowledged (202) only once its
+ * record is fsynced there, grouped with whatever else arrived meanwhile.
+ * Every enrolment is put in the outbox too, so the server learns each agent's
+ * key from a record signed by the mirror that admitted it.
  */
-import { open, mkdir, readFile, stat, truncate, type FileHandle } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
 import { agentIdOf, isAgentId, type EnrollPayload, type Heartbeat } from '../core/heartbeat.js';
 import { keyIdOf } from '../core/ed25519.js';
 import { decodeHex } from '../core/encoding.js';
 import { fsyncDir, writeFileAtomic } from '../core/fsx.js';
+import { Outbox, type CommitOutcome } from './outbox.js';
+
+export type { CommitOutcome } from './outbox.js';
 
 export interface AgentRecord {
   id: string;
@@ -30,19 +27,13 @@ export interface AgentRecord {
   enrolledAt: string;
   /** The enrolment token presented, recorded as given (not checked yet). */
   token?: string;
+  /** The agent's signed enrolment request, kept so the server can check it too. */
+  request?: Envelope;
 }
 
 export interface AcceptedHeartbeat {
   heartbeat: Heartbeat;
   envelope: Envelope;
-}
-
-export type CommitOutcome = 'accepted' | 'REPLAY';
-
-interface Job {
-  items: AcceptedHeartbeat[];
-  resolve: (r: CommitOutcome[]) => void;
-  reject: (e: unknown) => void;
 }
 
 function isRecord(v: unknown): v is AgentRecord {
@@ -60,41 +51,33 @@ function isRecord(v: unknown): v is AgentRecord {
 }
 
 export class AgentsStore {
-  readonly paths: { agents: string; counters: string; telemetry: string };
+  readonly paths: { agents: string };
   private readonly records = new Map<string, AgentRecord>();
-  private counters: Record<string, number> = {};
-  private opened: Promise<void> | undefined;
-  private queue: Job[] = [];
-  private draining = false;
-  private log: { day: string; fh: FileHandle } | undefined;
+  private opened: Promise<Outbox> | undefined;
 
   constructor(
     readonly dir: string,
     private readonly now: () => number = Date.now,
+    /** 'each' turns group commit off (benchmarks compare the two); default from FERRY_TELEMETRY_FSYNC. */
+    private readonly fsync: 'group' | 'each' = process.env.FERRY_TELEMETRY_FSYNC === 'each'
+      ? 'each'
+      : 'group',
   ) {
-    this.paths = {
-      agents: join(dir, 'agents'),
-      counters: join(dir, 'agents', 'counters.json'),
-      telemetry: join(dir, 'telemetry'),
-    };
+    this.paths = { agents: join(dir, 'agents') };
   }
 
-  /** Creates the directories and loads the counters; every method awaits it. */
-  open(): Promise<void> {
+  /** Creates the directories and opens the outbox; every method awaits it. */
+  open(): Promise<Outbox> {
     return (this.opened ??= (async () => {
-      for (const d of [this.paths.agents, this.paths.telemetry]) {
-        const made = await mkdir(d, { recursive: true });
-        if (made !== undefined) await fsyncDir(this.dir);
-      }
-      const text = await readFile(this.paths.counters, 'utf8').catch((e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') return '{}';
-        throw e;
-      });
-      const v = JSON.parse(text) as unknown;
-      if (typeof v === 'object' && v !== null && !Array.isArray(v))
-        for (const [k, n] of Object.entries(v))
-          if (isAgentId(k) && Number.isSafeInteger(n)) this.counters[k] = n as number;
+      const made = await mkdir(this.paths.agents, { recursive: true });
+      if (made !== undefined) await fsyncDir(this.dir);
+      return Outbox.open(this.dir, { fsync: this.fsync, now: this.now });
     })());
+  }
+
+  /** The outbox telemetry goes into. */
+  outbox(): Promise<Outbox> {
+    return this.open();
   }
 
   async get(agentId: string): Promise<AgentRecord | undefined> {
@@ -125,9 +108,11 @@ export class AgentsStore {
    * Records an enrolment whose signature was checked under `p.publicKey`.
    * Idempotent: the same key always gets the same id and keeps its first
    * enrolledAt; host, platform, groups and token are updated to the latest.
+   * A new or changed record goes into the outbox (durably) before it is
+   * written here, so the server never misses an agent this mirror knows.
    */
-  async enroll(p: EnrollPayload): Promise<AgentRecord> {
-    await this.open();
+  async enroll(p: EnrollPayload, request?: Envelope): Promise<AgentRecord> {
+    const outbox = await this.open();
     const publicKey = Buffer.from(p.publicKey, 'hex');
     const id = agentIdOf(publicKey);
     const existing = await this.get(id);
@@ -141,114 +126,41 @@ export class AgentsStore {
       enrolledAt: existing?.enrolledAt ?? new Date(this.now()).toISOString(),
       ...(p.token !== undefined && { token: p.token }),
     };
-    if (!existing || JSON.stringify(existing) !== JSON.stringify(record)) {
+    const same = (a: AgentRecord) => JSON.stringify({ ...a, request: undefined }) === JSON.stringify(record);
+    if (!existing || !same(existing)) {
+      if (request) record.request = request;
+      await outbox.appendEnrolment({
+        agentId: id,
+        publicKey: record.publicKey,
+        hostname: record.hostname,
+        platform: record.platform,
+        groups: record.groups,
+        enrolledAt: record.enrolledAt,
+        ...(request && { request }),
+      });
       await writeFileAtomic(join(this.paths.agents, `${id}.json`), JSON.stringify(record, null, 2) + '\n');
       this.records.set(id, record);
+      return record;
     }
-    return record;
+    return existing;
   }
 
   /** Highest counter accepted from an agent (-1 when none). */
   async lastCounter(agentId: string): Promise<number> {
-    await this.open();
-    return this.counters[agentId] ?? -1;
+    return (await this.open()).lastCounter(agentId);
   }
 
   /**
-   * Appends verified heartbeats to the log; resolves once durable, with one
+   * Appends verified heartbeats to the outbox; resolves once durable, with one
    * outcome per item: 'accepted', or 'REPLAY' when its counter is not above the
    * highest already accepted from that agent (including earlier items of the batch).
    */
-  commit(items: AcceptedHeartbeat[]): Promise<CommitOutcome[]> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ items, resolve, reject });
-      if (!this.draining) void this.drain();
-    });
-  }
-
-  private async drain(): Promise<void> {
-    this.draining = true;
-    try {
-      while (this.queue.length) {
-        const jobs = this.queue.splice(0);
-        try {
-          const outcomes = await this.commitBatch(jobs.map((j) => j.items));
-          jobs.forEach((j, i) => j.resolve(outcomes[i]!));
-        } catch (e) {
-          jobs.forEach((j) => j.reject(e));
-        }
-      }
-    } finally {
-      this.draining = false;
-    }
-  }
-
-  private async commitBatch(batches: AcceptedHeartbeat[][]): Promise<CommitOutcome[][]> {
-    await this.open();
-    const next = { ...this.counters };
-    const receivedAt = new Date(this.now()).toISOString();
-    const lines: string[] = [];
-    const outcomes = batches.map((items) =>
-      items.map(({ heartbeat, envelope }): CommitOutcome => {
-        if (heartbeat.counter <= (next[heartbeat.agentId] ?? -1)) return 'REPLAY';
-        next[heartbeat.agentId] = heartbeat.counter;
-        lines.push(
-          JSON.stringify({ receivedAt, agentId: heartbeat.agentId, counter: heartbeat.counter, envelope }) +
-            '\n',
-        );
-        return 'accepted';
-      }),
-    );
-    if (lines.length) {
-      const fh = await this.logFor(receivedAt.slice(0, 10));
-      try {
-        await fh.write(lines.join(''));
-        await fh.sync();
-      } catch (e) {
-        // A partial write must not prefix the next line: reopen, which cuts the torn tail.
-        await fh.close().catch(() => undefined);
-        this.log = undefined;
-        throw e;
-      }
-      await writeFileAtomic(this.paths.counters, JSON.stringify(next) + '\n');
-      this.counters = next;
-    }
-    return outcomes;
-  }
-
-  /** The day's log, opened for append; a torn last line (a crash mid-write, never acknowledged) is cut off. */
-  private async logFor(day: string): Promise<FileHandle> {
-    if (this.log?.day === day) return this.log.fh;
-    await this.log?.fh.close();
-    this.log = undefined;
-    const path = join(this.paths.telemetry, `${day}.jsonl`);
-    const size = await stat(path).then(
-      (s) => s.size,
-      () => -1,
-    );
-    if (size > 0 && !(await endsWithNewline(path, size))) {
-      const buf = await readFile(path); // rare: only after a crash mid-append
-      await truncate(path, buf.lastIndexOf(0x0a) + 1);
-    }
-    const fh = await open(path, 'a', 0o644);
-    if (size < 0) await fsyncDir(this.paths.telemetry);
-    this.log = { day, fh };
-    return fh;
+  async commit(items: AcceptedHeartbeat[]): Promise<CommitOutcome[]> {
+    return (await this.open()).appendHeartbeats(items);
   }
 
   async close(): Promise<void> {
-    await this.log?.fh.close();
-    this.log = undefined;
-  }
-}
-
-async function endsWithNewline(path: string, size: number): Promise<boolean> {
-  const fh = await open(path, 'r');
-  try {
-    const { buffer } = await fh.read(Buffer.alloc(1), 0, 1, size - 1);
-    return buffer[0] === 0x0a;
-  } finally {
-    await fh.close();
+    if (this.opened) await (await this.opened).close();
   }
 }
 

@@ -4,13 +4,21 @@
  * import under way completes, nothing is half-written).
  */
 import { once } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
+import { startControl } from './control.js';
+import { exportTelemetry, importAck, pinnedServerKey } from './courier.js';
+import { isMirrorError, MirrorError } from './errors.js';
+import { Forwarder } from './forward.js';
+import { mirrorIdentity, type MirrorIdentity } from './identity.js';
+import { acquireLock } from './lock.js';
+import { Outbox } from './outbox.js';
 import { trackConnections } from './drain.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
@@ -29,6 +37,13 @@ export interface MirrorOptions {
   site?: string;
   dropDir?: string;
   dropStableMs?: number;
+  /** Where telemetry goes home: the server, or a mirror closer to it. */
+  upstream?: string;
+  /** Mirrors to relay through while the upstream is unreachable (or when there is none). */
+  peers?: string[];
+  /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
   log: Logger;
 }
 
@@ -36,6 +51,8 @@ export interface RunningMirror {
   url: string;
   store: Store;
   metrics: Metrics;
+  identity: MirrorIdentity;
+  forwarder: Forwarder;
   importFile(path: string): Promise<ImportResult>;
   /** Stops accepting connections, lets in-flight requests and the current import finish. */
   close(): Promise<void>;
@@ -48,6 +65,31 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   const store = await Store.open(o.dataDir, init ? { init } : {});
   const metrics = mirrorMetrics();
   const log = o.log;
+  // One serving process owns the outbox: a second `serve` on this data dir is refused, and the
+  // courier commands go through this one's control socket.
+  await mkdir(join(o.dataDir, 'telemetry'), { recursive: true });
+  const releaseOutbox = await acquireLock(Outbox.paths(o.dataDir).lock, { timeoutMs: 0 }).catch(
+    (e: unknown) => {
+      if (isMirrorError(e) && e.code === 'STORE_LOCKED')
+        throw new MirrorError('STORE_LOCKED', `another ferry mirror serve is using ${o.dataDir}`);
+      throw e;
+    },
+  );
+  const identity = await mirrorIdentity(o.dataDir);
+  const agents = agentsFor(store);
+  const outbox = await agents.outbox();
+  const site = (await store.readState()).site;
+  const forwarder = new Forwarder({
+    outbox,
+    identity,
+    site,
+    ...(o.upstream !== undefined && { upstream: o.upstream }),
+    peers: o.peers ?? [],
+    log,
+    metrics,
+    ...(o.retryBaseMs !== undefined && { retryBaseMs: o.retryBaseMs }),
+    ...(o.retryMaxMs !== undefined && { retryMaxMs: o.retryMaxMs }),
+  });
 
   const importFile = async (path: string): Promise<ImportResult> => {
     const r = await importBundle(store, path);
@@ -70,7 +112,16 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
 
   const server: Server = createServer();
   const drainer = trackConnections(server); // first, so it sees every request before the app does
-  server.on('request', createHandler({ store, log, metrics }));
+  server.on(
+    'request',
+    createHandler({
+      store,
+      log,
+      metrics,
+      agents,
+      relay: { selfId: identity.id, hasRoute: () => forwarder.hasRoute() },
+    }),
+  );
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 66_000;
   server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out
@@ -91,11 +142,35 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     });
     await drop.ready;
   }
+  const control = await startControl(
+    o.dataDir,
+    {
+      'POST /export': async (b) => {
+        if (typeof b.out !== 'string' || b.out === '')
+          throw new MirrorError('STORE_INVALID', 'export: out must be a path');
+        return { ...(await exportTelemetry(outbox, identity, site, b.out)) };
+      },
+      'POST /import-ack': async (b) => {
+        const key = await pinnedServerKey(
+          o.dataDir,
+          typeof b.serverKey === 'string' ? b.serverKey : undefined,
+        );
+        return { ...(await importAck(outbox, identity, b.ack, key)) };
+      },
+      'GET /status': () => Promise.resolve({ mirror: identity.id, ...forwarder.status() }),
+    },
+    log,
+  );
+  forwarder.start();
   const state = await store.readState();
   log.info('mirror.started', {
     url,
     site: state.site,
     drop: o.dropDir ?? null,
+    mirror: identity.id,
+    upstream: o.upstream ?? null,
+    peers: o.peers ?? [],
+    outbox: outbox.depth,
     active: state.active?.sequence ?? null,
   });
 
@@ -107,8 +182,11 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       const closed = drainer.close(SHUTDOWN_GRACE_MS);
       await drop?.close();
       await closed;
-      await agentsFor(store).close(); // the telemetry log, after the last request that could append
+      await forwarder.stop();
+      await control?.close();
+      await agents.close(); // the outbox, after the last request that could append
+      await releaseOutbox();
       log.info('mirror.stopped', {});
     })());
-  return { url, store, metrics, importFile, close };
+  return { url, store, metrics, identity, forwarder, importFile, close };
 }

@@ -14,6 +14,7 @@ import { enroll, enrollRequest, loadOrCreateIdentity, type AgentIdentity } from 
 import type { Envelope } from '../core/dsse.js';
 import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
 import { createHandler } from '../mirror/http/app.js';
+import { agentsFor } from '../mirror/agents.js';
 import { Store } from '../mirror/store.js';
 import { makeWorld, type World } from './helpers/fixtures.js';
 
@@ -69,17 +70,23 @@ async function post(path: string, body: unknown): Promise<{ status: number; json
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 
-/** Every line of every telemetry log, parsed. */
+/** Every heartbeat record in the outbox, parsed. */
 async function logged(): Promise<{ agentId: string; counter: number; envelope: Envelope }[]> {
-  const dir = join(store.dir, 'telemetry');
+  const dir = join(store.dir, 'telemetry', 'outbox');
   const out = [];
   for (const name of (await readdir(dir)).sort())
-    for (const line of (await readFile(join(dir, name), 'utf8')).split('\n').filter(Boolean))
-      out.push(JSON.parse(line) as { agentId: string; counter: number; envelope: Envelope });
+    for (const line of (await readFile(join(dir, name), 'utf8')).split('\n').filter(Boolean)) {
+      const r = JSON.parse(line) as { kind: string; agentId: string; counter: number; envelope: Envelope };
+      if (r.kind === 'heartbeat') out.push(r);
+    }
   return out;
 }
 
-const counters = async () => readFile(join(store.dir, 'agents', 'counters.json'), 'utf8').catch(() => '{}');
+/** The highest counter the mirror holds for each agent, as its outbox reports them. */
+const counters = async () => {
+  const box = await agentsFor(store).outbox();
+  return JSON.stringify((await logged()).map((r) => [r.agentId, box.lastCounter(r.agentId)]));
+};
 
 describe('POST /v1/enroll', () => {
   it('gives an id derived from the key, the same on re-enrolment, and records the agent', async () => {

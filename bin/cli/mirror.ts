@@ -1,10 +1,18 @@
-import { readFile } from 'node:fs/promises';
-import { FerryError } from '../../core/errors.js';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { CodedError, FerryError } from '../../core/errors.js';
+import { writeFileAtomic } from '../../core/fsx.js';
+import { callControl } from '../../mirror/control.js';
+import { exportTelemetry, importAck, pinnedServerKey, readAckFile } from '../../mirror/courier.js';
+import { isMirrorError, MirrorError } from '../../mirror/errors.js';
+import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
+import { acquireLock } from '../../mirror/lock.js';
+import { Outbox } from '../../mirror/outbox.js';
 import { createLogger } from '../../core/log.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
-import { jsonOption, printJson, str, type Command, type Io } from './common.js';
+import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
 
 /** Opens the data directory; `--trust` and `--site` set it up on first use and must agree later. */
 async function openStore(dataDir: string, trust: string, site: string): Promise<Store> {
@@ -97,15 +105,22 @@ function printStatus(
 export const mirrorServe: Command = {
   summary:
     'Runs the site mirror: serves the verified store to agents and peer mirrors over HTTP and imports every\n' +
-    'bundle or volume that appears in the drop folder once it is completely written. SIGTERM/SIGINT stop it\n' +
-    'gracefully. Logs are JSON lines on stderr.',
-  usage: '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR]',
+    'bundle or volume that appears in the drop folder once it is completely written. Heartbeats it accepts\n' +
+    'wait in its outbox (durable before the agent is answered) and go home to --upstream (the server or a\n' +
+    'mirror closer to it), or through a --peer that has a route while the upstream is down; with no link at\n' +
+    'all, `ferry mirror export-telemetry` writes them for the courier. Back-off between attempts doubles up\n' +
+    'to --retry-max seconds (default 60). SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+  usage:
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC]',
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
     trust: { type: 'string' },
     site: { type: 'string' },
     drop: { type: 'string' },
+    upstream: { type: 'string' },
+    peer: { type: 'string', multiple: true },
+    'retry-max': { type: 'string' },
   },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
@@ -113,6 +128,9 @@ export const mirrorServe: Command = {
     const trust = str(p, 'trust', false);
     const site = str(p, 'site', false);
     const drop = str(p, 'drop', false);
+    const upstream = str(p, 'upstream', false);
+    const peers = list(p, 'peer', false);
+    for (const u of [upstream, ...peers].filter(Boolean)) parseUrl(u);
     const mirror = await startMirror({
       dataDir: str(p, 'data'),
       host,
@@ -121,6 +139,9 @@ export const mirrorServe: Command = {
       ...(trust && { trustPath: trust }),
       ...(site && { site }),
       ...(drop && { dropDir: drop }),
+      ...(upstream && { upstream }),
+      peers,
+      ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {
@@ -141,3 +162,128 @@ function parseListen(s: string): { host: string; port: number } {
     throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
   return { host: m[1] ?? m[2]!, port };
 }
+
+function parseUrl(u: string): URL {
+  try {
+    const url = new URL(u);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
+    return url;
+  } catch {
+    throw new FerryError('USAGE', `${u} is not an http(s) URL`);
+  }
+}
+
+/**
+ * Runs a courier command: through the serving mirror's control socket when one
+ * serves this data dir, otherwise here, holding the outbox lock so that a
+ * mirror starting meanwhile waits for us.
+ */
+async function viaMirror<T extends Record<string, unknown>>(
+  dataDir: string,
+  route: string,
+  body: Record<string, unknown>,
+  local: (ctx: { outbox: Outbox; identity: MirrorIdentity; site: string }) => Promise<T>,
+): Promise<T & { via: 'serve' | 'local' }> {
+  const answer = await callControl(dataDir, 'POST', route, body);
+  if (answer) {
+    if (!answer.ok) throw new CodedError(answer.code ?? 'INTERNAL', answer.message ?? 'the mirror refused');
+    const rest: Record<string, unknown> = { ...answer };
+    delete rest.ok;
+    return { ...(rest as T), via: 'serve' };
+  }
+  const store = await Store.open(dataDir);
+  const site = (await store.readState()).site;
+  await mkdir(join(dataDir, 'telemetry'), { recursive: true });
+  let release;
+  try {
+    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 2000 });
+  } catch (e) {
+    if (isMirrorError(e) && e.code === 'STORE_LOCKED')
+      throw new MirrorError(
+        'STORE_LOCKED',
+        `a ferry mirror serve holds ${dataDir} but does not answer on its control socket`,
+      );
+    throw e;
+  }
+  try {
+    const identity = await mirrorIdentity(dataDir);
+    const outbox = await Outbox.open(dataDir);
+    try {
+      return { ...(await local({ outbox, identity, site })), via: 'local' };
+    } finally {
+      await outbox.close();
+    }
+  } finally {
+    await release();
+  }
+}
+
+export const mirrorExportTelemetry: Command = {
+  summary:
+    "Writes everything in the mirror's telemetry outbox not yet acknowledged into one file for the courier:\n" +
+    "a header signed with the mirror's key (range, line count, sha256 of the lines) chained to the previous\n" +
+    "export, then one line per record. Nothing leaves the outbox until the server's ack comes back\n" +
+    '(`ferry mirror import-ack`). Works while the mirror serves (it does the export itself).',
+  usage: '--data DIR --out FILE [--json]',
+  options: { data: { type: 'string' }, out: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const dataDir = str(p, 'data');
+    const out = resolve(str(p, 'out'));
+    const r = await viaMirror(dataDir, '/export', { out }, ({ outbox, identity, site }) =>
+      exportTelemetry(outbox, identity, site, out).then((x) => ({ ...x })),
+    );
+    if (p.json) printJson(io, { ok: true, ...r });
+    else
+      io.out(
+        `${r.out}: export ${String(r.number)} of mirror ${String(r.mirror)}, seq ${String(r.from)}..${String(r.to)}: ` +
+          `${String(r.heartbeats)} heartbeat(s), ${String(r.enrolments)} enrolment(s), ${String(r.relayedBatches)} relayed batch(es), ${String(r.bytes)} bytes`,
+      );
+    return 0;
+  },
+};
+
+export const mirrorImportAck: Command = {
+  summary:
+    "Applies a server's acknowledgement (from `ferry server import-telemetry --ack-out`): checked against the\n" +
+    'server key pinned in the data dir (--server-key pins it the first time) and against the exports this\n' +
+    'mirror made; then the outbox drops what the server has. Applying an ack twice changes nothing.',
+  usage: 'ACK --data DIR [--server-key SERVER.pub] [--json]',
+  options: { data: { type: 'string' }, 'server-key': { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const dataDir = str(p, 'data');
+    const ackPath = p.positionals[0]!;
+    const ack = await readAckFile(ackPath);
+    const keyArg = str(p, 'server-key', false);
+    const serverKey = keyArg ? resolve(keyArg) : undefined;
+    const r = await viaMirror(dataDir, '/import-ack', { ack, ...(serverKey && { serverKey }) }, async (c) => {
+      const key = await pinnedServerKey(dataDir, serverKey);
+      return { ...(await importAck(c.outbox, c.identity, ack, key)) };
+    });
+    if (p.json) printJson(io, { ok: true, ...r });
+    else
+      io.out(
+        r.alreadyApplied
+          ? `${ackPath}: export ${String(r.number)} was acknowledged before; nothing to trim (${String(r.depth)} record(s) waiting)`
+          : `${ackPath}: export ${String(r.number)} acknowledged up to seq ${String(r.upTo)}; ${String(r.trimmed)} record(s) trimmed, ${String(r.depth)} waiting`,
+      );
+    return 0;
+  },
+};
+
+export const mirrorIdentityCommand: Command = {
+  summary:
+    "Shows the mirror's own key (made on first use in DIR/identity/): register it with the server once with\n" +
+    '`ferry server register-mirror --pub FILE --site S`. --out copies the public key file there.',
+  usage: '--data DIR [--out FILE] [--json]',
+  options: { data: { type: 'string' }, out: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const dataDir = str(p, 'data');
+    const id = await mirrorIdentity(dataDir);
+    const out = str(p, 'out', false);
+    if (out) await writeFileAtomic(out, await readFile(id.pubPath));
+    if (p.json) printJson(io, { ok: true, mirror: id.id, keyid: id.key.keyid, pub: out || id.pubPath });
+    else io.out(`mirror ${id.id} (keyid ${id.key.keyid})${out ? `; public key written to ${out}` : ''}`);
+    return 0;
+  },
+};

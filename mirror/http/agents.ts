@@ -2,16 +2,25 @@
  * Agent routes: `POST /v1/enroll` and `POST /v1/telemetry`. Request bodies are
  * read raw with a size cap and parsed strictly here (no body parser).
  *
- * Telemetry takes one heartbeat envelope or {envelopes:[…]}. Each item is
- * checked on its own (shape, enrolled agent, signature under that agent's key,
- * payload, counter); the answer is 202 {accepted, rejected:[{index, code}]}
+ * Telemetry takes one heartbeat envelope or {envelopes:[…]} from agents. Each
+ * item is checked on its own (shape, enrolled agent, signature under that
+ * agent's key, payload, counter); the answer is 202 {accepted, rejected:[{index, code}]}
  * once every accepted item is fsynced, or 400 when none was accepted.
+ *
+ * From other mirrors it takes {batches:[{envelope, via}]}: mirror-signed
+ * batches this mirror carries on without opening (it does not hold the other
+ * mirrors' keys; the server checks them end to end). The whole request is
+ * refused with 409 LOOP when a batch already crossed this mirror, and, when
+ * the sender is a peer looking for a route (`Ferry-Relay: peer`), with 503
+ * NO_ROUTE while this mirror has no working upstream itself. Otherwise 202
+ * {stored} once the batches are durable in the outbox.
  */
 import Router from '@koa/router';
 import type { Context } from 'koa';
 import { assertEnvelope, type Envelope } from '../../core/dsse.js';
-import { isFerryError } from '../../core/errors.js';
-import { claimedAgentId, verifyEnrollRequest, verifyHeartbeat } from '../../core/heartbeat.js';
+import { isCodedError, isFerryError } from '../../core/errors.js';
+import { claimedAgentId, verifyEnrollRequest, verifyHeartbeatAsync } from '../../core/heartbeat.js';
+import { assertCarriedBatch, type CarriedBatch } from '../../core/telemetry.js';
 import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
 
@@ -22,13 +31,18 @@ export interface AgentRouteLimits {
   telemetryItems: number;
   /** How far an enrolment's `at` may be from the mirror's clock. */
   enrollSkewMs: number;
+  /** Batches in one relay request from another mirror, and its body size. */
+  relayBatches: number;
+  relayBodyBytes: number;
 }
 
 export const DEFAULT_AGENT_ROUTE_LIMITS: AgentRouteLimits = {
   enrollBodyBytes: 16 * 1024,
   telemetryBodyBytes: 1024 * 1024,
+  relayBodyBytes: 32 * 1024 * 1024,
   telemetryItems: 1000,
   enrollSkewMs: 15 * 60 * 1000,
+  relayBatches: 64,
 };
 
 export type TelemetryItemCode = Extract<
@@ -89,7 +103,7 @@ async function checkItem(
   const publicKey = await agents.publicKeyOf(agentId);
   if (!publicKey) return { ok: false, code: 'UNKNOWN_AGENT' };
   try {
-    const heartbeat = verifyHeartbeat(env, publicKey);
+    const heartbeat = await verifyHeartbeatAsync(env, publicKey);
     // Cheap early refusal; the commit re-checks under its own serialisation.
     if (heartbeat.counter <= (await agents.lastCounter(agentId))) return { ok: false, code: 'REPLAY' };
     // Stored as DSSE and nothing else: unknown fields a client added do not reach the log.
@@ -107,10 +121,19 @@ async function checkItem(
   }
 }
 
+/** What the telemetry route needs to carry other mirrors' batches. */
+export interface RelayOptions {
+  /** This mirror's id: a batch whose `via` names it has been here before. */
+  selfId: string;
+  /** Whether this mirror can get batches home now (a peer's batches are taken only then). */
+  hasRoute: () => boolean;
+}
+
 export function agentsRouter(
   agents: AgentsStore,
   now: () => number,
   limits: Partial<AgentRouteLimits> = {},
+  relay?: RelayOptions,
 ): Router {
   const l = { ...DEFAULT_AGENT_ROUTE_LIMITS, ...limits };
   const router = new Router({ prefix: '/v1' });
@@ -126,12 +149,69 @@ export function agentsRouter(
     }
     if (Math.abs(Date.parse(payload.at) - now()) > l.enrollSkewMs)
       throw new HttpError(400, 'BAD_ENROLLMENT', 'enrolment "at" is too far from the mirror clock');
-    const record = await agents.enroll(payload);
+    const request: Envelope = {
+      payloadType: body.payloadType,
+      payload: body.payload,
+      signatures: body.signatures.map((x) => ({
+        ...(x.keyid !== undefined && { keyid: x.keyid }),
+        sig: x.sig,
+      })),
+    };
+    const record = await agents.enroll(payload, request);
     ctx.set('Cache-Control', 'no-store');
     ctx.body = { agentId: record.id };
   });
 
+  async function relayBatches(ctx: Context, body: Record<string, unknown>): Promise<void> {
+    if (!relay) throw new HttpError(400, 'BAD_REQUEST', 'this mirror does not relay batches');
+    const list = body.batches;
+    if (!Array.isArray(list) || Object.keys(body).length !== 1 || list.length === 0)
+      throw new HttpError(400, 'BAD_REQUEST', 'body must be {batches:[{envelope, via}…]}');
+    if (list.length > l.relayBatches)
+      throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${l.relayBatches} batches per request`);
+    const batches: CarriedBatch[] = [];
+    for (const [i, v] of list.entries()) {
+      try {
+        assertCarriedBatch(v, `batches[${i}]`);
+      } catch (e) {
+        if (isCodedError(e) && e.code === 'LOOP') throw new HttpError(409, 'LOOP', e.message);
+        throw new HttpError(400, 'BAD_BATCH', isCodedError(e) ? e.message : `batches[${i}] is malformed`);
+      }
+      if (v.via.includes(relay.selfId))
+        throw new HttpError(409, 'LOOP', `batches[${i}] has already crossed this mirror (${relay.selfId})`);
+      batches.push({
+        via: [...v.via],
+        envelope: {
+          payloadType: v.envelope.payloadType,
+          payload: v.envelope.payload,
+          signatures: v.envelope.signatures.map((x) => ({
+            ...(x.keyid !== undefined && { keyid: x.keyid }),
+            sig: x.sig,
+          })),
+        },
+      });
+    }
+    if (ctx.get('Ferry-Relay') === 'peer' && !relay.hasRoute())
+      throw new HttpError(503, 'NO_ROUTE', 'this mirror has no working upstream to relay through');
+    const outbox = await agents.outbox();
+    await outbox.appendRelayed(batches);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.status = 202;
+    ctx.body = { stored: batches.length };
+  }
+
   router.post('/telemetry', async (ctx) => {
+    // Other mirrors say so (Ferry-Relay: upstream|peer) and may send more than an agent.
+    const fromMirror = ctx.get('Ferry-Relay');
+    if (fromMirror) {
+      if (fromMirror !== 'upstream' && fromMirror !== 'peer')
+        throw new HttpError(400, 'BAD_REQUEST', 'Ferry-Relay must be upstream or peer');
+      const body = await readJsonBody(ctx, l.relayBodyBytes);
+      if (typeof body !== 'object' || body === null || Array.isArray(body))
+        throw new HttpError(400, 'BAD_REQUEST', 'body must be {batches:[{envelope, via}…]}');
+      await relayBatches(ctx, body as Record<string, unknown>);
+      return;
+    }
     const body = await readJsonBody(ctx, l.telemetryBodyBytes);
     let list: unknown[];
     if (typeof body === 'object' && body !== null && !Array.isArray(body) && 'envelopes' in body) {

@@ -11,7 +11,12 @@ import { mirrorMetrics, type Metrics } from '../metrics.js';
 import { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
 import { agentsFor, type AgentsStore } from '../agents.js';
-import { agentsRouter, type AgentRouteLimits } from './agents.js';
+import {
+  agentsRouter,
+  DEFAULT_AGENT_ROUTE_LIMITS,
+  type AgentRouteLimits,
+  type RelayOptions,
+} from './agents.js';
 import { errorMiddleware } from './errors.js';
 import { accounting, bodyLimit, opsRouter } from './ops.js';
 import { routers } from './routes.js';
@@ -29,6 +34,8 @@ export interface AppDeps {
   /** Enrolled agents and their telemetry; by default the one kept for `store`'s data dir. */
   agents?: AgentsStore;
   agentLimits?: Partial<AgentRouteLimits>;
+  /** Carry other mirrors' telemetry batches (serve sets it once the mirror has its identity). */
+  relay?: RelayOptions;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -42,6 +49,7 @@ export function createApp({
   view = new StateView(store),
   agents = agentsFor(store),
   agentLimits,
+  relay,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -51,13 +59,15 @@ export function createApp({
   );
   app.use(errorMiddleware(log));
   app.use(accounting(metrics));
-  app.use(bodyLimit(maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES));
+  app.use(
+    bodyLimit(maxBodyBytes ?? (relay ? DEFAULT_AGENT_ROUTE_LIMITS.relayBodyBytes : DEFAULT_MAX_BODY_BYTES)),
+  );
   // One router mounts the per-resource routers: one match pass per request instead of one per
   // resource (measured: about a third more polls per second than mounting each on the app).
   const api = new Router();
   for (const router of [
     ...routers(store, view),
-    agentsRouter(agents, store.now, agentLimits),
+    agentsRouter(agents, store.now, agentLimits, relay),
     opsRouter(view, metrics, store.now),
   ]) {
     api.use(router.routes(), router.allowedMethods());

@@ -29,6 +29,9 @@ export type HttpErrorCode =
   | 'UNKNOWN_AGENT'
   | 'REPLAY'
   | 'TELEMETRY_REJECTED'
+  | 'BAD_BATCH'
+  | 'LOOP'
+  | 'NO_ROUTE'
   | 'STORE_UNAVAILABLE'
   | 'INTERNAL';
 

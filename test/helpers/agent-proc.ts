@@ -96,20 +96,23 @@ export interface TelemetryHeartbeat {
   };
 }
 
-/** Every heartbeat in a mirror's `telemetry/*.jsonl`, in file order, payload decoded. */
+/** Every heartbeat in a mirror's telemetry outbox (`telemetry/outbox/*.jsonl`), in seq order, payload decoded. */
 export async function readTelemetry(data: string): Promise<TelemetryHeartbeat[]> {
-  const dir = join(data, 'telemetry');
+  const dir = join(data, 'telemetry', 'outbox');
   const files = (await readdir(dir).catch(() => [])).filter((f) => f.endsWith('.jsonl')).sort();
   const out: TelemetryHeartbeat[] = [];
   for (const f of files) {
     for (const line of (await readFile(join(dir, f), 'utf8')).split('\n')) {
       if (!line) continue;
-      const rec = JSON.parse(line) as { agentId: string; counter: number; envelope: unknown };
-      const env = (typeof rec.envelope === 'string' ? JSON.parse(rec.envelope) : rec.envelope) as {
-        payload: string;
+      const rec = JSON.parse(line) as {
+        kind: string;
+        agentId: string;
+        counter: number;
+        envelope: { payload: string };
       };
+      if (rec.kind !== 'heartbeat') continue;
       const payload = JSON.parse(
-        Buffer.from(env.payload, 'base64').toString('utf8'),
+        Buffer.from(rec.envelope.payload, 'base64').toString('utf8'),
       ) as TelemetryHeartbeat['payload'];
       out.push({ agentId: rec.agentId, counter: rec.counter, payload });
     }

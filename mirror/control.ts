@@ -1,0 +1,138 @@
+/**
+ * The running mirror's control socket, `<data>/control.sock` (mode 0600: the
+ * file system says who may use it). Commands that change the outbox while
+ * `serve` runs — export for the courier, apply a server's ack — are carried
+ * out by the serving process itself, which owns the outbox; the CLI asks it
+ * here, and does the work itself only when no mirror is serving.
+ *
+ * HTTP/1.1 over the Unix socket, JSON both ways: POST /export {out},
+ * POST /import-ack {ack, serverKey?}, GET /status. Answers {ok:true, …} or
+ * {ok:false, code, message}.
+ */
+import { once } from 'node:events';
+import { chmod, rm } from 'node:fs/promises';
+import { createServer, request, type Server } from 'node:http';
+import { join } from 'node:path';
+import { isCodedError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+
+export const controlSocketPath = (dataDir: string) => join(dataDir, 'control.sock');
+
+export type ControlHandler = (body: Record<string, unknown>) => Promise<Record<string, unknown>>;
+
+export interface ControlServer {
+  path: string;
+  close(): Promise<void>;
+}
+
+const MAX_BODY = 1024 * 1024;
+
+/** Listens on the control socket. The caller holds the outbox lock, so a socket file left there is stale. */
+export async function startControl(
+  dataDir: string,
+  handlers: Record<string, ControlHandler>,
+  log: Logger,
+): Promise<ControlServer | undefined> {
+  const path = controlSocketPath(dataDir);
+  if (Buffer.byteLength(path) > 100) {
+    log.warn('control.unavailable', { path, reason: 'path too long for a Unix socket' });
+    return undefined;
+  }
+  await rm(path, { force: true });
+  const server: Server = createServer((req, res) => {
+    const reply = (status: number, body: Record<string, unknown>) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= MAX_BODY) chunks.push(c);
+    });
+    req.on('end', () => {
+      const handler = handlers[`${req.method} ${req.url}`];
+      if (!handler)
+        return reply(404, { ok: false, code: 'NOT_FOUND', message: `no ${req.method} ${req.url}` });
+      if (size > MAX_BODY)
+        return reply(413, { ok: false, code: 'BODY_TOO_LARGE', message: 'body too large' });
+      let body: Record<string, unknown> = {};
+      try {
+        if (chunks.length)
+          body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+      } catch {
+        return reply(400, { ok: false, code: 'BAD_REQUEST', message: 'body is not JSON' });
+      }
+      handler(body).then(
+        (r) => reply(200, { ok: true, ...r }),
+        (e: unknown) => {
+          if (isCodedError(e)) return reply(422, { ok: false, code: e.code, message: e.message });
+          log.error('control.failed', { route: req.url, error: e instanceof Error ? e.message : String(e) });
+          reply(500, { ok: false, code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) });
+        },
+      );
+    });
+  });
+  server.listen(path);
+  await once(server, 'listening');
+  await chmod(path, 0o600);
+  return {
+    path,
+    close: async () => {
+      server.close();
+      server.closeAllConnections();
+      await rm(path, { force: true });
+    },
+  };
+}
+
+export interface ControlAnswer {
+  ok: boolean;
+  code?: string;
+  message?: string;
+  [k: string]: unknown;
+}
+
+/**
+ * Asks the serving mirror; undefined when none answers on the socket (no
+ * socket, or a stale one), in which case the caller may do the work itself.
+ */
+export function callControl(
+  dataDir: string,
+  method: 'GET' | 'POST',
+  route: string,
+  body?: Record<string, unknown>,
+): Promise<ControlAnswer | undefined> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = request(
+      {
+        socketPath: controlSocketPath(dataDir),
+        path: route,
+        method,
+        headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          try {
+            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as ControlAnswer);
+          } catch {
+            reject(
+              new Error(
+                `the mirror's control socket answered ${res.statusCode} with a body that is not JSON`,
+              ),
+            );
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') resolve(undefined);
+      else reject(e);
+    });
+    req.end(data);
+  });
+}

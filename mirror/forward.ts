@@ -1,0 +1,304 @@
+/**
+ * Store and forward: takes what waits in the outbox home, oldest first.
+ *
+ * Each request carries one batch of this mirror's own records, signed with the
+ * mirror's key and covering a contiguous part of its sequence (from..to), plus
+ * the batches other mirrors handed it, as they were signed, with this mirror
+ * added to their `via`. A 202 means the receiver has them durably (the server
+ * stored or finally rejected them; another mirror took custody), so the outbox
+ * trims through `to`. Anything else, or no answer, and the same records go
+ * again later: receivers are idempotent, so a lost answer costs a duplicate,
+ * never a record.
+ *
+ * Targets: the `--upstream` (the server, or a mirror closer to it) first; while
+ * it fails, each `--peer` in order, asking it to relay (`Ferry-Relay: peer`) —
+ * a peer takes them only while it has a working upstream itself, so batches
+ * never wander between mirrors that have no way home. Each target failing is
+ * retried with exponential back-off and jitter; a backlog drains request after
+ * request with no pause while the target keeps answering.
+ */
+import { Agent, request } from 'undici';
+import type { Logger } from '../core/log.js';
+import type { Metrics } from '../core/metrics.js';
+import { BATCH_TYPE, signBatch, type CarriedBatch, type OwnRecord } from '../core/telemetry.js';
+import type { MirrorIdentity } from './identity.js';
+import type { Outbox, OutboxEntry } from './outbox.js';
+
+export interface ForwardOptions {
+  outbox: Outbox;
+  identity: MirrorIdentity;
+  site: string;
+  upstream?: string;
+  peers?: string[];
+  log: Logger;
+  metrics?: Metrics;
+  /** Back-off after a failure: base doubles per consecutive failure up to max, then jitter in [50 %, 100 %]. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /** Wait this long after new records arrive, to send them together. */
+  lingerMs?: number;
+  /** Per request: records read from the outbox and about that many bytes. */
+  maxRecords?: number;
+  maxBytes?: number;
+  requestTimeoutMs?: number;
+}
+
+interface Target {
+  url: string;
+  kind: 'upstream' | 'peer';
+  failures: number;
+  retryAt: number;
+  lastError?: string;
+  lastOkAt?: string;
+}
+
+export interface ForwardStatus {
+  targets: {
+    url: string;
+    kind: string;
+    ok: boolean;
+    failures: number;
+    lastError?: string;
+    lastOkAt?: string;
+  }[];
+  depth: number;
+  acked: number;
+  head: number;
+}
+
+/** At most this many relayed batches in one request (the receiver takes 64, one is our own). */
+const RELAYED_PER_REQUEST = 63;
+
+export function forwardMetrics(m: Metrics): void {
+  m.define(
+    'ferry_mirror_outbox_records',
+    'gauge',
+    'Telemetry records waiting in the outbox for an upstream.',
+  );
+  m.define(
+    'ferry_mirror_forward_requests_total',
+    'counter',
+    'Forwarding requests, by target kind and result.',
+  );
+  m.define('ferry_mirror_forwarded_records_total', 'counter', 'Outbox records taken by an upstream or peer.');
+}
+
+export class Forwarder {
+  private readonly targets: Target[];
+  private readonly dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: { timeout: 10_000 } });
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+  private readonly abort = new AbortController();
+  private unsubscribe: (() => void) | undefined;
+  private readonly o: Required<
+    Pick<
+      ForwardOptions,
+      'retryBaseMs' | 'retryMaxMs' | 'lingerMs' | 'maxRecords' | 'maxBytes' | 'requestTimeoutMs'
+    >
+  >;
+
+  constructor(private readonly opts: ForwardOptions) {
+    this.targets = [
+      ...(opts.upstream ? [{ url: opts.upstream, kind: 'upstream' as const, failures: 0, retryAt: 0 }] : []),
+      ...(opts.peers ?? []).map((url) => ({ url, kind: 'peer' as const, failures: 0, retryAt: 0 })),
+    ];
+    this.o = {
+      retryBaseMs: opts.retryBaseMs ?? 1000,
+      retryMaxMs: opts.retryMaxMs ?? 60_000,
+      lingerMs: opts.lingerMs ?? 100,
+      maxRecords: opts.maxRecords ?? 1000,
+      maxBytes: opts.maxBytes ?? 3 * 1024 * 1024,
+      requestTimeoutMs: opts.requestTimeoutMs ?? 120_000,
+    };
+    if (opts.metrics) forwardMetrics(opts.metrics);
+  }
+
+  /** Whether batches can get home through this mirror now: an upstream that is not failing. */
+  hasRoute(): boolean {
+    return this.targets.some((t) => t.kind === 'upstream' && t.failures === 0);
+  }
+
+  status(): ForwardStatus {
+    const { outbox } = this.opts;
+    return {
+      targets: this.targets.map((t) => ({
+        url: t.url,
+        kind: t.kind,
+        ok: t.failures === 0,
+        failures: t.failures,
+        ...(t.lastError !== undefined && { lastError: t.lastError }),
+        ...(t.lastOkAt !== undefined && { lastOkAt: t.lastOkAt }),
+      })),
+      depth: outbox.depth,
+      acked: outbox.acked,
+      head: outbox.head,
+    };
+  }
+
+  start(): void {
+    if (this.loop || !this.targets.length) return;
+    this.unsubscribe = this.opts.outbox.onAppend(() => this.wake());
+    this.loop = this.run().catch((e: unknown) => {
+      this.opts.log.error('forward.crashed', { error: e instanceof Error ? e.message : String(e) });
+    });
+  }
+
+  private wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        if (this.wakeUp === done) this.wakeUp = undefined;
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.wakeUp = done;
+    });
+  }
+
+  private async run(): Promise<void> {
+    const { outbox, metrics } = this.opts;
+    while (!this.stopped) {
+      metrics?.set('ferry_mirror_outbox_records', outbox.depth);
+      if (outbox.depth === 0) {
+        await this.sleep(60_000); // woken by the next append
+        if (!this.stopped && outbox.depth > 0) await this.sleep(this.o.lingerMs);
+        continue;
+      }
+      const now = Date.now();
+      const target = this.targets.find((t) => t.retryAt <= now);
+      if (!target) {
+        const next = Math.min(...this.targets.map((t) => t.retryAt));
+        await this.sleep(Math.max(10, next - now));
+        continue;
+      }
+      await this.sendOnce(target);
+    }
+  }
+
+  /** One request to `target` with what waits first in the outbox. */
+  private async sendOnce(target: Target): Promise<void> {
+    const { outbox, identity, log, metrics } = this.opts;
+    let entries = await outbox.read(outbox.acked + 1, {
+      maxRecords: this.o.maxRecords,
+      maxBytes: this.o.maxBytes,
+    });
+    if (!entries.length) return;
+    entries = capRelayed(entries);
+    const from = outbox.acked + 1;
+    const to = entries.at(-1)!.seq;
+    const own = entries.filter((e): e is OutboxEntry & OwnRecord => e.kind !== 'batch');
+    const envelope = signBatch(
+      {
+        type: BATCH_TYPE,
+        mirror: identity.id,
+        site: this.opts.site,
+        createdAt: new Date().toISOString(),
+        from,
+        to,
+        records: own,
+      },
+      identity.key,
+    );
+    const batches: CarriedBatch[] = [{ envelope, via: [identity.id] }];
+    for (const e of entries)
+      if (e.kind === 'batch') batches.push({ envelope: e.envelope, via: [...e.via, identity.id] });
+    const started = Date.now();
+    try {
+      const res = await request(new URL('/v1/telemetry', target.url), {
+        method: 'POST',
+        dispatcher: this.dispatcher,
+        headers: { 'content-type': 'application/json', 'ferry-relay': target.kind },
+        body: JSON.stringify({ batches }),
+        headersTimeout: this.o.requestTimeoutMs,
+        bodyTimeout: this.o.requestTimeoutMs,
+        signal: this.abort.signal,
+      });
+      const text = await res.body.text();
+      if (res.statusCode !== 202) {
+        let code = `HTTP_${res.statusCode}`;
+        try {
+          code = (JSON.parse(text) as { code?: string }).code ?? code;
+        } catch {
+          /* not JSON: keep the status */
+        }
+        throw new Error(`${target.kind} answered ${res.statusCode} ${code}`);
+      }
+      const rejected = finalRejections(text);
+      if (rejected.length)
+        log.warn('forward.rejected', { target: target.url, from, to, rejected: rejected.slice(0, 20) });
+      await outbox.ack(to);
+      if (target.failures > 0) log.info('forward.restored', { target: target.url, kind: target.kind });
+      target.failures = 0;
+      target.retryAt = 0;
+      target.lastOkAt = new Date().toISOString();
+      delete target.lastError;
+      metrics?.inc('ferry_mirror_forward_requests_total', { target: target.kind, result: 'ok' });
+      metrics?.inc('ferry_mirror_forwarded_records_total', {}, entries.length);
+      log.debug('forward.sent', {
+        target: target.url,
+        from,
+        to,
+        records: entries.length,
+        ms: Date.now() - started,
+      });
+    } catch (e) {
+      if (this.stopped) return;
+      target.failures++;
+      const delay = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** (target.failures - 1));
+      target.retryAt = Date.now() + delay * (0.5 + Math.random() * 0.5);
+      target.lastError = e instanceof Error ? e.message : String(e);
+      metrics?.inc('ferry_mirror_forward_requests_total', { target: target.kind, result: 'error' });
+      log[target.failures === 1 ? 'warn' : 'debug']('forward.failed', {
+        target: target.url,
+        kind: target.kind,
+        failures: target.failures,
+        retryInMs: Math.round(target.retryAt - Date.now()),
+        error: target.lastError,
+      });
+    }
+  }
+
+  /** Stops after the request in flight (cut off after `graceMs`). */
+  async stop(graceMs = 5_000): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe?.();
+    this.wake();
+    const cut = setTimeout(() => this.abort.abort(), graceMs);
+    await this.loop;
+    clearTimeout(cut);
+    await this.dispatcher.close().catch(() => undefined);
+  }
+}
+
+/** Entries up to (not including) the relayed batch that would exceed what one request may carry. */
+function capRelayed(entries: OutboxEntry[]): OutboxEntry[] {
+  let relayed = 0;
+  for (let i = 0; i < entries.length; i++) {
+    if (entries[i]!.kind === 'batch' && ++relayed > RELAYED_PER_REQUEST) return entries.slice(0, i);
+  }
+  return entries;
+}
+
+/** The final per-batch or per-record rejections a server reported in its 202 (for the log). */
+function finalRejections(text: string): { index?: number; seq?: number; code: string }[] {
+  try {
+    const v = JSON.parse(text) as {
+      results?: { index: number; code?: string; rejected?: { seq: number; code: string }[] }[];
+    };
+    const out: { index?: number; seq?: number; code: string }[] = [];
+    for (const r of v.results ?? []) {
+      if (r.code) out.push({ index: r.index, code: r.code });
+      for (const x of r.rejected ?? []) out.push({ seq: x.seq, code: x.code });
+    }
+    return out;
+  } catch {
+    return [];
+  }
+}

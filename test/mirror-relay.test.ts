@@ -1,0 +1,414 @@
+/**
+ * The mirror's half of the telemetry path home, in process against real
+ * files and real loopback HTTP: the outbox (durable, replay-checked, survives
+ * reopen, trimmed only by an ack), relaying other mirrors' batches (LOOP,
+ * NO_ROUTE), the forwarder (batches signed by the mirror, trimmed on 202,
+ * retried with back-off, peer fallback), and the courier's export and ack.
+ */
+import { once } from 'node:events';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
+import { signEnvelope } from '../core/dsse.js';
+import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
+import { createLogger } from '../core/log.js';
+import {
+  ACK_TYPE,
+  BATCH_PAYLOAD_TYPE,
+  readExportHeader,
+  sha256Hex,
+  signAck,
+  verifyBatch,
+  verifyExportHeader,
+  type CarriedBatch,
+} from '../core/telemetry.js';
+import { agentsFor, AgentsStore } from '../mirror/agents.js';
+import { exportTelemetry, importAck, pinnedServerKey } from '../mirror/courier.js';
+import { Forwarder } from '../mirror/forward.js';
+import { createHandler } from '../mirror/http/app.js';
+import { mirrorIdentity } from '../mirror/identity.js';
+import { Outbox } from '../mirror/outbox.js';
+import { Store } from '../mirror/store.js';
+import { makeKey, makeWorld, type World } from './helpers/fixtures.js';
+
+let w: World;
+const servers: Server[] = [];
+const quiet = createLogger({ component: 'test', write: () => undefined });
+
+beforeAll(async () => {
+  w = await makeWorld();
+});
+afterAll(async () => {
+  for (const s of servers) {
+    s.closeAllConnections();
+    await new Promise((r) => s.close(r));
+  }
+  await w.cleanup();
+});
+
+async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
+  const s = createServer(handler);
+  servers.push(s);
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+}
+
+async function newStore(): Promise<Store> {
+  const dir = await mkdtemp(join(w.dir, 'data-'));
+  return Store.open(dir, { init: { rootBytes: await readFile(w.rootPath), site: 'plant-7' } });
+}
+
+async function newAgent(): Promise<AgentIdentity> {
+  return loadOrCreateIdentity(await mkdtemp(join(w.dir, 'agent-')));
+}
+
+function heartbeat(id: AgentIdentity, counter: number): Heartbeat {
+  return {
+    type: 'ferry.heartbeat/v1',
+    agentId: id.agentId,
+    counter,
+    sentAt: new Date().toISOString(),
+    version: '1.0.0',
+    manifestSequence: 3,
+    results: [],
+    drift: [],
+    disconnectedSec: 0,
+    resources: { rssBytes: 1, load1: 0 },
+  };
+}
+
+async function enrolled(agents: AgentsStore, a: AgentIdentity): Promise<void> {
+  await agents.enroll({
+    type: 'ferry.enroll/v1',
+    publicKey: Buffer.from(a.publicKey).toString('hex'),
+    hostname: 'node-1',
+    platform: 'linux/amd64',
+    groups: ['canary'],
+    at: new Date().toISOString(),
+  });
+}
+
+const accept = (agents: AgentsStore, a: AgentIdentity, counters: number[]) =>
+  agents.commit(
+    counters.map((c) => ({ heartbeat: heartbeat(a, c), envelope: signHeartbeat(heartbeat(a, c), a.key) })),
+  );
+
+/** A stand-in upstream that records what it is sent and answers as told. */
+async function fakeUpstream(answer: () => number = () => 202) {
+  const got: { headers: IncomingMessage['headers']; body: { batches: CarriedBatch[] } }[] = [];
+  const url = await listen((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const status = answer();
+      if (status === 202)
+        got.push({
+          headers: req.headers,
+          body: JSON.parse(Buffer.concat(chunks).toString()) as { batches: CarriedBatch[] },
+        });
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(status === 202 ? { results: [] } : { code: 'DOWN', message: 'down' }));
+    });
+  });
+  return { url, got };
+}
+
+const until = async (ok: () => boolean | Promise<boolean>, ms = 10_000) => {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+describe('outbox', () => {
+  it('keeps counters across reopen from checkpoint plus journal, refuses replays, and trims only what was acked', async () => {
+    const store = await newStore();
+    let agents = new AgentsStore(store.dir, store.now);
+    const a = await newAgent();
+    await enrolled(agents, a);
+    expect(await accept(agents, a, [1, 2, 2, 0, 3])).toEqual([
+      'accepted',
+      'accepted',
+      'REPLAY',
+      'REPLAY',
+      'accepted',
+    ]);
+    const box = await agents.outbox();
+    expect(box.head).toBe(4); // enrolment + 3 heartbeats
+    await agents.close(); // checkpoint
+    agents = new AgentsStore(store.dir, store.now);
+    expect(await agents.lastCounter(a.agentId)).toBe(3);
+    expect(await accept(agents, a, [4])).toEqual(['accepted']);
+    // a crash: no checkpoint after this append; reopen replays the journal
+    const again = new AgentsStore(store.dir, store.now);
+    expect(await again.lastCounter(a.agentId)).toBe(4);
+    expect(await accept(again, a, [4])).toEqual(['REPLAY']);
+    const box2 = await again.outbox();
+    expect(box2.depth).toBe(5);
+    await box2.ack(3);
+    expect(box2.depth).toBe(2);
+    expect((await box2.read(1)).map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]); // one segment: kept until all of it is acked
+    await box2.ack(5);
+    expect(await box2.read(1)).toEqual([]);
+    expect(await readdir(join(store.dir, 'telemetry', 'outbox'))).toEqual(['0000000000000006.jsonl']);
+    await again.close();
+    await agents.close();
+  });
+
+  it("moves a data dir's old day logs and counters into the outbox, enrolments first", async () => {
+    const store = await newStore();
+    const a = await newAgent();
+    let agents = new AgentsStore(store.dir, store.now);
+    await enrolled(agents, a);
+    await agents.close();
+    // make it look like the layout before the outbox
+    await import('node:fs/promises').then((fs) => fs.rm(join(store.dir, 'telemetry'), { recursive: true }));
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(join(store.dir, 'telemetry'));
+    const lines = [5, 6].map(
+      (c) =>
+        JSON.stringify({
+          receivedAt: new Date().toISOString(),
+          agentId: a.agentId,
+          counter: c,
+          envelope: signHeartbeat(heartbeat(a, c), a.key),
+        }) + '\n',
+    );
+    await writeFile(join(store.dir, 'telemetry', '2026-11-01.jsonl'), lines.join('') + '{"torn');
+    await writeFile(join(store.dir, 'agents', 'counters.json'), JSON.stringify({ [a.agentId]: 6 }));
+    agents = new AgentsStore(store.dir, store.now);
+    expect(await agents.lastCounter(a.agentId)).toBe(6);
+    const kinds = (await (await agents.outbox()).read(1)).map((e) => e.kind);
+    expect(kinds).toEqual(['enrolment', 'heartbeat', 'heartbeat']);
+    expect((await readdir(join(store.dir, 'telemetry'))).sort()).toEqual(['outbox', 'outbox.json']);
+    await agents.close();
+  });
+});
+
+describe('relaying batches over HTTP', () => {
+  it('takes batches from an upstream-bound mirror, refuses loops, and a peer while it has no route', async () => {
+    const store = await newStore();
+    const me = await mirrorIdentity(store.dir);
+    let route = false;
+    const agents = agentsFor(store);
+    const url = await listen(
+      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => route } }),
+    );
+    const other = await makeKey(w.dir, `other-${Date.now()}`);
+    const env = signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('{}'), [other]);
+    const otherId = (await import('../core/telemetry.js')).mirrorIdOf(other.publicKey);
+    const post = async (body: unknown, relay: string) => {
+      const r = await fetch(url + '/v1/telemetry', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'ferry-relay': relay },
+        body: JSON.stringify(body),
+      });
+      return { status: r.status, json: (await r.json()) as Record<string, unknown> };
+    };
+    const box = await agents.outbox();
+    const before = box.head;
+    expect(await post({ batches: [{ envelope: env, via: [otherId] }] }, 'upstream')).toMatchObject({
+      status: 202,
+      json: { stored: 1 },
+    });
+    expect(box.head).toBe(before + 1);
+    expect(await post({ batches: [{ envelope: env, via: [otherId, me.id] }] }, 'upstream')).toMatchObject({
+      status: 409,
+      json: { code: 'LOOP' },
+    });
+    expect(await post({ batches: [{ envelope: env, via: [otherId] }] }, 'peer')).toMatchObject({
+      status: 503,
+      json: { code: 'NO_ROUTE' },
+    });
+    route = true;
+    expect((await post({ batches: [{ envelope: env, via: [otherId] }] }, 'peer')).status).toBe(202);
+    expect(
+      await post({ batches: [{ envelope: { ...env, payloadType: 'x' }, via: [otherId] }] }, 'upstream'),
+    ).toMatchObject({
+      status: 400,
+      json: { code: 'BAD_BATCH' },
+    });
+    expect((await post({ envelopes: [] }, 'upstream')).status).toBe(400);
+    expect(box.head).toBe(before + 2); // refusals stored nothing
+    const rec = (await box.read(before + 1)).at(0)!;
+    expect(rec).toMatchObject({ kind: 'batch', via: [otherId] });
+  });
+});
+
+describe('forwarder', () => {
+  it('sends signed batches covering the outbox, trims on 202, backs off on failure and falls back to a peer', async () => {
+    const store = await newStore();
+    const agents = new AgentsStore(store.dir, store.now);
+    const a = await newAgent();
+    await enrolled(agents, a);
+    await accept(agents, a, [1, 2, 3]);
+    const outbox = await agents.outbox();
+    const identity = await mirrorIdentity(store.dir);
+    let upstreamUp = false;
+    const up = await fakeUpstream(() => (upstreamUp ? 202 : 503));
+    const peer = await fakeUpstream();
+    const f = new Forwarder({
+      outbox,
+      identity,
+      site: 'plant-7',
+      upstream: up.url,
+      peers: [peer.url],
+      log: quiet,
+      retryBaseMs: 50,
+      retryMaxMs: 200,
+      lingerMs: 10,
+      maxRecords: 2,
+    });
+    f.start();
+    // upstream down: the peer gets everything, in order, as relay requests
+    await until(() => outbox.depth === 0);
+    expect(up.got).toEqual([]);
+    expect(peer.got.every((g) => g.headers['ferry-relay'] === 'peer')).toBe(true);
+    const batches = peer.got.map((g) => verifyBatch(g.body.batches[0]!.envelope, identity.key.publicKey));
+    expect(batches.map((b) => [b.from, b.to])).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
+    expect(batches.flatMap((b) => b.records.map((r) => r.kind))).toEqual([
+      'enrolment',
+      'heartbeat',
+      'heartbeat',
+      'heartbeat',
+    ]);
+    expect(f.hasRoute()).toBe(false);
+    // upstream back: new records go there (once its back-off ends)
+    upstreamUp = true;
+    await new Promise((r) => setTimeout(r, 250)); // the upstream's back-off (at most 200 ms) runs out
+    await accept(agents, a, [4]);
+    await until(() => up.got.length === 1 && outbox.depth === 0);
+    expect(up.got[0]!.headers['ferry-relay']).toBe('upstream');
+    expect(verifyBatch(up.got[0]!.body.batches[0]!.envelope, identity.key.publicKey)).toMatchObject({
+      from: 5,
+      to: 5,
+    });
+    await until(() => f.hasRoute()); // state settles just after the ack
+    await f.stop();
+    await agents.close();
+  });
+
+  it('passes relayed batches on as signed, adding itself to via', async () => {
+    const store = await newStore();
+    const agents = new AgentsStore(store.dir, store.now);
+    const outbox = await agents.outbox();
+    const other = await makeKey(w.dir, `o2-${Date.now()}`);
+    const { mirrorIdOf } = await import('../core/telemetry.js');
+    const env = signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('{"x":1}'), [other]);
+    await outbox.appendRelayed([{ envelope: env, via: [mirrorIdOf(other.publicKey)] }]);
+    const identity = await mirrorIdentity(store.dir);
+    const up = await fakeUpstream();
+    const f = new Forwarder({ outbox, identity, site: 'plant-7', upstream: up.url, log: quiet, lingerMs: 5 });
+    f.start();
+    await until(() => outbox.depth === 0);
+    await f.stop();
+    const sent = up.got[0]!.body.batches;
+    expect(sent).toHaveLength(2);
+    expect(sent[1]).toEqual({ envelope: env, via: [mirrorIdOf(other.publicKey), identity.id] });
+    // its own batch covers the relayed record's seq, with no records of its own
+    expect(verifyBatch(sent[0]!.envelope, identity.key.publicKey)).toMatchObject({
+      from: 1,
+      to: 1,
+      records: [],
+    });
+    await agents.close();
+  });
+});
+
+describe('courier export and ack', () => {
+  it('writes a signed, hash-chained export of what is unacknowledged; a matching server ack trims it', async () => {
+    const store = await newStore();
+    const agents = new AgentsStore(store.dir, store.now);
+    const a = await newAgent();
+    await enrolled(agents, a);
+    await accept(agents, a, [1, 2]);
+    const outbox = await agents.outbox();
+    const identity = await mirrorIdentity(store.dir);
+    const out1 = join(store.dir, '..', `export-${Date.now()}-1.ferrytelemetry`);
+    const s1 = await exportTelemetry(outbox, identity, 'plant-7', out1);
+    expect(s1).toMatchObject({
+      number: 1,
+      prev: null,
+      from: 1,
+      to: 3,
+      records: 3,
+      heartbeats: 2,
+      enrolments: 1,
+    });
+    const text = await readFile(out1, 'utf8');
+    const nl = text.indexOf('\n');
+    const { envelope, header, hash } = readExportHeader(text.slice(0, nl));
+    verifyExportHeader(envelope, header, identity.key.publicKey);
+    expect(header.sha256).toBe(sha256Hex(Buffer.from(text.slice(nl + 1))));
+    expect(
+      text
+        .slice(nl + 1)
+        .split('\n')
+        .filter(Boolean),
+    ).toHaveLength(3);
+    expect(hash).toBe(s1.hash);
+
+    await accept(agents, a, [3]);
+    const out2 = out1.replace('-1.', '-2.');
+    const s2 = await exportTelemetry(outbox, identity, 'plant-7', out2);
+    expect(s2).toMatchObject({ number: 2, prev: s1.hash, from: 1, to: 4, records: 4 }); // nothing acked yet
+
+    // the server's ack, signed with its key, pinned at the mirror on first use
+    const serverKey = await makeKey(w.dir, `server-${Date.now()}`);
+    const pubPath = join(w.dir, `${serverKey.keyid.slice(0, 8)}.pub`);
+    await writeFile(
+      pubPath,
+      JSON.stringify({
+        type: 'ferry.pub/v1',
+        keytype: 'ed25519',
+        keyid: serverKey.keyid,
+        public: Buffer.from(serverKey.publicKey).toString('hex'),
+      }),
+    );
+    const key = await pinnedServerKey(store.dir, pubPath);
+    const ack = (number: number, hash: string, upTo: number, k = serverKey, mirror = identity.id) =>
+      signAck({ type: ACK_TYPE, mirror, number, hash, upTo, createdAt: new Date().toISOString() }, k);
+    const intruderName = `intruder-${Date.now()}`;
+    const intruder = await makeKey(w.dir, intruderName);
+    await expect(importAck(outbox, identity, ack(1, s1.hash, 3, intruder), key)).rejects.toMatchObject({
+      code: 'BAD_SIGNATURE',
+    });
+    await expect(importAck(outbox, identity, ack(1, s2.hash, 3), key)).rejects.toMatchObject({
+      code: 'ACK_MISMATCH',
+    });
+    await expect(importAck(outbox, identity, ack(1, s1.hash, 4), key)).rejects.toMatchObject({
+      code: 'ACK_MISMATCH',
+    });
+    await expect(
+      importAck(outbox, identity, ack(1, s1.hash, 3, serverKey, 'f'.repeat(32)), key),
+    ).rejects.toMatchObject({
+      code: 'ACK_MISMATCH',
+    });
+    expect(outbox.acked).toBe(0);
+    expect(await importAck(outbox, identity, ack(1, s1.hash, 3), key)).toMatchObject({
+      trimmed: 3,
+      alreadyApplied: false,
+      depth: 1,
+    });
+    expect(await importAck(outbox, identity, ack(1, s1.hash, 3), key)).toMatchObject({
+      trimmed: 0,
+      alreadyApplied: true,
+    });
+    const s3 = await exportTelemetry(outbox, identity, 'plant-7', out1.replace('-1.', '-3.'));
+    expect(s3).toMatchObject({ number: 3, prev: s2.hash, from: 4, to: 4, records: 1 });
+    // a different server key is not accepted in place of the pinned one
+    await expect(pinnedServerKey(store.dir, join(w.dir, `${intruderName}.pub`))).rejects.toMatchObject({
+      code: 'ACK_MISMATCH',
+    });
+    expect(await pinnedServerKey(store.dir)).toEqual(serverKey.publicKey);
+    await agents.close();
+  });
+});

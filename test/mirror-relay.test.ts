@@ -30,7 +30,6 @@ import { exportTelemetry, importAck, pinnedServerKey } from '../mirror/courier.j
 import { Forwarder } from '../mirror/forward.js';
 import { createHandler } from '../mirror/http/app.js';
 import { mirrorIdentity } from '../mirror/identity.js';
-import { Outbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
 import { makeKey, makeWorld, type World } from './helpers/fixtures.js';
 

@@ -32,7 +32,24 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   mirror: async () => {
     const m = await import('./cli/mirror.js');
-    return { serve: m.mirrorServe, import: m.mirrorImport, status: m.mirrorStatus };
+    return {
+      serve: m.mirrorServe,
+      import: m.mirrorImport,
+      status: m.mirrorStatus,
+      'export-telemetry': m.mirrorExportTelemetry,
+      'import-ack': m.mirrorImportAck,
+      identity: m.mirrorIdentityCommand,
+    };
+  },
+  server: async () => {
+    const m = await import('./cli/server.js');
+    return {
+      start: m.serverStart,
+      'import-telemetry': m.serverImportTelemetry,
+      'register-mirror': m.serverRegisterMirror,
+      identity: m.serverIdentity,
+      agents: m.serverAgents,
+    };
   },
 };
 
@@ -70,7 +87,9 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   }
   // Operator and auditor commands sign and verify with libsodium (the design's choice); the
   // long-running service uses node:crypto, which costs it no memory (see core/ed25519.ts).
-  if (group !== 'agent' && !(group === 'mirror' && name === 'serve')) await useLibsodium();
+  const service =
+    (group === 'mirror' || group === 'server') && name === (group === 'mirror' ? 'serve' : 'start');
+  if (group !== 'agent' && !service) await useLibsodium();
   return runCommand(cmd, `${group} ${name}`, rest, io);
 }
 

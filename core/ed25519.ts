@@ -38,8 +38,22 @@ export interface Ed25519Backend {
 const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 
-const privateKeyOf = (seed: Uint8Array) =>
-  createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+/*
+ * Parsing a private key costs several times the signature itself; a signer
+ * that signs again (a mirror's batches, a test's thousands of heartbeats)
+ * reuses the parsed object, found by the seed array it holds (weakly: the
+ * cache keeps no key alive and no copy of it).
+ */
+const privateKeys = new WeakMap<Uint8Array, KeyObject>();
+
+function privateKeyOf(seed: Uint8Array): KeyObject {
+  let key = privateKeys.get(seed);
+  if (!key) {
+    key = createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+    privateKeys.set(seed, key);
+  }
+  return key;
+}
 
 export const nodeBackend: Ed25519Backend = {
   name: 'node',

@@ -157,7 +157,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         );
         return { ...(await importAck(outbox, identity, b.ack, key)) };
       },
-      'GET /status': () => Promise.resolve({ mirror: identity.id, ...forwarder.status() }),
+      'GET /status': () =>
+        Promise.resolve({ mirror: identity.id, exports: outbox.exports.length, ...forwarder.status() }),
     },
     log,
   );

@@ -1,7 +1,9 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CodedError, FerryError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsx.js';
+import { loadPublicKey } from '../../core/keys.js';
+import { mirrorIdOf } from '../../core/telemetry.js';
 import { callControl } from '../../mirror/control.js';
 import { exportTelemetry, importAck, pinnedServerKey, readAckFile } from '../../mirror/courier.js';
 import { isMirrorError, MirrorError } from '../../mirror/errors.js';
@@ -65,9 +67,11 @@ export const mirrorStatus: Command = {
   usage: '--data DIR [--json]',
   options: { data: { type: 'string' }, ...jsonOption },
   async run(p, io) {
-    const store = await Store.open(str(p, 'data'));
+    const dataDir = str(p, 'data');
+    const store = await Store.open(dataDir);
     const state = await store.readState();
     const root = store.trustedRoot(state);
+    const telemetry = await telemetryStatus(dataDir);
     if (p.json) {
       const { site, active, pending, publishers, quarantine, imports } = state;
       printJson(io, {
@@ -79,10 +83,19 @@ export const mirrorStatus: Command = {
         publishers,
         quarantine,
         imports,
+        telemetry,
       });
       return 0;
     }
     printStatus(io, state.site, root.payload.version, state);
+    if (telemetry) {
+      io.out(
+        `telemetry: ${telemetry.depth} record(s) waiting (seq ${telemetry.acked + 1}..${telemetry.head}), ` +
+          `${telemetry.exports} export(s) made${telemetry.serving ? '' : ', mirror not serving'}`,
+      );
+      for (const t of telemetry.targets)
+        io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
+    }
     return 0;
   },
 };
@@ -287,3 +300,47 @@ export const mirrorIdentityCommand: Command = {
     return 0;
   },
 };
+
+interface TelemetryStatus {
+  serving: boolean;
+  mirror: string;
+  depth: number;
+  acked: number;
+  head: number;
+  exports: number;
+  targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
+}
+
+/** The outbox as the serving mirror sees it, or read here when none serves (null while another process holds it). */
+async function telemetryStatus(dataDir: string): Promise<TelemetryStatus | null> {
+  const answer = await callControl(dataDir, 'GET', '/status');
+  if (answer?.ok) {
+    const a = answer as unknown as Omit<TelemetryStatus, 'serving'>;
+    return { serving: true, ...a };
+  }
+  // Read-only when nothing is there yet: status never creates the outbox or the mirror's key.
+  if (!(await stat(Outbox.paths(dataDir).journal).catch(() => undefined))) return null;
+  let release;
+  try {
+    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 0 });
+  } catch {
+    return null;
+  }
+  try {
+    const outbox = await Outbox.open(dataDir);
+    const pub = await loadPublicKey(join(dataDir, 'identity', 'mirror.pub')).catch(() => undefined);
+    const s = {
+      serving: false,
+      mirror: pub ? mirrorIdOf(pub.publicKey) : '',
+      depth: outbox.depth,
+      acked: outbox.acked,
+      head: outbox.head,
+      exports: outbox.exports.length,
+      targets: [],
+    };
+    await outbox.close();
+    return s;
+  } finally {
+    await release();
+  }
+}

@@ -1,0 +1,154 @@
+import { FerryError } from '../../core/errors.js';
+import { writeFileAtomic } from '../../core/fsx.js';
+import { loadPublicKey } from '../../core/keys.js';
+import { createLogger } from '../../core/log.js';
+import { importExport, type ImportReport } from '../../server/exports.js';
+import { ensureIdentity } from '../../server/identity.js';
+import { registerMirror } from '../../server/mirrors.js';
+import { startServer } from '../../server/serve.js';
+import { fleetView, type AgentView } from '../../server/state.js';
+import { readStateOffline, ServerStore } from '../../server/store.js';
+import { jsonOption, printJson, str, type Command, type Io } from './common.js';
+
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535)
+    throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
+  return { host: m[1] ?? m[2]!, port };
+}
+
+export const serverStart: Command = {
+  summary:
+    'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
+    '202 once durable) and serves the fleet view. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+  usage: '--data DIR --listen HOST:PORT',
+  options: { data: { type: 'string' }, listen: { type: 'string' } },
+  async run(p) {
+    const { host, port } = parseListen(str(p, 'listen'));
+    const log = createLogger({ component: 'server' });
+    const server = await startServer({ dataDir: str(p, 'data'), host, port, log });
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        log.info('server.signal', { signal });
+        void server.close().then(resolve);
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+    return 0;
+  },
+};
+
+function printReport(io: Io, r: ImportReport): void {
+  const chain =
+    r.chain.status === 'gap'
+      ? `gap: ${r.chain.message}`
+      : r.chain.status === 'already imported'
+        ? 'already imported'
+        : 'ok';
+  io.out(
+    `${r.file}: mirror ${r.mirror} (site ${r.site}) export ${r.number}, seq ${r.from}..${r.to}: ${chain}`,
+  );
+  if (r.chain.status === 'already imported') return;
+  io.out(
+    `stored ${r.stored} heartbeat(s), ${r.enrolments} enrolment(s); ${r.duplicates} duplicate(s), ${r.parked} parked, ${r.rejected} rejected`,
+  );
+  for (const [code, n] of Object.entries(r.rejectedByCode)) io.out(`  rejected ${code}: ${n}`);
+  if (r.batches.total)
+    io.out(
+      `relayed batches: ${r.batches.total} (${r.batches.stored} stored, ${r.batches.duplicate} duplicate, ${r.batches.rejected} rejected)`,
+    );
+  for (const [m, gaps] of Object.entries(r.coverageGaps))
+    io.out(`mirror ${m}: seq ${gaps.join(', ')} not received`);
+  if (r.counterGaps.missing) {
+    io.out(
+      `counter gaps: ${r.counterGaps.missing} heartbeat(s) missing across ${r.counterGaps.agents} agent(s)`,
+    );
+    for (const g of r.counterGaps.first) io.out(`  agent ${g.agentId}: ${g.gaps.join(', ')}`);
+  }
+  if (r.ack) io.out(`ack written to ${r.ack}`);
+}
+
+export const serverImportTelemetry: Command = {
+  summary:
+    'Imports a telemetry export a courier carried from a mirror: checks the signed header, hash and order of\n' +
+    'every line before storing anything, ingests idempotently, reports chain, coverage and counter gaps.\n' +
+    '--ack-out writes the signed acknowledgement for the courier to carry back (ferry mirror import-ack).',
+  usage: 'FILE --data DIR [--ack-out ACK] [--json]',
+  options: { data: { type: 'string' }, 'ack-out': { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const store = await ServerStore.open(str(p, 'data'));
+    try {
+      const ackOut = str(p, 'ack-out', false);
+      const r = await importExport(store, p.positionals[0]!, ackOut ? { ackOut } : {});
+      if (p.json) printJson(io, r);
+      else printReport(io, r);
+      return 0;
+    } finally {
+      await store.close();
+    }
+  },
+};
+
+export const serverRegisterMirror: Command = {
+  summary:
+    "Registers a site mirror's public key (its identity/mirror.pub) so the server accepts its telemetry.",
+  usage: '--data DIR --site S --pub MIRROR.pub [--json]',
+  options: { data: { type: 'string' }, site: { type: 'string' }, pub: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const key = await loadPublicKey(str(p, 'pub'));
+    const r = await registerMirror(str(p, 'data'), key.publicKey, str(p, 'site'));
+    if (p.json) printJson(io, { ok: true, ...r });
+    else io.out(`${r.mirror} site ${r.site}${r.changed ? ' registered' : ' (already registered)'}`);
+    return 0;
+  },
+};
+
+export const serverIdentity: Command = {
+  summary: "Prints the server's key id (made on first use); --out copies server.pub for mirrors to pin.",
+  usage: '--data DIR [--out FILE] [--json]',
+  options: { data: { type: 'string' }, out: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const key = await ensureIdentity(str(p, 'data'));
+    const out = str(p, 'out', false);
+    if (out) {
+      const pub = {
+        type: 'ferry.pub/v1',
+        keytype: 'ed25519',
+        keyid: key.keyid,
+        public: Buffer.from(key.publicKey).toString('hex'),
+      };
+      await writeFileAtomic(out, JSON.stringify(pub, null, 2) + '\n');
+    }
+    if (p.json) printJson(io, { ok: true, keyid: key.keyid, ...(out && { out }) });
+    else io.out(key.keyid);
+    return 0;
+  },
+};
+
+function printFleet(io: Io, agents: AgentView[]): void {
+  if (agents.length === 0) io.out('no agents');
+  for (const a of agents) {
+    const gaps = a.counterGaps.missing
+      ? `, ${a.counterGaps.missing} missing (${a.counterGaps.first.join(', ')})`
+      : '';
+    io.out(
+      `${a.id} ${a.site} ${a.hostname} [${a.groups.join(',')}] version ${a.version ?? '-'} manifest ${a.manifestSequence ?? '-'} last seen ${a.lastSeen ?? 'never'}, ${a.heartbeats} heartbeat(s)${gaps}`,
+    );
+  }
+}
+
+export const serverAgents: Command = {
+  summary: 'Shows the fleet as the server knows it, from the data directory (safe while the server runs).',
+  usage: '--data DIR [--json]',
+  options: { data: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const state = await readStateOffline(str(p, 'data'));
+    const agents = fleetView(state);
+    if (p.json) printJson(io, { ok: true, journalSeq: state.journalSeq, agents });
+    else printFleet(io, agents);
+    return 0;
+  },
+};

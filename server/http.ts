@@ -1,0 +1,229 @@
+/**
+ * The server's HTTP API as a Koa app (CONVENTIONS 3, 4): error middleware
+ * first, then one router per resource. No listen here (server/serve.ts does).
+ *
+ *   POST /v1/telemetry   {batches:[CarriedBatch…]} → 202 {results:[…]} once durable
+ *   GET  /v1/agents, /v1/agents/:id, /v1/rejections?limit=, /v1/mirrors
+ *   GET  /healthz, /metrics
+ */
+import Router from '@koa/router';
+import Koa, { type Context, type Next } from 'koa';
+import { Metrics } from '../core/metrics.js';
+import { silentLogger, type Logger } from '../core/log.js';
+import type { RejectionCode } from './errors.js';
+import type { BatchOutcome } from './ingest.js';
+import { agentView, coverageGaps, fleetView } from './state.js';
+import type { ServerStore } from './store.js';
+import { fmt } from './intervals.js';
+
+export interface HttpLimits {
+  telemetryBodyBytes: number;
+  batchesPerRequest: number;
+}
+
+export const DEFAULT_HTTP_LIMITS: HttpLimits = {
+  telemetryBodyBytes: 32 * 1024 * 1024,
+  batchesPerRequest: 64,
+};
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function serverMetrics(): Metrics {
+  const m = new Metrics();
+  m.define('ferry_server_heartbeats_stored', 'gauge', 'Heartbeats stored (all time).');
+  m.define('ferry_server_agents', 'gauge', 'Agents known.');
+  m.define('ferry_server_parked', 'gauge', 'Heartbeats waiting for their agent enrolment.');
+  m.define('ferry_server_rejections', 'gauge', 'Rejections journaled (all time), by code.');
+  m.define('ferry_server_duplicates_total', 'counter', 'Records received again and ignored (since start).');
+  m.define('ferry_server_batches_total', 'counter', 'Batches received over HTTP (since start), by status.');
+  m.define('ferry_server_requests_total', 'counter', 'HTTP requests, by method and status.');
+  return m;
+}
+
+function errors(log: Logger) {
+  return async (ctx: Context, next: Next): Promise<void> => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body == null) {
+        ctx.status = 404;
+        ctx.body = { code: 'NOT_FOUND', message: 'no such route' };
+      } else if (ctx.status === 405 && ctx.body == null) {
+        ctx.status = 405;
+        ctx.body = { code: 'METHOD_NOT_ALLOWED', message: 'method not allowed on this route' };
+      }
+    } catch (e) {
+      if (e instanceof HttpError) {
+        ctx.status = e.status;
+        ctx.body = { code: e.code, message: e.message };
+        return;
+      }
+      log.error('http.request_error', { method: ctx.method, path: ctx.path, error: e as Error });
+      ctx.status = 500;
+      ctx.body = { code: 'INTERNAL', message: 'internal error' };
+    }
+  };
+}
+
+async function readJson(ctx: Context, limit: number): Promise<unknown> {
+  if (!ctx.is('application/json'))
+    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+  if (Number(ctx.get('Content-Length') || 0) > limit)
+    throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${limit} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks)));
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+  }
+}
+
+export interface BatchResult {
+  index: number;
+  status: 'stored' | 'duplicate' | 'rejected';
+  stored: number;
+  enrolments: number;
+  duplicates: number;
+  parked: number;
+  rejected: { seq?: number; code: RejectionCode }[];
+  code?: RejectionCode;
+  message?: string;
+}
+
+export function batchResult(index: number, o: BatchOutcome): BatchResult {
+  const t = o.tally;
+  const base = {
+    index,
+    stored: t.stored,
+    enrolments: t.enrolments,
+    duplicates: t.duplicates,
+    parked: t.parked,
+  };
+  if (!o.ok) return { ...base, status: 'rejected', rejected: [], code: o.code, message: o.message };
+  return {
+    ...base,
+    status: o.duplicate ? 'duplicate' : 'stored',
+    rejected: t.rejected.map((r) => ({ ...(r.seq !== undefined && { seq: r.seq }), code: r.code })),
+  };
+}
+
+function telemetryRouter(store: ServerStore, metrics: Metrics, limits: HttpLimits): Router {
+  const r = new Router();
+  r.post('/v1/telemetry', async (ctx) => {
+    const body = await readJson(ctx, limits.telemetryBodyBytes);
+    const batches = (body as { batches?: unknown } | null)?.batches;
+    if (
+      typeof body !== 'object' ||
+      body === null ||
+      Array.isArray(body) ||
+      Object.keys(body).some((k) => k !== 'batches')
+    )
+      throw new HttpError(400, 'BAD_REQUEST', 'body must be {"batches":[…]}');
+    if (!Array.isArray(batches) || batches.length === 0 || batches.length > limits.batchesPerRequest)
+      throw new HttpError(400, 'BAD_REQUEST', `batches must be an array of 1-${limits.batchesPerRequest}`);
+    const outcomes = await store.ingest('http', async (ing) => {
+      const out: BatchOutcome[] = [];
+      for (const b of batches) out.push(await ing.carried(b));
+      return out;
+    });
+    const results = outcomes.map((o, i) => batchResult(i, o));
+    for (const x of results) {
+      metrics.inc('ferry_server_batches_total', { status: x.status });
+      metrics.inc('ferry_server_duplicates_total', {}, x.duplicates);
+    }
+    ctx.status = 202;
+    ctx.body = { results };
+  });
+  return r;
+}
+
+function readRouter(store: ServerStore, metrics: Metrics): Router {
+  const r = new Router();
+  r.get('/v1/agents', (ctx) => {
+    ctx.body = { agents: fleetView(store.state).map(({ latest: _latest, ...rest }) => rest) };
+  });
+  r.get('/v1/agents/:id', (ctx) => {
+    const a = store.state.agents[ctx.params.id ?? ''];
+    if (!a) throw new HttpError(404, 'UNKNOWN_AGENT', 'no such agent');
+    ctx.body = { agent: agentView(a), parked: store.state.parked[a.id]?.length ?? 0 };
+  });
+  r.get('/v1/rejections', (ctx) => {
+    const q = ctx.query.limit;
+    const limit = typeof q === 'string' && /^[1-9][0-9]{0,3}$/.test(q) ? Number(q) : 100;
+    const list = store.state.rejections;
+    ctx.body = {
+      total: store.state.totals.rejections,
+      byCode: store.state.rejectionCounts,
+      rejections: list.slice(-limit).reverse(),
+    };
+  });
+  r.get('/v1/mirrors', (ctx) => {
+    ctx.body = {
+      mirrors: store.mirrors.list().map((m) => {
+        const p = store.state.mirrors[m.id];
+        return {
+          id: m.id,
+          site: m.site,
+          publicKey: Buffer.from(m.publicKey).toString('hex'),
+          coverage: (p?.coverage ?? []).map(fmt),
+          gaps: coverageGaps(store.state, m.id).map(fmt),
+          lastExport: p?.lastExport
+            ? { number: p.lastExport, hash: p.lastExportHash, at: p.lastExportAt }
+            : null,
+        };
+      }),
+    };
+  });
+  r.get('/healthz', (ctx) => {
+    ctx.body = { ok: true, journalSeq: store.state.journalSeq };
+  });
+  r.get('/metrics', (ctx) => {
+    const s = store.state;
+    metrics.set('ferry_server_heartbeats_stored', s.totals.heartbeats);
+    metrics.set('ferry_server_agents', Object.keys(s.agents).length);
+    metrics.set('ferry_server_parked', s.totals.parked);
+    for (const [code, n] of Object.entries(s.rejectionCounts))
+      metrics.set('ferry_server_rejections', n, { code });
+    ctx.type = 'text/plain; version=0.0.4';
+    ctx.body = metrics.render();
+  });
+  return r;
+}
+
+export interface AppDeps {
+  store: ServerStore;
+  log?: Logger;
+  metrics?: Metrics;
+  limits?: Partial<HttpLimits>;
+}
+
+export function createApp({ store, log = silentLogger, metrics = serverMetrics(), limits }: AppDeps): Koa {
+  const app = new Koa();
+  app.on('error', (e: unknown) =>
+    log.warn('http.response_error', { error: e instanceof Error ? e.message : String(e) }),
+  );
+  app.use(async (ctx, next) => {
+    await next();
+    metrics.inc('ferry_server_requests_total', { method: ctx.method, status: String(ctx.status) });
+  });
+  app.use(errors(log));
+  const lim = { ...DEFAULT_HTTP_LIMITS, ...limits };
+  for (const router of [telemetryRouter(store, metrics, lim), readRouter(store, metrics)]) {
+    app.use(router.routes());
+    app.use(router.allowedMethods());
+  }
+  return app;
+}

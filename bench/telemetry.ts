@@ -221,7 +221,12 @@ async function runMode(
   if (mode.env) env.FERRY_TELEMETRY_FSYNC = mode.env;
   const argv = ['mirror', 'serve', '--data', data, '--listen', `127.0.0.1:${port}`];
   const root = join(work, 'root.json');
-  const mirror = start(pin(0, [process.execPath, FERRY, ...argv, '--trust', root, '--site', SITE]), log, env);
+  const flags = (process.env.FERRY_BENCH_MIRROR_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const mirror = start(
+    pin(0, [process.execPath, ...flags, FERRY, ...argv, '--trust', root, '--site', SITE]),
+    log,
+    env,
+  );
   const url = `http://127.0.0.1:${port}`;
   try {
     await ready(mirror, `${url}/healthz`, log);

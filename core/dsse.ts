@@ -164,6 +164,19 @@ export async function verifyEnvelopeByAsync(
     );
   }
   const body = decodeBase64Strict(env.payload, `${what} payload`);
+  if (await signedByAsync(env, body, publicKey)) return body;
+  throw new FerryError(
+    'SIGNATURE_THRESHOLD',
+    `${what}: 0 valid signature(s) from authorised keys, threshold is 1`,
+  );
+}
+
+/** Whether one of the envelope's signatures over PAE(type, body) verifies under `publicKey` (body already decoded). */
+export async function signedByAsync(
+  env: Envelope,
+  body: Uint8Array,
+  publicKey: Uint8Array,
+): Promise<boolean> {
   const message = pae(env.payloadType, body);
   for (const s of env.signatures) {
     let sig: Buffer;
@@ -172,12 +185,9 @@ export async function verifyEnvelopeByAsync(
     } catch {
       continue;
     }
-    if (sig.length === 64 && (await ed.verifyAsync(publicKey, message, sig))) return body;
+    if (sig.length === 64 && (await ed.verifyAsync(publicKey, message, sig))) return true;
   }
-  throw new FerryError(
-    'SIGNATURE_THRESHOLD',
-    `${what}: 0 valid signature(s) from authorised keys, threshold is 1`,
-  );
+  return false;
 }
 
 /** Stable serialisation of an envelope as it is written to disk. */

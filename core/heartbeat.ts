@@ -8,7 +8,14 @@
  * for: a heartbeat naming another agent's id never verifies.
  */
 import { decodeBase64Strict } from './encoding.js';
-import { signEnvelope, verifyEnvelope, verifyEnvelopeByAsync, type Envelope, type Signer } from './dsse.js';
+import {
+  signedByAsync,
+  signEnvelope,
+  verifyEnvelope,
+  verifyEnvelopeByAsync,
+  type Envelope,
+  type Signer,
+} from './dsse.js';
 import { keyIdOf } from './ed25519.js';
 import { FerryError } from './errors.js';
 
@@ -205,6 +212,32 @@ export async function verifyHeartbeatAsync(env: Envelope, agentPublicKey: Uint8A
   if (v.agentId !== agentIdOf(agentPublicKey))
     throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
   return v;
+}
+
+/**
+ * The receiving end's one pass over a heartbeat: decodes and parses the payload
+ * once, finds the key of the agent it names with `keyOf` (undefined: unknown
+ * agent, returned as such), checks the signature off the main thread, then
+ * validates the payload. Same refusals as verifyHeartbeat.
+ */
+export async function openHeartbeatAsync(
+  env: Envelope,
+  keyOf: (agentId: string) => Promise<Uint8Array | undefined>,
+): Promise<{ heartbeat: Heartbeat } | { unknownAgent: string }> {
+  if (env.payloadType !== HEARTBEAT_PAYLOAD_TYPE)
+    throw new FerryError('PAYLOAD_TYPE_MISMATCH', `heartbeat: payloadType must be ${HEARTBEAT_PAYLOAD_TYPE}`);
+  const body = decodeBody(env);
+  const v = parseBody(body);
+  const id = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).agentId : undefined;
+  if (!isAgentId(id)) throw bad('agentId must be 32 lowercase hex characters');
+  const key = await keyOf(id);
+  if (!key) return { unknownAgent: id };
+  if (!(await signedByAsync(env, body, key)))
+    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: not signed by the agent it names');
+  assertHeartbeat(v);
+  if (v.agentId !== agentIdOf(key))
+    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
+  return { heartbeat: v };
 }
 
 /*

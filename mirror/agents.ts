@@ -53,6 +53,7 @@ function isRecord(v: unknown): v is AgentRecord {
 export class AgentsStore {
   readonly paths: { agents: string };
   private readonly records = new Map<string, AgentRecord>();
+  private readonly keys = new Map<string, Uint8Array>();
   private opened: Promise<Outbox> | undefined;
 
   constructor(
@@ -100,8 +101,13 @@ export class AgentsStore {
 
   /** Public key of an enrolled agent, or undefined. */
   async publicKeyOf(agentId: string): Promise<Uint8Array | undefined> {
+    const known = this.keys.get(agentId);
+    if (known) return known;
     const r = await this.get(agentId);
-    return r ? decodeHex(r.publicKey, 32, `agents/${agentId}.json publicKey`) : undefined;
+    if (!r) return undefined;
+    const key = decodeHex(r.publicKey, 32, `agents/${agentId}.json publicKey`);
+    this.keys.set(agentId, key); // an agent's id is derived from its key: it never changes
+    return key;
   }
 
   /**

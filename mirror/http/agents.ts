@@ -19,7 +19,7 @@ import Router from '@koa/router';
 import type { Context } from 'koa';
 import { assertEnvelope, type Envelope } from '../../core/dsse.js';
 import { isCodedError, isFerryError } from '../../core/errors.js';
-import { claimedAgentId, verifyEnrollRequest, verifyHeartbeatAsync } from '../../core/heartbeat.js';
+import { openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
 import { assertCarriedBatch, type CarriedBatch } from '../../core/telemetry.js';
 import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
@@ -94,16 +94,11 @@ async function checkItem(
   } catch {
     return { ok: false, code: 'BAD_ENVELOPE' };
   }
-  let agentId: string;
   try {
-    agentId = claimedAgentId(env);
-  } catch (e) {
-    return { ok: false, code: itemCode(e) };
-  }
-  const publicKey = await agents.publicKeyOf(agentId);
-  if (!publicKey) return { ok: false, code: 'UNKNOWN_AGENT' };
-  try {
-    const heartbeat = await verifyHeartbeatAsync(env, publicKey);
+    const opened = await openHeartbeatAsync(env, (id) => agents.publicKeyOf(id));
+    if ('unknownAgent' in opened) return { ok: false, code: 'UNKNOWN_AGENT' };
+    const { heartbeat } = opened;
+    const agentId = heartbeat.agentId;
     // Cheap early refusal; the commit re-checks under its own serialisation.
     if (heartbeat.counter <= (await agents.lastCounter(agentId))) return { ok: false, code: 'REPLAY' };
     // Stored as DSSE and nothing else: unknown fields a client added do not reach the log.
@@ -119,6 +114,48 @@ async function checkItem(
   } catch (e) {
     return { ok: false, code: itemCode(e) };
   }
+}
+
+/**
+ * An agent's telemetry request, parsed: checks each envelope, commits the
+ * good ones (durably) and says what happened. Shared by the Koa route and the
+ * fast path (http/fast.ts).
+ */
+export async function acceptAgentTelemetry(
+  agents: AgentsStore,
+  body: unknown,
+  l: Pick<AgentRouteLimits, 'telemetryItems'>,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  let list: unknown[];
+  if (typeof body === 'object' && body !== null && !Array.isArray(body) && 'envelopes' in body) {
+    const envs = body.envelopes;
+    if (!Array.isArray(envs) || Object.keys(body).length !== 1)
+      throw new HttpError(400, 'BAD_REQUEST', 'body must be one envelope or {envelopes:[…]}');
+    list = envs;
+  } else list = [body];
+  if (list.length === 0) throw new HttpError(400, 'BAD_REQUEST', 'no envelopes');
+  if (list.length > l.telemetryItems)
+    throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${l.telemetryItems} envelopes per request`);
+
+  const rejected: { index: number; code: TelemetryItemCode }[] = [];
+  const valid: { index: number; item: AcceptedHeartbeat }[] = [];
+  const checked = await Promise.all(list.map((v) => checkItem(agents, v)));
+  checked.forEach((r, index) => {
+    if (r.ok) valid.push({ index, item: r.item });
+    else rejected.push({ index, code: r.code });
+  });
+  const outcomes = valid.length ? await agents.commit(valid.map((x) => x.item)) : [];
+  outcomes.forEach((o, i) => {
+    if (o === 'REPLAY') rejected.push({ index: valid[i]!.index, code: 'REPLAY' });
+  });
+  rejected.sort((a, b) => a.index - b.index);
+  const accepted = list.length - rejected.length;
+  if (accepted === 0) {
+    const codes = new Set(rejected.map((r) => r.code));
+    const code = codes.size === 1 ? [...codes][0]! : 'TELEMETRY_REJECTED';
+    return { status: 400, body: { code, message: 'no envelope in this request was accepted', rejected } };
+  }
+  return { status: 202, body: { accepted, rejected } };
 }
 
 /** What the telemetry route needs to carry other mirrors' batches. */
@@ -213,40 +250,10 @@ export function agentsRouter(
       return;
     }
     const body = await readJsonBody(ctx, l.telemetryBodyBytes);
-    let list: unknown[];
-    if (typeof body === 'object' && body !== null && !Array.isArray(body) && 'envelopes' in body) {
-      const envs = body.envelopes;
-      if (!Array.isArray(envs) || Object.keys(body).length !== 1)
-        throw new HttpError(400, 'BAD_REQUEST', 'body must be one envelope or {envelopes:[…]}');
-      list = envs;
-    } else list = [body];
-    if (list.length === 0) throw new HttpError(400, 'BAD_REQUEST', 'no envelopes');
-    if (list.length > l.telemetryItems)
-      throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${l.telemetryItems} envelopes per request`);
-
-    const rejected: { index: number; code: TelemetryItemCode }[] = [];
-    const valid: { index: number; item: AcceptedHeartbeat }[] = [];
-    for (const [index, v] of list.entries()) {
-      const r = await checkItem(agents, v);
-      if (r.ok) valid.push({ index, item: r.item });
-      else rejected.push({ index, code: r.code });
-    }
-    const outcomes = valid.length ? await agents.commit(valid.map((x) => x.item)) : [];
-    outcomes.forEach((o, i) => {
-      if (o === 'REPLAY') rejected.push({ index: valid[i]!.index, code: 'REPLAY' });
-    });
-    rejected.sort((a, b) => a.index - b.index);
-    const accepted = list.length - rejected.length;
+    const r = await acceptAgentTelemetry(agents, body, l);
     ctx.set('Cache-Control', 'no-store');
-    if (accepted === 0) {
-      const codes = new Set(rejected.map((r) => r.code));
-      const code = codes.size === 1 ? [...codes][0]! : 'TELEMETRY_REJECTED';
-      ctx.status = 400;
-      ctx.body = { code, message: 'no envelope in this request was accepted', rejected };
-      return;
-    }
-    ctx.status = 202;
-    ctx.body = { accepted, rejected };
+    ctx.status = r.status;
+    ctx.body = r.body;
   });
   return router;
 }

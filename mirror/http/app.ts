@@ -20,7 +20,7 @@ import {
 import { errorMiddleware } from './errors.js';
 import { accounting, bodyLimit, opsRouter } from './ops.js';
 import { routers } from './routes.js';
-import { withFastPolls, type Handler } from './fast.js';
+import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
 
 export interface AppDeps {
   store: Store;
@@ -81,6 +81,13 @@ export function createApp({
 export function createHandler(deps: AppDeps): Handler {
   const view = deps.view ?? new StateView(deps.store);
   const metrics = deps.metrics ?? mirrorMetrics();
-  const app = createApp({ ...deps, view, metrics }).callback();
-  return withFastPolls(view, metrics, (req, res) => void app(req, res));
+  const agents = deps.agents ?? agentsFor(deps.store);
+  const app = createApp({ ...deps, view, metrics, agents }).callback();
+  const limits = { ...DEFAULT_AGENT_ROUTE_LIMITS, ...deps.agentLimits };
+  const log = deps.log ?? silentLogger;
+  return withFastPolls(
+    view,
+    metrics,
+    withFastTelemetry(agents, metrics, limits, log, (req, res) => void app(req, res)),
+  );
 }

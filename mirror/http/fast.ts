@@ -1,5 +1,5 @@
 /**
- * The one hot path: an agent's poll of `GET /v1/manifest` that changes nothing
+ * Hot path one: an agent's poll of `GET /v1/manifest` that changes nothing
  * (If-None-Match names the current ETag) is answered 304 straight from the
  * cached snapshot, without Koa's per-request context. Everything else — a
  * changed or missing manifest, errors, HEAD, other routes — goes to the Koa app
@@ -8,6 +8,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
+import type { Logger } from '../../core/log.js';
+import type { AgentsStore } from '../agents.js';
+import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
+import { HttpError } from './errors.js';
 import { etagMatches } from './routes.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -27,3 +31,71 @@ export function withFastPolls(view: StateView, metrics: Metrics, app: Handler): 
     );
   };
 }
+
+const JSON_TYPE = /^application\/json\s*(?:;|$)/i;
+
+/**
+ * The other hot path: an agent's `POST /v1/telemetry` (one heartbeat, or a
+ * few) is read and answered without Koa — the same checks and answers as the
+ * route (http/agents.ts acceptAgentTelemetry), minus the per-request context.
+ * Requests it is not sure about (no declared length, too large, not JSON, from
+ * another mirror) go to the Koa app, which answers them fully.
+ */
+export function withFastTelemetry(
+  agents: AgentsStore,
+  metrics: Metrics,
+  limits: Pick<AgentRouteLimits, 'telemetryItems' | 'telemetryBodyBytes'>,
+  log: Logger,
+  app: Handler,
+): Handler {
+  return (req, res) => {
+    const declared = Number(req.headers['content-length']);
+    if (
+      req.method !== 'POST' ||
+      req.url !== '/v1/telemetry' ||
+      req.headers['ferry-relay'] !== undefined ||
+      !JSON_TYPE.test(req.headers['content-type'] ?? '') ||
+      !(declared > 0 && declared <= limits.telemetryBodyBytes)
+    )
+      return app(req, res);
+    const reply = (status: number, body: unknown) => {
+      metrics.inc('ferry_mirror_requests_total', { route: '/v1/telemetry', status: String(status) });
+      const text = JSON.stringify(body);
+      res.writeHead(status, {
+        'Content-Type': 'application/json; charset=utf-8',
+        'Content-Length': Buffer.byteLength(text),
+        'Cache-Control': 'no-store',
+      });
+      res.end(text);
+    };
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= declared) chunks.push(c);
+    });
+    req.on('error', () => res.destroy());
+    req.on('end', () => {
+      let body: unknown;
+      try {
+        if (size !== declared) throw new Error('length');
+        body = JSON.parse(UTF8.decode(Buffer.concat(chunks, size)));
+      } catch {
+        return reply(400, { code: 'BAD_REQUEST', message: 'request body is not UTF-8 JSON' });
+      }
+      acceptAgentTelemetry(agents, body, limits).then(
+        (r) => reply(r.status, r.body),
+        (e: unknown) => {
+          if (e instanceof HttpError) return reply(e.status, { code: e.code, message: e.message });
+          log.error('http.request_error', {
+            route: '/v1/telemetry',
+            error: e instanceof Error ? e.message : String(e),
+          });
+          reply(500, { code: 'INTERNAL', message: 'internal error' });
+        },
+      );
+    });
+  };
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });

@@ -3,10 +3,12 @@
  * `npm run demo`: ferry's main job on embedded defaults, through the real CLI.
  * Generates keys and a trust root, builds a signed bundle of sample artifacts,
  * inspects and verifies it as an auditor would, splits a copy into volumes,
- * then shows the refusals: a tampered blob, the wrong site, an unauthorised key.
+ * then shows the refusals: a tampered blob, the wrong site, an unauthorised key;
+ * then a mirror serving an agent, and the agent's telemetry going home by
+ * courier (signed export, ack back) and over a link (upstream forwarding).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, readdir, writeFile, mkdir, copyFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile, mkdir, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,12 +36,14 @@ function ferry(args: string[], expect: 0 | 1): void {
   }
 }
 
-/** Runs `ferry mirror serve` with a drop folder, drops a bundle in, and talks to it as an agent would. */
-async function serveDemo(dir: string, root: string, bundle: string): Promise<void> {
-  const drop = join(dir, 'drop');
-  await mkdir(drop, { recursive: true });
-  const args = ['mirror', 'serve', '--data', join(dir, 'data'), '--listen', '127.0.0.1:0'];
-  args.push('--trust', root, '--site', 'plant-7', '--drop', drop);
+interface Running {
+  url: string;
+  waitFor(event: string, ms?: number): Promise<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+/** Starts a long-running `ferry …` (mirror serve, server start) and follows its JSON-line log. */
+async function background(args: string[], started: string, stopped: string): Promise<Running> {
   console.log(`$ ferry ${args.map((a) => (a.startsWith(work) ? relative(work, a) : a)).join(' ')} &`);
   const child = spawn(process.execPath, [FERRY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   const events: Record<string, unknown>[] = [];
@@ -61,14 +65,34 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       const e = events.find((x) => x.event === event);
       if (e) return e;
     }
-    throw new Error(`demo: the mirror did not log ${event}`);
+    throw new Error(`demo: ${args[0]} did not log ${event}`);
   };
+  const url = String((await waitFor(started)).url);
+  return {
+    url,
+    waitFor,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await waitFor(stopped).catch(() => undefined);
+    },
+  };
+}
+
+/** Runs `ferry mirror serve` with a drop folder, drops a bundle in, and talks to it as an agent would. */
+async function serveDemo(dir: string, root: string, bundle: string): Promise<void> {
+  const drop = join(dir, 'drop');
+  await mkdir(drop, { recursive: true });
+  const data = join(dir, 'data');
+  const args = ['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0'];
+  args.push('--trust', root, '--site', 'plant-7', '--drop', drop);
+  let mirror = await background(args, 'mirror.started', 'mirror.stopped');
+  const url = mirror.url;
+  const agentState = join(dir, 'node/agent');
   try {
-    const url = String((await waitFor('mirror.started')).url);
     console.log(`  mirror listening on ${url}`);
     console.log(`$ cp ${relative(work, bundle)} served/drop/   # the courier`);
     await copyFile(bundle, join(drop, 'release-1.ferry'));
-    const imported = await waitFor('import.accepted');
+    const imported = await mirror.waitFor('import.accepted');
     console.log(`  log: ${JSON.stringify(imported)}`);
     const m = await fetch(`${url}/v1/manifest`);
     const etag = m.headers.get('etag') ?? '';
@@ -90,10 +114,9 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       .filter((l) => l.startsWith('ferry_mirror_imports') || l.startsWith('ferry_mirror_active'))) {
       console.log(`  metrics: ${line}`);
     }
-    console.log(
-      `\n${bold('== 9. A node agent: enrols, verifies the manifest itself, fetches, runs the script, places the managed file, reports')}`,
+    step(
+      '9. A node agent: enrols, verifies the manifest itself, fetches, runs the script, places the managed file, reports',
     );
-    const agentState = join(dir, 'node/agent');
     ferry(
       [
         'agent',
@@ -118,18 +141,66 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
     await writeFile(conf, 'tampered\n');
     ferry(['agent', 'poll', '--now', '--state', agentState, '--json'], 0);
     console.log(`  ${relative(work, conf)} now: ${JSON.stringify(await readFile(conf, 'utf8'))}`);
-    const hb = (
-      await readFile(join(dir, 'data/telemetry', (await readdir(join(dir, 'data/telemetry')))[0]!), 'utf8')
-    )
-      .trim()
-      .split('\n');
-    console.log(
-      `  the mirror holds ${hb.length} signed heartbeat(s) from the agent, durable before each 202`,
+    ferry(['mirror', 'status', '--data', data], 0);
+
+    step('10. Telemetry home with no link at all: the courier carries a signed export out and the ack back');
+    const server = join(work, 'server');
+    const usb = join(work, 'usb');
+    ferry(['server', 'identity', '--data', server, '--out', join(usb, 'server.pub')], 0);
+    ferry(['mirror', 'identity', '--data', data, '--out', join(usb, 'mirror.pub')], 0);
+    ferry(
+      ['server', 'register-mirror', '--data', server, '--site', 'plant-7', '--pub', join(usb, 'mirror.pub')],
+      0,
     );
-  } finally {
-    child.kill('SIGTERM');
-    await waitFor('mirror.stopped').catch(() => undefined);
+    const exported = join(usb, 'plant-7-telemetry.1.jsonl');
+    ferry(['mirror', 'export-telemetry', '--data', data, '--out', exported], 0); // done by the serving mirror
+    const forged = join(usb, 'plant-7-telemetry.forged.jsonl');
+    const lines = (await readFile(exported, 'utf8')).split('\n');
+    const at = lines.findIndex((l) => l.includes('"kind":"heartbeat"'));
+    lines[at] = lines[at]!.replace(/"counter":(\d+)/, (_, n: string) => `"counter":${Number(n) + 1000}`);
+    await writeFile(forged, lines.join('\n'));
+    console.log(`$ (one heartbeat's counter changed on the way) > ${relative(work, forged)}`);
+    ferry(['server', 'import-telemetry', forged, '--data', server], 1);
+    const ack = join(usb, 'plant-7.ack.1.json');
+    ferry(['server', 'import-telemetry', exported, '--data', server, '--ack-out', ack], 0);
+    ferry(['server', 'import-telemetry', exported, '--data', server], 0); // idempotent
+    ferry(['mirror', 'import-ack', ack, '--data', data, '--server-key', join(usb, 'server.pub')], 0);
+    ferry(['server', 'agents', '--data', server], 0);
+    await mirror.stop();
     console.log('  SIGTERM → mirror stopped gracefully');
+
+    step('11. A link comes back: the mirror forwards heartbeats to the server as they arrive');
+    const srv = await background(
+      ['server', 'start', '--data', server, '--listen', '127.0.0.1:0'],
+      'server.started',
+      'server.stopped',
+    );
+    try {
+      mirror = await background(
+        [...args.slice(0, 4), '--listen', url.replace('http://', ''), '--upstream', srv.url],
+        'mirror.started',
+        'mirror.stopped',
+      );
+      ferry(['agent', 'poll', '--now', '--state', agentState], 0);
+      let fleet: { agents: { hostname: string; heartbeats: number; lastCounter: number }[] } = { agents: [] };
+      for (let i = 0; i < 50; i++) {
+        fleet = (await (await fetch(`${srv.url}/v1/agents`)).json()) as typeof fleet;
+        if ((fleet.agents[0]?.heartbeats ?? 0) >= 3) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      for (const a of fleet.agents)
+        console.log(
+          `  GET ${srv.url}/v1/agents → ${a.hostname}: ${a.heartbeats} heartbeat(s), last #${a.lastCounter}`,
+        );
+      ferry(['mirror', 'status', '--data', data], 0);
+    } finally {
+      await mirror.stop();
+      await srv.stop();
+      console.log('  SIGTERM → mirror and server stopped gracefully');
+    }
+  } catch (e) {
+    await mirror.stop();
+    throw e;
   }
 }
 

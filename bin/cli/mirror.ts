@@ -90,7 +90,7 @@ export const mirrorStatus: Command = {
     printStatus(io, state.site, root.payload.version, state);
     if (telemetry) {
       io.out(
-        `telemetry: ${telemetry.depth} record(s) waiting (seq ${telemetry.acked + 1}..${telemetry.head}), ` +
+        `telemetry: ${telemetry.depth ? `${telemetry.depth} record(s) waiting (seq ${telemetry.acked + 1}..${telemetry.head})` : 'nothing waiting'}, ` +
           `${telemetry.exports} export(s) made${telemetry.serving ? '' : ', mirror not serving'}`,
       );
       for (const t of telemetry.targets)

@@ -113,6 +113,7 @@ export class ServerStore {
       this.db.data = emptyState();
     }
     const from = this.db.data.journalSeq;
+    this.written = from;
     for (let seq = from + 1; seq <= this.journal.head;) {
       const batch = await this.journal.read(seq, REPLAY_BATCH);
       if (batch.length === 0) break;
@@ -173,7 +174,11 @@ export class ServerStore {
   /** Writes state.json (no fsync needed: the journal is the truth). */
   async checkpoint(): Promise<void> {
     await this.db.write();
+    this.written = this.db.data.journalSeq;
   }
+
+  /** journalSeq of the checkpoint on disk (-1: none written or read yet). */
+  private written = -1;
 
   fleet(): AgentView[] {
     return fleetView(this.db.data);
@@ -187,7 +192,8 @@ export class ServerStore {
       if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
       this.checkpointTimer = undefined;
       await this.journal.close();
-      await this.checkpoint();
+      // Only when something changed: a refused or empty run leaves the data dir as it was.
+      if (this.db.data.journalSeq !== this.written) await this.checkpoint();
     });
     await this.release();
   }

@@ -10,15 +10,16 @@
  * server through a kill -9 of the mirror mid-drain: zero loss, zero
  * duplicates stored.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
 import { generateKeyPair, keyIdOf } from '../core/ed25519.js';
 import { agentIdOf } from '../core/heartbeat.js';
+import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import { AgentsStore } from '../mirror/agents.js';
 import { eventually, importInto, startAgent, type LoggedProc } from './helpers/agent-proc.js';
-import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
+import { buildBundle, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 import { startLink, type Link } from './helpers/link.js';
 import { followLogs, killStrays, runFerry, spawnFerry, sleep } from './helpers/mirror-proc.js';
 
@@ -285,6 +286,34 @@ describe('a 100,000-heartbeat backlog', () => {
     );
     await m.stop('SIGKILL');
     m = await startMirror(A, m.port, ['--upstream', server.url]);
+    // live traffic while the backlog drains: a new agent's heartbeats are answered promptly
+    const live = await loadOrCreateIdentity(join(dir, 'live-agent'));
+    await enroll(m.url, live, { hostname: 'live', platform: 'linux/amd64', groups: [] });
+    const latencies: number[] = [];
+    for (let c = 1; c <= 20; c++) {
+      const hb: Heartbeat = {
+        type: 'ferry.heartbeat/v1',
+        agentId: live.agentId,
+        counter: c,
+        sentAt: new Date().toISOString(),
+        version: '1.0.0',
+        manifestSequence: 1,
+        results: [],
+        drift: [],
+        disconnectedSec: 0,
+        resources: { rssBytes: 1, load1: 0 },
+      };
+      const t = Date.now();
+      const r = await fetch(`${m.url}/v1/telemetry`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(signHeartbeat(hb, live.key)),
+      });
+      latencies.push(Date.now() - t);
+      expect(r.status).toBe(202);
+      await sleep(50);
+    }
+    const depthDuring = (await mirrorStatus(A)).depth;
     await eventually(
       'the backlog is drained',
       async () => ((await mirrorStatus(A)).depth === 0 ? true : undefined),
@@ -293,18 +322,180 @@ describe('a 100,000-heartbeat backlog', () => {
     );
     const seconds = (Date.now() - t0) / 1000;
     const f = await fleet(server.url);
-    expect(f.size).toBe(AGENTS);
+    expect(f.size).toBe(AGENTS + 1);
     let total = 0;
-    for (const x of f.values()) {
+    for (const x of [...f.values()].filter((a) => a.id !== live.agentId)) {
       expect(x.counterGaps.missing).toBe(0);
       expect(x.lastCounter).toBe(PER);
       expect(x.heartbeats).toBe(PER);
       total += x.heartbeats;
     }
     expect(total).toBe(AGENTS * PER);
+    expect(depthDuring).toBeGreaterThan(0); // the live heartbeats really met the drain
+    expect(Math.max(...latencies)).toBeLessThan(2000);
+    const liveAtServer = f.get(live.agentId);
+    expect(liveAtServer).toMatchObject({ heartbeats: 20, lastCounter: 20 });
+    console.log(
+      `live heartbeats during the drain: 202 in at most ${Math.max(...latencies)} ms (median ${latencies.sort((x, y) => x - y)[10]} ms)`,
+    );
     console.log(
       `100,000-heartbeat backlog drained in ${seconds.toFixed(1)} s (${Math.round(total / seconds)}/s) through one kill -9`,
     );
     await Promise.all([m, server].map((p) => p.stop('SIGTERM')));
   }, 300_000);
+});
+
+describe('the courier round trip, twice, with real processes', () => {
+  it('exports from a serving mirror, refuses tampered, reordered and stale exports, and trims on each ack', async () => {
+    const dir = join(w.dir, 'courier');
+    const S = join(dir, 'server');
+    const A = join(dir, 'mirror');
+    const usb = join(dir, 'usb');
+    await mkdir(S, { recursive: true });
+    await mkdir(usb, { recursive: true });
+    await register(S, A);
+    await ok(['server', 'identity', '--data', S, '--out', join(usb, 'server.pub')]);
+    const m = await startMirror(A, 0, []); // no link at all
+    const state = join(dir, 'agent');
+    const agent = startAgent([
+      '--state',
+      state,
+      '--mirror',
+      m.url,
+      '--trust',
+      w.rootPath,
+      '--site',
+      'plant-7',
+      '--interval',
+      '1',
+    ]);
+    const waitDepth = (n: number) =>
+      eventually(
+        `${n}+ records in the outbox`,
+        async () => ((await mirrorStatus(A)).depth >= n ? true : undefined),
+        30_000,
+      );
+    const exportNo = async (n: number) => {
+      const out = join(usb, `export-${n}.jsonl`);
+      const r = JSON.parse(await ok(['mirror', 'export-telemetry', '--data', A, '--out', out, '--json'])) as {
+        number: number;
+        via: string;
+        to: number;
+      };
+      expect(r).toMatchObject({ number: n, via: 'serve' }); // carried out by the serving mirror
+      return { out, to: r.to };
+    };
+    const importExport = (file: string, ack?: string) =>
+      runFerry([
+        'server',
+        'import-telemetry',
+        file,
+        '--data',
+        S,
+        ...(ack ? ['--ack-out', ack] : []),
+        '--json',
+      ]);
+
+    // round 1
+    await waitDepth(3);
+    const e1 = await exportNo(1);
+    const lines = (await readFile(e1.out, 'utf8')).split('\n');
+    const tampered = join(usb, 'tampered.jsonl');
+    const at = lines.findIndex((l) => l.includes('"kind":"heartbeat"'));
+    await writeFile(
+      tampered,
+      lines.map((l, i) => (i === at ? l.replace('"counter":', '"counter":9') : l)).join('\n'),
+    );
+    const reordered = join(usb, 'reordered.jsonl');
+    await writeFile(reordered, [lines[0], lines[2], lines[1], ...lines.slice(3)].join('\n'));
+    const before = await snapshotDir(S);
+    for (const bad of [tampered, reordered]) {
+      const r = await importExport(bad);
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, code: 'EXPORT_TAMPERED' });
+    }
+    expect(await snapshotDir(S)).toEqual(before); // refusals change nothing
+    expect((await importExport(e1.out, join(usb, 'ack-1.json'))).code).toBe(0);
+    const again = await importExport(e1.out);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/already/);
+    const depth1 = (await mirrorStatus(A)).depth;
+    await ok([
+      'mirror',
+      'import-ack',
+      join(usb, 'ack-1.json'),
+      '--data',
+      A,
+      '--server-key',
+      join(usb, 'server.pub'),
+    ]);
+    expect((await mirrorStatus(A)).acked).toBe(e1.to);
+    expect((await mirrorStatus(A)).depth).toBeLessThan(depth1);
+
+    // round 2: what came after, chained to export 1
+    await eventually(
+      'more heartbeats',
+      async () => ((await mirrorStatus(A)).head > e1.to + 1 ? true : undefined),
+      30_000,
+    );
+    const e2 = await exportNo(2);
+    const h2 = JSON.parse(
+      Buffer.from(
+        (JSON.parse((await readFile(e2.out, 'utf8')).split('\n')[0]!) as { payload: string }).payload,
+        'base64',
+      ).toString(),
+    ) as {
+      from: number;
+      prev: string;
+    };
+    expect(h2.from).toBe(e1.to + 1);
+    expect(h2.prev).toMatch(/^[0-9a-f]{64}$/);
+    // exports 3 and 4 made, 4 imported first: 3 is stale and refused, nothing lost (4 holds all of it)
+    await eventually(
+      'more heartbeats',
+      async () => ((await mirrorStatus(A)).head > e2.to ? true : undefined),
+      30_000,
+    );
+    const e3 = await exportNo(3);
+    await eventually(
+      'more heartbeats',
+      async () => ((await mirrorStatus(A)).head > e3.to ? true : undefined),
+      30_000,
+    );
+    await agent.stop('SIGTERM');
+    const e4 = await exportNo(4);
+    expect((await importExport(e2.out, join(usb, 'ack-2.json'))).code).toBe(0);
+    const r4 = await importExport(e4.out, join(usb, 'ack-4.json'));
+    expect(r4.code).toBe(0);
+    expect(JSON.parse(r4.stdout)).toMatchObject({ ok: true });
+    const r3 = await importExport(e3.out);
+    expect(r3.code).toBe(1);
+    expect(JSON.parse(r3.stdout)).toMatchObject({ code: 'EXPORT_OUT_OF_ORDER' });
+    for (const n of [2, 4]) await ok(['mirror', 'import-ack', join(usb, `ack-${n}.json`), '--data', A]); // the key is pinned now
+    // an ack applied twice changes nothing
+    const twice = JSON.parse(
+      await ok(['mirror', 'import-ack', join(usb, 'ack-1.json'), '--data', A, '--json']),
+    ) as {
+      alreadyApplied: boolean;
+    };
+    expect(twice.alreadyApplied).toBe(true);
+    expect(await mirrorStatus(A)).toMatchObject({ depth: 0, acked: e4.to });
+
+    // every heartbeat the agent handed over is at the server, once
+    const st = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as {
+      agentId: string;
+      counter: number;
+    };
+    const status = JSON.parse(await ok(['agent', 'status', '--state', state, '--json'])) as {
+      outbox: number;
+    };
+    const fleetOffline = JSON.parse(await ok(['server', 'agents', '--data', S, '--json'])) as {
+      agents: FleetAgent[];
+    };
+    const got = fleetOffline.agents.find((x) => x.id === st.agentId)!;
+    expect(got.counterGaps.missing).toBe(0);
+    expect(got.lastCounter).toBe(st.counter - status.outbox);
+    expect(got.heartbeats).toBe(got.lastCounter);
+    await m.stop('SIGTERM');
+  }, 120_000);
 });

@@ -10,8 +10,9 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
-import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
+import { signHeartbeat } from '../core/heartbeat.js';
 import { readTelemetry, startMirrorAt } from './helpers/agent-proc.js';
+import { testHeartbeat } from './helpers/heartbeats.js';
 import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
 import { killStrays, runFerry, sleep } from './helpers/mirror-proc.js';
 
@@ -24,18 +25,7 @@ afterAll(async () => {
   await w.cleanup();
 });
 
-const beat = (a: AgentIdentity, counter: number): Heartbeat => ({
-  type: 'ferry.heartbeat/v1',
-  agentId: a.agentId,
-  counter,
-  sentAt: new Date().toISOString(),
-  version: '1.0.0',
-  manifestSequence: 1,
-  results: [],
-  drift: [],
-  disconnectedSec: 0,
-  resources: { rssBytes: 1, load1: 0 },
-});
+const beat = (a: AgentIdentity, counter: number) => testHeartbeat(a.agentId, counter);
 
 async function post(url: string, a: AgentIdentity, counter: number): Promise<number | 'down'> {
   try {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import { signEnvelope } from '../core/dsse.js';
-import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
+import { signHeartbeat } from '../core/heartbeat.js';
 import { createLogger } from '../core/log.js';
 import {
   ACK_TYPE,
@@ -32,6 +32,7 @@ import { createHandler } from '../mirror/http/app.js';
 import { mirrorIdentity } from '../mirror/identity.js';
 import { Store } from '../mirror/store.js';
 import { makeKey, makeWorld, type World } from './helpers/fixtures.js';
+import { testHeartbeat } from './helpers/heartbeats.js';
 
 let w: World;
 const servers: Server[] = [];
@@ -65,20 +66,7 @@ async function newAgent(): Promise<AgentIdentity> {
   return loadOrCreateIdentity(await mkdtemp(join(w.dir, 'agent-')));
 }
 
-function heartbeat(id: AgentIdentity, counter: number): Heartbeat {
-  return {
-    type: 'ferry.heartbeat/v1',
-    agentId: id.agentId,
-    counter,
-    sentAt: new Date().toISOString(),
-    version: '1.0.0',
-    manifestSequence: 3,
-    results: [],
-    drift: [],
-    disconnectedSec: 0,
-    resources: { rssBytes: 1, load1: 0 },
-  };
-}
+const heartbeat = (id: AgentIdentity, counter: number) => testHeartbeat(id.agentId, counter);
 
 async function enrolled(agents: AgentsStore, a: AgentIdentity): Promise<void> {
   await agents.enroll({

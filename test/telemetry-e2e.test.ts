@@ -13,13 +13,14 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
+import { signHeartbeat } from '../core/heartbeat.js';
 import { generateKeyPair, keyIdOf } from '../core/ed25519.js';
 import { agentIdOf } from '../core/heartbeat.js';
 import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import { AgentsStore } from '../mirror/agents.js';
 import { eventually, importInto, startAgent, type LoggedProc } from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
+import { testHeartbeat } from './helpers/heartbeats.js';
 import { startLink, type Link } from './helpers/link.js';
 import { followLogs, killStrays, runFerry, spawnFerry, sleep } from './helpers/mirror-proc.js';
 
@@ -252,18 +253,7 @@ describe('a 100,000-heartbeat backlog', () => {
     const sentAt = new Date().toISOString();
     for (let c = 1; c <= PER; c++) {
       const items = keys.map((k) => {
-        const hb: Heartbeat = {
-          type: 'ferry.heartbeat/v1',
-          agentId: agentIdOf(k.publicKey),
-          counter: c,
-          sentAt,
-          version: '1.0.0',
-          manifestSequence: 1,
-          results: [],
-          drift: [],
-          disconnectedSec: 0,
-          resources: { rssBytes: 1, load1: 0 },
-        };
+        const hb = testHeartbeat(agentIdOf(k.publicKey), c, { sentAt });
         return { heartbeat: hb, envelope: signHeartbeat(hb, { keyid: keyIdOf(k.publicKey), seed: k.seed }) };
       });
       expect(new Set(await store.commit(items))).toEqual(new Set(['accepted']));
@@ -291,18 +281,8 @@ describe('a 100,000-heartbeat backlog', () => {
     await enroll(m.url, live, { hostname: 'live', platform: 'linux/amd64', groups: [] });
     const latencies: number[] = [];
     for (let c = 1; c <= 20; c++) {
-      const hb: Heartbeat = {
-        type: 'ferry.heartbeat/v1',
-        agentId: live.agentId,
-        counter: c,
-        sentAt: new Date().toISOString(),
-        version: '1.0.0',
-        manifestSequence: 1,
-        results: [],
-        drift: [],
-        disconnectedSec: 0,
-        resources: { rssBytes: 1, load1: 0 },
-      };
+      const hb = testHeartbeat(live.agentId, c);
+
       const t = Date.now();
       const r = await fetch(`${m.url}/v1/telemetry`, {
         method: 'POST',

@@ -15,6 +15,7 @@
  * name of its newest segment.
  */
 import { open, mkdir, readdir, readFile, rm, stat, truncate, type FileHandle } from 'node:fs/promises';
+import { writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fsyncDir } from './fsx.js';
 
@@ -164,7 +165,10 @@ export class Journal<T extends object> {
     const text = lines.map((l, i) => `{"seq":${first + i},${l.slice(1)}\n`).join('');
     const bytes = Buffer.from(text, 'utf8');
     try {
-      await cur.fh.write(bytes);
+      // The write (into the page cache: tens of µs for a group) is made from the main thread: queued in
+      // libuv's thread pool it would wait behind every signature verification queued before it, and the
+      // whole group's acknowledgement with it. Only the fsync, which can take milliseconds, goes there.
+      for (let off = 0; off < bytes.length;) off += writeSync(cur.fh.fd, bytes, off);
       await cur.fh.sync();
     } catch (e) {
       // A partial write must not prefix the next line: reopening cuts the torn tail.

@@ -256,7 +256,12 @@ export class Outbox {
       release();
       throw e;
     }
-    records.forEach((r, i) => this.apply({ ...r, seq: seqs[i]! }));
+    // apply() without a copy of each record ({...r, seq}) just to hand it the seq.
+    for (const [i, r] of records.entries()) {
+      if (r.kind === 'heartbeat' && r.counter > (this.counters[r.agentId] ?? -1))
+        this.counters[r.agentId] = r.counter;
+      if (seqs[i]! > this.applied) this.applied = seqs[i]!;
+    }
     release();
     return outcomes;
   }

@@ -79,7 +79,7 @@ export function withFastTelemetry(
       let body: unknown;
       try {
         if (size !== declared) throw new Error('length');
-        body = JSON.parse(UTF8.decode(Buffer.concat(chunks, size)));
+        body = JSON.parse(UTF8.decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
       } catch {
         return reply(400, { code: 'BAD_REQUEST', message: 'request body is not UTF-8 JSON' });
       }

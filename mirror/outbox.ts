@@ -215,6 +215,14 @@ export class Outbox {
     return Math.max(this.counters[agentId] ?? -1, this.inflight.get(agentId) ?? -1);
   }
 
+  /** Calls `fn` after every acknowledgement that moved the mark. */
+  onAck(fn: () => void): () => void {
+    this.ackListeners.add(fn);
+    return () => this.ackListeners.delete(fn);
+  }
+
+  private ackListeners = new Set<() => void>();
+
   /** Calls `fn` after every durable append (the forwarder's wake-up). */
   onAppend(fn: () => void): () => void {
     this.listeners.add(fn);
@@ -290,6 +298,7 @@ export class Outbox {
     if (upTo <= this.ackedSeq) return;
     this.ackedSeq = upTo;
     await this.checkpoint();
+    for (const fn of this.ackListeners) fn();
     if (this.holds === 0) await this.journal.trim(Math.min(this.ackedSeq, this.applied));
   }
 

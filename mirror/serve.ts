@@ -120,6 +120,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       metrics,
       agents,
       relay: { selfId: identity.id, hasRoute: () => forwarder.hasRoute() },
+      telemetry: () => ({ ...forwarder.status(), exports: outbox.exports.length }),
     }),
   );
   server.keepAliveTimeout = 65_000;
@@ -162,6 +163,11 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     },
     log,
   );
+  // Outbox depth for alerting (a site cut off for long needs a courier): kept current on every change.
+  const depthGauge = () => metrics.set('ferry_mirror_outbox_records', outbox.depth);
+  depthGauge();
+  outbox.onAppend(depthGauge);
+  outbox.onAck(depthGauge);
   forwarder.start();
   const state = await store.readState();
   log.info('mirror.started', {

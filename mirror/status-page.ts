@@ -15,11 +15,48 @@ function table(head: string[], rows: unknown[][]): string {
   return `<table><thead><tr>${th}</tr></thead><tbody>\n${tr}\n</tbody></table>`;
 }
 
+/** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
+export interface TelemetryView {
+  depth: number;
+  acked: number;
+  head: number;
+  exports: number;
+  targets: {
+    url: string;
+    kind: string;
+    ok: boolean;
+    failures: number;
+    lastError?: string;
+    lastOkAt?: string;
+  }[];
+}
+
 export interface StatusView {
   state: MirrorState;
   rootVersion: number;
   manifest: Manifest | null;
   now: number;
+  telemetry?: TelemetryView;
+}
+
+function telemetryBlock(t: TelemetryView | undefined): string {
+  if (!t) return '<p class="none">not available</p>';
+  const waiting =
+    t.depth > 0
+      ? `<b id="outbox">${t.depth}</b> record(s) waiting to go home (seq ${t.acked + 1}–${t.head})`
+      : '<span id="outbox">nothing waiting</span>';
+  const routes = t.targets.length
+    ? table(
+        ['route', 'url', 'state', 'last success'],
+        t.targets.map((x) => [
+          x.kind,
+          x.url,
+          x.ok ? 'ok' : `failing (${x.failures}×): ${x.lastError ?? ''}`,
+          x.lastOkAt ?? '',
+        ]),
+      )
+    : '<p class="none">no upstream or peer configured: telemetry leaves by courier (ferry mirror export-telemetry)</p>';
+  return `<p>${waiting} · ${t.exports} export(s) made</p>\n${routes}`;
 }
 
 export function renderStatusPage(v: StatusView): string {
@@ -46,6 +83,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-
 <p>trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined</p>
 <h2>Active bundle</h2>
 ${activeBlock}
+<h2>Telemetry outbox</h2>
+${telemetryBlock(v.telemetry)}
 <h2>Pending (waiting for blobs)</h2>
 ${table(
   ['publisher', 'sequence', 'expires'],

@@ -378,6 +378,10 @@ describe('the courier round trip, twice, with real processes', () => {
 
     // round 1
     await waitDepth(3);
+    expect(await metric(m.url, /ferry_mirror_outbox_records (\d+)/)).toBeGreaterThanOrEqual(3);
+    const page = await (await fetch(`${m.url}/`)).text();
+    expect(page).toMatch(/id="outbox">\d+<\/b> record\(s\) waiting/);
+    expect(page).toMatch(/leaves by courier/);
     const e1 = await exportNo(1);
     const lines = (await readFile(e1.out, 'utf8')).split('\n');
     const tampered = join(usb, 'tampered.jsonl');
@@ -460,6 +464,8 @@ describe('the courier round trip, twice, with real processes', () => {
     };
     expect(twice.alreadyApplied).toBe(true);
     expect(await mirrorStatus(A)).toMatchObject({ depth: 0, acked: e4.to });
+    expect(await metric(m.url, /ferry_mirror_outbox_records (\d+)/)).toBe(0);
+    expect(await (await fetch(`${m.url}/`)).text()).toMatch(/id="outbox">nothing waiting/);
 
     // every heartbeat the agent handed over is at the server, once
     const st = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as {

@@ -7,6 +7,7 @@
 import Router from '@koa/router';
 import Koa from 'koa';
 import { silentLogger, type Logger } from '../../core/log.js';
+import type { TelemetryView } from '../status-page.js';
 import { mirrorMetrics, type Metrics } from '../metrics.js';
 import { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
@@ -36,6 +37,8 @@ export interface AppDeps {
   agentLimits?: Partial<AgentRouteLimits>;
   /** Carry other mirrors' telemetry batches (serve sets it once the mirror has its identity). */
   relay?: RelayOptions;
+  /** The outbox and its routes, for the status page. */
+  telemetry?: () => TelemetryView;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -50,6 +53,7 @@ export function createApp({
   agents = agentsFor(store),
   agentLimits,
   relay,
+  telemetry,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -68,7 +72,7 @@ export function createApp({
   for (const router of [
     ...routers(store, view),
     agentsRouter(agents, store.now, agentLimits, relay),
-    opsRouter(view, metrics, store.now),
+    opsRouter(view, metrics, store.now, telemetry),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

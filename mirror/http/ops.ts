@@ -4,7 +4,7 @@ import type { Context, Next } from 'koa';
 import { HttpError } from './errors.js';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
-import { renderStatusPage } from '../status-page.js';
+import { renderStatusPage, type TelemetryView } from '../status-page.js';
 
 /** Counts every request by matched route and status, and blob bytes actually sent. */
 export function accounting(metrics: Metrics) {
@@ -33,7 +33,12 @@ export function bodyLimit(limit: number) {
   };
 }
 
-export function opsRouter(view: StateView, metrics: Metrics, now: () => number): Router {
+export function opsRouter(
+  view: StateView,
+  metrics: Metrics,
+  now: () => number,
+  telemetry?: () => TelemetryView,
+): Router {
   const router = new Router();
   router.get('/metrics', async (ctx) => {
     const { state } = await view.current();
@@ -51,6 +56,7 @@ export function opsRouter(view: StateView, metrics: Metrics, now: () => number):
       rootVersion: snap.rootVersion,
       manifest: snap.active?.manifest ?? null,
       now: now(),
+      ...(telemetry && { telemetry: telemetry() }),
     });
   });
   return router;

@@ -14,7 +14,17 @@ import { createLogger } from '../../core/log.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
-import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
+import {
+  int,
+  jsonOption,
+  list,
+  parseListen,
+  printJson,
+  str,
+  untilSignal,
+  type Command,
+  type Io,
+} from './common.js';
 
 /** Opens the data directory; `--trust` and `--site` set it up on first use and must agree later. */
 async function openStore(dataDir: string, trust: string, site: string): Promise<Store> {
@@ -156,25 +166,10 @@ export const mirrorServe: Command = {
       peers,
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
     });
-    await new Promise<void>((resolve) => {
-      const stop = (signal: string) => {
-        log.info('mirror.signal', { signal });
-        void mirror.close().then(resolve);
-      };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
-    });
+    await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;
   },
 };
-
-function parseListen(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535)
-    throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
-  return { host: m[1] ?? m[2]!, port };
-}
 
 function parseUrl(u: string): URL {
   try {

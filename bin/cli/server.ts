@@ -1,4 +1,3 @@
-import { FerryError } from '../../core/errors.js';
 import { writeFileAtomic } from '../../core/fsx.js';
 import { loadPublicKey } from '../../core/keys.js';
 import { createLogger } from '../../core/log.js';
@@ -8,15 +7,7 @@ import { registerMirror } from '../../server/mirrors.js';
 import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
-import { jsonOption, printJson, str, type Command, type Io } from './common.js';
-
-function parseListen(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535)
-    throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
-  return { host: m[1] ?? m[2]!, port };
-}
+import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
 
 export const serverStart: Command = {
   summary:
@@ -28,14 +19,7 @@ export const serverStart: Command = {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
     const server = await startServer({ dataDir: str(p, 'data'), host, port, log });
-    await new Promise<void>((resolve) => {
-      const stop = (signal: string) => {
-        log.info('server.signal', { signal });
-        void server.close().then(resolve);
-      };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
-    });
+    await untilSignal(log, 'server.signal', () => server.close());
     return 0;
   },
 };

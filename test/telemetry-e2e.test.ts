@@ -403,7 +403,6 @@ describe('the courier round trip, twice, with real processes', () => {
     const again = await importExport(e1.out);
     expect(again.code).toBe(0);
     expect(again.stdout).toMatch(/already/);
-    const depth1 = (await mirrorStatus(A)).depth;
     await ok([
       'mirror',
       'import-ack',
@@ -413,8 +412,8 @@ describe('the courier round trip, twice, with real processes', () => {
       '--server-key',
       join(usb, 'server.pub'),
     ]);
+    // (the agent keeps sending meanwhile, so what waits is what came after export 1)
     expect((await mirrorStatus(A)).acked).toBe(e1.to);
-    expect((await mirrorStatus(A)).depth).toBeLessThan(depth1);
 
     // round 2: what came after, chained to export 1
     await eventually(

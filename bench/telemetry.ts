@@ -11,7 +11,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { generateKeyPairSync, sign as nodeSign, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -20,7 +20,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Signer } from '../core/dsse.js';
-import { keyIdOf, nodeBackend, useBackend } from '../core/ed25519.js';
+import { keyIdOf } from '../core/ed25519.js';
 import {
   agentIdOf,
   ENROLL_TYPE,
@@ -119,19 +119,11 @@ function ferry(args: string[], cwd: string): void {
  * 100,000 heartbeats take over a minute. Same Ed25519, same signatures; only this process uses it.
  */
 function agentKeys(n: number): { signer: Signer; publicKey: Uint8Array }[] {
-  const bySeed = new WeakMap<Uint8Array, KeyObject>();
-  useBackend({
-    ...nodeBackend,
-    sign: (seed, message) => {
-      const k = bySeed.get(seed);
-      return k ? new Uint8Array(nodeSign(null, message, k)) : nodeBackend.sign(seed, message);
-    },
-  });
+  // core/ed25519.ts keeps each signer's parsed key (by its seed array), so signing stays cheap.
   return Array.from({ length: n }, () => {
     const { privateKey } = generateKeyPairSync('ed25519');
     const jwk = privateKey.export({ format: 'jwk' });
     const [seed, publicKey] = [jwk.d!, jwk.x!].map((b) => new Uint8Array(Buffer.from(b, 'base64url')));
-    bySeed.set(seed!, privateKey);
     return { signer: { keyid: keyIdOf(publicKey!), seed: seed! }, publicKey: publicKey! };
   });
 }

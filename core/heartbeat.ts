@@ -199,19 +199,6 @@ function parseBody(body: Buffer): unknown {
 }
 
 /**
- * The agent id a heartbeat *claims* to come from, before any signature is
- * checked: only good for finding which key to verify it with.
- */
-export function claimedAgentId(env: Envelope): string {
-  if (env.payloadType !== HEARTBEAT_PAYLOAD_TYPE)
-    throw new FerryError('PAYLOAD_TYPE_MISMATCH', `heartbeat: payloadType must be ${HEARTBEAT_PAYLOAD_TYPE}`);
-  const v = parseBody(decodeBody(env));
-  const id = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).agentId : undefined;
-  if (!isAgentId(id)) throw bad('agentId must be 32 lowercase hex characters');
-  return id;
-}
-
-/**
  * Verifies a heartbeat against the one key of the agent it names (threshold 1)
  * and returns its validated payload. A signature that does not verify is
  * SIGNATURE_THRESHOLD; a payload that names an agent id other than the key's is too.

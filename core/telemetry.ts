@@ -61,7 +61,9 @@ export type TelemetryCode =
   | 'LOOP' // a batch that already crossed this mirror
   | 'EXPORT_TAMPERED' // an export whose lines do not match its signed header
   | 'EXPORT_OUT_OF_ORDER' // records not in strictly increasing seq, or an export older than one imported
-  | 'ACK_MISMATCH'; // an ack for another mirror, or for an export this mirror did not make
+  | 'ACK_MISMATCH' // an ack for another mirror, or for an export this mirror did not make
+  | 'SERVER_KEY_MISSING' // no server key pinned to check an ack with
+  | 'SERVER_KEY_MISMATCH'; // a server key other than the pinned one
 
 export class TelemetryError extends CodedError<TelemetryCode> {}
 

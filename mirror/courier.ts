@@ -139,10 +139,15 @@ async function writeExport(
 export const serverKeyPath = (dataDir: string) => join(dataDir, 'identity', 'server.pub');
 
 /**
- * The server key acks are checked with: pinned on first use from `given`
- * (a ferry .pub file); later a different key is refused.
+ * The server key acks are checked with: the pinned one, or `given` (a ferry
+ * .pub file) when none is pinned yet, with `pin` to record it — called only
+ * once an ack has verified under it, so a refused ack leaves the data dir as
+ * it was. A `given` key that differs from the pinned one is refused.
  */
-export async function pinnedServerKey(dataDir: string, given?: string): Promise<Uint8Array> {
+export async function serverKeyFor(
+  dataDir: string,
+  given?: string,
+): Promise<{ key: Uint8Array; pin?: () => Promise<void> }> {
   const pinned = serverKeyPath(dataDir);
   const have = await loadPublicKey(pinned).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT' || (e as { cause?: NodeJS.ErrnoException }).cause?.code === 'ENOENT')
@@ -152,29 +157,33 @@ export async function pinnedServerKey(dataDir: string, given?: string): Promise<
   if (given === undefined) {
     if (!have)
       throw new TelemetryError(
-        'ACK_MISMATCH',
+        'SERVER_KEY_MISSING',
         'no server key is pinned in this data dir: pass --server-key SERVER.pub (from `ferry server identity --out`) once',
       );
-    return have.publicKey;
+    return { key: have.publicKey };
   }
   const key = await loadPublicKey(given);
   if (have) {
     if (keyIdOf(have.publicKey) !== keyIdOf(key.publicKey))
       throw new TelemetryError(
-        'ACK_MISMATCH',
+        'SERVER_KEY_MISMATCH',
         `--server-key ${given} is not the server key pinned in this data dir (keyid ${have.keyid.slice(0, 16)}…)`,
       );
-    return have.publicKey;
+    return { key: have.publicKey };
   }
-  await mkdir(dirname(pinned), { recursive: true });
   const pub = {
     type: 'ferry.pub/v1',
     keytype: 'ed25519',
     keyid: key.keyid,
     public: Buffer.from(key.publicKey).toString('hex'),
   };
-  await writeFileAtomic(pinned, JSON.stringify(pub, null, 2) + '\n');
-  return key.publicKey;
+  return {
+    key: key.publicKey,
+    pin: async () => {
+      await mkdir(dirname(pinned), { recursive: true });
+      await writeFileAtomic(pinned, JSON.stringify(pub, null, 2) + '\n');
+    },
+  };
 }
 
 export interface AckSummary {
@@ -228,4 +237,22 @@ export async function readAckFile(path: string): Promise<unknown> {
   } catch {
     throw new TelemetryError('TELEMETRY_INVALID', `${path} is not JSON`);
   }
+}
+
+/**
+ * `ferry mirror import-ack`, wherever it runs (the serving mirror's control
+ * socket, or the CLI on an idle data dir): the server key, the ack, then —
+ * only if the ack was good — the key pinned on first use.
+ */
+export async function applyAck(
+  outbox: Outbox,
+  identity: MirrorIdentity,
+  dataDir: string,
+  ack: unknown,
+  serverKey?: string,
+): Promise<AckSummary> {
+  const { key, pin } = await serverKeyFor(dataDir, serverKey);
+  const summary = await importAck(outbox, identity, ack, key);
+  await pin?.();
+  return summary;
 }

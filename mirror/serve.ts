@@ -13,7 +13,7 @@ import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
 import { startControl } from './control.js';
-import { exportTelemetry, importAck, pinnedServerKey } from './courier.js';
+import { applyAck, exportTelemetry } from './courier.js';
 import { isMirrorError, MirrorError } from './errors.js';
 import { Forwarder } from './forward.js';
 import { mirrorIdentity, type MirrorIdentity } from './identity.js';
@@ -148,15 +148,12 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     {
       'POST /export': async (b) => {
         if (typeof b.out !== 'string' || b.out === '')
-          throw new MirrorError('STORE_INVALID', 'export: out must be a path');
+          throw new FerryError('USAGE', 'export: out must be a path');
         return { ...(await exportTelemetry(outbox, identity, site, b.out)) };
       },
       'POST /import-ack': async (b) => {
-        const key = await pinnedServerKey(
-          o.dataDir,
-          typeof b.serverKey === 'string' ? b.serverKey : undefined,
-        );
-        return { ...(await importAck(outbox, identity, b.ack, key)) };
+        const serverKey = typeof b.serverKey === 'string' ? b.serverKey : undefined;
+        return { ...(await applyAck(outbox, identity, o.dataDir, b.ack, serverKey)) };
       },
       'GET /status': () =>
         Promise.resolve({ mirror: identity.id, exports: outbox.exports.length, ...forwarder.status() }),

@@ -26,12 +26,12 @@ import {
   type CarriedBatch,
 } from '../core/telemetry.js';
 import { agentsFor, AgentsStore } from '../mirror/agents.js';
-import { exportTelemetry, importAck, pinnedServerKey } from '../mirror/courier.js';
+import { applyAck, exportTelemetry, importAck, serverKeyFor } from '../mirror/courier.js';
 import { Forwarder } from '../mirror/forward.js';
 import { createHandler } from '../mirror/http/app.js';
 import { mirrorIdentity } from '../mirror/identity.js';
 import { Store } from '../mirror/store.js';
-import { makeKey, makeWorld, type World } from './helpers/fixtures.js';
+import { makeKey, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
 
 let w: World;
@@ -360,11 +360,20 @@ describe('courier export and ack', () => {
         public: Buffer.from(serverKey.publicKey).toString('hex'),
       }),
     );
-    const key = await pinnedServerKey(store.dir, pubPath);
     const ack = (number: number, hash: string, upTo: number, k = serverKey, mirror = identity.id) =>
       signAck({ type: ACK_TYPE, mirror, number, hash, upTo, createdAt: new Date().toISOString() }, k);
     const intruderName = `intruder-${Date.now()}`;
     const intruder = await makeKey(w.dir, intruderName);
+    // first use: a refused ack pins nothing — the data dir is as it was
+    const before = await snapshotDir(store.dir);
+    await expect(
+      applyAck(outbox, identity, store.dir, ack(1, s1.hash, 3, intruder), pubPath),
+    ).rejects.toMatchObject({ code: 'BAD_SIGNATURE' });
+    await expect(applyAck(outbox, identity, store.dir, ack(1, s1.hash, 3))).rejects.toMatchObject({
+      code: 'SERVER_KEY_MISSING',
+    });
+    expect(await snapshotDir(store.dir)).toEqual(before);
+    const { key } = await serverKeyFor(store.dir, pubPath);
     await expect(importAck(outbox, identity, ack(1, s1.hash, 3, intruder), key)).rejects.toMatchObject({
       code: 'BAD_SIGNATURE',
     });
@@ -380,7 +389,7 @@ describe('courier export and ack', () => {
       code: 'ACK_MISMATCH',
     });
     expect(outbox.acked).toBe(0);
-    expect(await importAck(outbox, identity, ack(1, s1.hash, 3), key)).toMatchObject({
+    expect(await applyAck(outbox, identity, store.dir, ack(1, s1.hash, 3), pubPath)).toMatchObject({
       trimmed: 3,
       alreadyApplied: false,
       depth: 1,
@@ -392,10 +401,10 @@ describe('courier export and ack', () => {
     const s3 = await exportTelemetry(outbox, identity, 'plant-7', out1.replace('-1.', '-3.'));
     expect(s3).toMatchObject({ number: 3, prev: s2.hash, from: 4, to: 4, records: 1 });
     // a different server key is not accepted in place of the pinned one
-    await expect(pinnedServerKey(store.dir, join(w.dir, `${intruderName}.pub`))).rejects.toMatchObject({
-      code: 'ACK_MISMATCH',
+    await expect(serverKeyFor(store.dir, join(w.dir, `${intruderName}.pub`))).rejects.toMatchObject({
+      code: 'SERVER_KEY_MISMATCH',
     });
-    expect(await pinnedServerKey(store.dir)).toEqual(serverKey.publicKey);
+    expect((await serverKeyFor(store.dir)).key).toEqual(serverKey.publicKey); // pinned by the good ack
     await agents.close();
   });
 });

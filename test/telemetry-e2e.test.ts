@@ -103,6 +103,22 @@ async function fleet(server: string): Promise<Map<string, FleetAgent>> {
   return new Map(body.agents.map((a) => [a.id, a]));
 }
 
+/**
+ * Every heartbeat the agent at `state` handed to its mirror is at the server, once:
+ * counters 1..(last counter − what the agent still holds), no gaps.
+ */
+async function expectAllDelivered(state: string, fleetById: Map<string, FleetAgent>): Promise<void> {
+  const st = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as {
+    agentId: string;
+    counter: number;
+  };
+  const status = JSON.parse(await ok(['agent', 'status', '--state', state, '--json'])) as { outbox: number };
+  const got = fleetById.get(st.agentId)!;
+  expect(got.counterGaps.missing).toBe(0);
+  expect(got.lastCounter).toBe(st.counter - status.outbox);
+  expect(got.heartbeats).toBe(got.lastCounter);
+}
+
 async function mirrorStatus(data: string): Promise<{ depth: number; head: number; acked: number }> {
   const s = JSON.parse(await ok(['mirror', 'status', '--data', data, '--json'])) as {
     telemetry: { depth: number; head: number; acked: number };
@@ -188,20 +204,7 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
     );
 
     const f = await fleet(server.url);
-    for (const state of states) {
-      const st = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as {
-        agentId: string;
-        counter: number;
-      };
-      const status = JSON.parse(await ok(['agent', 'status', '--state', state, '--json'])) as {
-        outbox: number;
-      };
-      const got = f.get(st.agentId)!;
-      // every counter the agent handed to its mirror, once: 1..(counter − what it still holds)
-      expect(got.counterGaps.missing).toBe(0);
-      expect(got.lastCounter).toBe(st.counter - status.outbox);
-      expect(got.heartbeats).toBe(got.lastCounter);
-    }
+    for (const state of states) await expectAllDelivered(state, f);
     // the server saw batches from both mirrors and refused nothing
     const rej = (await (await fetch(`${server.url}/v1/rejections`)).json()) as { total: number };
     expect(rej.total).toBe(0);
@@ -467,20 +470,10 @@ describe('the courier round trip, twice, with real processes', () => {
     expect(await (await fetch(`${m.url}/`)).text()).toMatch(/id="outbox">nothing waiting/);
 
     // every heartbeat the agent handed over is at the server, once
-    const st = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as {
-      agentId: string;
-      counter: number;
-    };
-    const status = JSON.parse(await ok(['agent', 'status', '--state', state, '--json'])) as {
-      outbox: number;
-    };
     const fleetOffline = JSON.parse(await ok(['server', 'agents', '--data', S, '--json'])) as {
       agents: FleetAgent[];
     };
-    const got = fleetOffline.agents.find((x) => x.id === st.agentId)!;
-    expect(got.counterGaps.missing).toBe(0);
-    expect(got.lastCounter).toBe(st.counter - status.outbox);
-    expect(got.heartbeats).toBe(got.lastCounter);
+    await expectAllDelivered(state, new Map(fleetOffline.agents.map((x) => [x.id, x])));
     await m.stop('SIGTERM');
   }, 120_000);
 });

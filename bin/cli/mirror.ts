@@ -5,7 +5,7 @@ import { writeFileAtomic } from '../../core/fsx.js';
 import { loadPublicKey } from '../../core/keys.js';
 import { mirrorIdOf } from '../../core/telemetry.js';
 import { callControl } from '../../mirror/control.js';
-import { exportTelemetry, importAck, pinnedServerKey, readAckFile } from '../../mirror/courier.js';
+import { applyAck, exportTelemetry, readAckFile } from '../../mirror/courier.js';
 import { isMirrorError, MirrorError } from '../../mirror/errors.js';
 import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
 import { acquireLock } from '../../mirror/lock.js';
@@ -264,10 +264,14 @@ export const mirrorImportAck: Command = {
     const ack = await readAckFile(ackPath);
     const keyArg = str(p, 'server-key', false);
     const serverKey = keyArg ? resolve(keyArg) : undefined;
-    const r = await viaMirror(dataDir, '/import-ack', { ack, ...(serverKey && { serverKey }) }, async (c) => {
-      const key = await pinnedServerKey(dataDir, serverKey);
-      return { ...(await importAck(c.outbox, c.identity, ack, key)) };
-    });
+    const r = await viaMirror(
+      dataDir,
+      '/import-ack',
+      { ack, ...(serverKey && { serverKey }) },
+      async (c) => ({
+        ...(await applyAck(c.outbox, c.identity, dataDir, ack, serverKey)),
+      }),
+    );
     if (p.json) printJson(io, { ok: true, ...r });
     else
       io.out(

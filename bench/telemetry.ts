@@ -11,8 +11,16 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { generateKeyPairSync } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+} from 'node:fs';
 import { rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
@@ -20,7 +28,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Signer } from '../core/dsse.js';
-import { keyIdOf } from '../core/ed25519.js';
+import { generateKeyPair, keyIdOf } from '../core/ed25519.js';
 import {
   agentIdOf,
   ENROLL_TYPE,
@@ -114,17 +122,15 @@ function ferry(args: string[], cwd: string): void {
 }
 
 /**
- * Agent keys as node:crypto KeyObjects, and a signing backend that uses them directly: the stock node
- * backend re-imports the key from DER on every signature (≈0.7 ms here), which would make pre-signing
- * 100,000 heartbeats take over a minute. Same Ed25519, same signatures; only this process uses it.
+ * Agent keys: random seeds, public keys derived by core (never node:crypto's generateKeyPairSync in a
+ * loop: on Node 20 a garbage collection during it can run an earlier key-generation job's destructor,
+ * which waits on a lock the same thread holds, and the bench hangs with no CPU used).
  */
 function agentKeys(n: number): { signer: Signer; publicKey: Uint8Array }[] {
   // core/ed25519.ts keeps each signer's parsed key (by its seed array), so signing stays cheap.
   return Array.from({ length: n }, () => {
-    const { privateKey } = generateKeyPairSync('ed25519');
-    const jwk = privateKey.export({ format: 'jwk' });
-    const [seed, publicKey] = [jwk.d!, jwk.x!].map((b) => new Uint8Array(Buffer.from(b, 'base64url')));
-    return { signer: { keyid: keyIdOf(publicKey!), seed: seed! }, publicKey: publicKey! };
+    const { seed, publicKey } = generateKeyPair();
+    return { signer: { keyid: keyIdOf(publicKey), seed }, publicKey };
   });
 }
 
@@ -137,6 +143,8 @@ function jsonLines(path: string, count: number, line: (i: number) => unknown): v
       for (const end = Math.min(count, i + 5000); i < end; i++) chunk.push(JSON.stringify(line(i)) + '\n');
       writeSync(fd, chunk.join(''));
     }
+    // On disk now, not left for writeback to flush (and the mirror's fsyncs to wait on) mid-measurement.
+    fsyncSync(fd);
   } finally {
     closeSync(fd);
   }

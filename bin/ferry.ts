@@ -86,7 +86,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     return 2;
   }
   // Operator and auditor commands sign and verify with libsodium (the design's choice); the
-  // long-running service uses node:crypto, which costs it no memory (see core/ed25519.ts).
+  // long-running services select sodium-native themselves (see core/ed25519.ts).
   const service =
     (group === 'mirror' || group === 'server') && name === (group === 'mirror' ? 'serve' : 'start');
   if (group !== 'agent' && !service) await useLibsodium();

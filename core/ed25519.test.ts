@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { pae } from './dsse.js';
-import { libsodiumBackend, nodeBackend, type Ed25519Backend } from './ed25519.js';
+import { libsodiumBackend, nodeBackend, sodiumNativeBackend, type Ed25519Backend } from './ed25519.js';
 
 /** RFC 8032 section 7.1, TEST 1 and TEST 2: seed, public key, message, signature. */
 const RFC8032 = [
@@ -20,7 +20,8 @@ const RFC8032 = [
 
 const hex = (s: string) => new Uint8Array(Buffer.from(s, 'hex'));
 const sodium = await libsodiumBackend();
-const backends: Ed25519Backend[] = [nodeBackend, sodium];
+const native = await sodiumNativeBackend();
+const backends: Ed25519Backend[] = [nodeBackend, sodium, native];
 
 describe.each(backends.map((b) => [b.name, b] as const))('Ed25519 backend %s', (_name, b) => {
   it.each(RFC8032.map((v, i) => [i + 1, v] as const))('matches RFC 8032 test %i', (_i, v) => {
@@ -38,18 +39,32 @@ describe.each(backends.map((b) => [b.name, b] as const))('Ed25519 backend %s', (
   });
 });
 
-describe('the two backends agree', () => {
-  it('each verifies what the other signed, over the DSSE spec vector PAE', () => {
+describe('the backends agree', () => {
+  it('each verifies what the others signed, over the DSSE spec vector PAE', async () => {
     const message = pae('http://example.com/HelloWorld', Buffer.from('hello world'));
     for (let i = 0; i < 20; i++) {
       const seed = new Uint8Array(Buffer.alloc(32, i + 1));
       const pub = nodeBackend.publicFromSeed(seed);
-      expect(Buffer.from(sodium.publicFromSeed(seed))).toEqual(Buffer.from(pub));
-      const byNode = nodeBackend.sign(seed, message);
-      const bySodium = sodium.sign(seed, message);
-      expect(Buffer.from(byNode)).toEqual(Buffer.from(bySodium)); // deterministic signatures
-      expect(sodium.verify(pub, message, byNode)).toBe(true);
-      expect(nodeBackend.verify(pub, message, bySodium)).toBe(true);
+      const sigs = backends.map((b) => {
+        expect(Buffer.from(b.publicFromSeed(seed))).toEqual(Buffer.from(pub));
+        return b.sign(seed, message);
+      });
+      for (const s of sigs) expect(Buffer.from(s)).toEqual(Buffer.from(sigs[0]!)); // deterministic
+      for (const b of backends) {
+        expect(b.verify(pub, message, sigs[0]!)).toBe(true);
+        expect(await b.verifyAsync(pub, message, sigs[0]!)).toBe(true);
+        const bad = Uint8Array.from(sigs[0]!);
+        bad[63] = bad[63]! ^ 0x10;
+        expect(await b.verifyAsync(pub, message, bad)).toBe(false);
+      }
     }
+  });
+
+  it('signs again with the same seed array (the cached secret key) and with a fresh copy alike', () => {
+    const seed = new Uint8Array(Buffer.alloc(32, 9));
+    const a = native.sign(seed, Buffer.from('one'));
+    const b = native.sign(seed, Buffer.from('two'));
+    expect(Buffer.from(native.sign(Uint8Array.from(seed), Buffer.from('one')))).toEqual(Buffer.from(a));
+    expect(nodeBackend.verify(native.publicFromSeed(seed), Buffer.from('two'), b)).toBe(true);
   });
 });

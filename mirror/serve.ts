@@ -24,6 +24,7 @@ import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
+import { backendName } from '../core/ed25519.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -176,6 +177,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     peers: o.peers ?? [],
     outbox: outbox.depth,
     active: state.active?.sequence ?? null,
+    crypto: backendName(),
   });
 
   let closing: Promise<void> | undefined;

@@ -24,7 +24,7 @@ if (!/^[0-9A-Za-z.+-]{1,64}$/.test(version)) throw new Error(`--version ${versio
 const out = resolve(values.out ?? join(REPO, 'dist', 'ferry-agent'));
 
 /** Modules the agent must never carry; reaching one is a build error, not a bigger file. */
-const FORBIDDEN = /^(koa|@koa\/|chokidar|libsodium)/;
+const FORBIDDEN = /^(koa|@koa\/|chokidar|libsodium|sodium-native)/;
 const VERSION_FILE = join(REPO, 'bin', 'version.ts');
 
 const agentOnly = {
@@ -36,9 +36,10 @@ const agentOnly = {
         ? { contents: 'export const VERSION: string = FERRY_AGENT_VERSION;', loader: 'ts' }
         : undefined,
     );
-    // core/ed25519.ts imports libsodium lazily for the operator's commands; the agent uses node:crypto.
+    // core/ed25519.ts imports libsodium lazily for the operator's commands and sodium-native for the
+    // mirror and server; the agent uses node:crypto.
     b.onResolve({ filter: FORBIDDEN }, (args) =>
-      args.path === 'libsodium-wrappers' && args.kind === 'dynamic-import'
+      (args.path === 'libsodium-wrappers' || args.path === 'sodium-native') && args.kind === 'dynamic-import'
         ? { path: args.path, namespace: 'ferry-stub' }
         : { errors: [{ text: `${args.path} must not be bundled into the agent (from ${args.importer})` }] },
     );

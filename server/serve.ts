@@ -10,6 +10,7 @@ import type { Logger } from '../core/log.js';
 import { trackConnections } from '../mirror/drain.js';
 import { createApp, serverMetrics } from './http.js';
 import { ServerStore } from './store.js';
+import { backendName } from '../core/ed25519.js';
 
 export const SHUTDOWN_GRACE_MS = 60_000;
 
@@ -51,6 +52,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     serverKey: store.key.keyid,
     journalSeq: store.state.journalSeq,
     agents: Object.keys(store.state.agents).length,
+    crypto: backendName(),
   });
   let closing: Promise<void> | undefined;
   const close = () =>

@@ -253,7 +253,9 @@ describe('ferry mirror serve beside ferry mirror import', () => {
     expect((await fetch(`${mirror.url}/v1/manifest`, { headers: { 'If-None-Match': etag2! } })).status).toBe(
       304,
     );
-    expect(mirror.logs.filter((l) => l.event === 'mirror.started')).toHaveLength(1);
+    const started = mirror.logs.filter((l) => l.event === 'mirror.started');
+    expect(started).toHaveLength(1);
+    expect(started[0]).toMatchObject({ crypto: 'sodium-native' }); // the service's verifier (core/ed25519.ts)
   });
 
   it('resumes a broken blob download with Range and If-Range', async () => {

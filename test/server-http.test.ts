@@ -33,6 +33,7 @@ afterAll(() => cleanup());
 async function start(data: string): Promise<LoggedProc & { url: string }> {
   const p = followLogs(spawnFerry(['server', 'start', '--data', data, '--listen', '127.0.0.1:0']), 'server');
   const started = await p.waitForLog((l) => l.event === 'server.started');
+  expect(started).toMatchObject({ crypto: 'sodium-native' });
   return { ...p, url: String(started.url) };
 }
 

@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { useSodiumNative } from '../../core/ed25519.js';
 import { FerryError, isCodedError } from '../../core/errors.js';
 
 export interface Io {
@@ -178,4 +179,13 @@ export function untilSignal(
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+}
+
+/**
+ * The services and bulk imports verify every heartbeat: they select sodium-native (core/ed25519.ts).
+ * Where it cannot load, they go on with node:crypto and say so.
+ */
+export async function useServiceCrypto(warn: (event: string, fields: Record<string, unknown>) => void) {
+  const r = await useSodiumNative();
+  if (!r.ok) warn('crypto.fallback', { backend: 'node', reason: r.reason });
 }

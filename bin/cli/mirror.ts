@@ -22,6 +22,7 @@ import {
   printJson,
   str,
   untilSignal,
+  useServiceCrypto,
   type Command,
   type Io,
 } from './common.js';
@@ -148,6 +149,7 @@ export const mirrorServe: Command = {
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'mirror' });
+    await useServiceCrypto((e, f) => log.warn(e, f));
     const trust = str(p, 'trust', false);
     const site = str(p, 'site', false);
     const drop = str(p, 'drop', false);

@@ -7,7 +7,16 @@ import { registerMirror } from '../../server/mirrors.js';
 import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
-import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
+import {
+  jsonOption,
+  parseListen,
+  printJson,
+  str,
+  untilSignal,
+  useServiceCrypto,
+  type Command,
+  type Io,
+} from './common.js';
 
 export const serverStart: Command = {
   summary:
@@ -18,6 +27,7 @@ export const serverStart: Command = {
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
+    await useServiceCrypto((e, f) => log.warn(e, f));
     const server = await startServer({ dataDir: str(p, 'data'), host, port, log });
     await untilSignal(log, 'server.signal', () => server.close());
     return 0;
@@ -63,6 +73,7 @@ export const serverImportTelemetry: Command = {
   options: { data: { type: 'string' }, 'ack-out': { type: 'string' }, ...jsonOption },
   positionals: { min: 1, max: 1 },
   async run(p, io) {
+    await useServiceCrypto((e, f) => io.err(`ferry: warning: ${e} ${JSON.stringify(f)}`));
     const store = await ServerStore.open(str(p, 'data'));
     try {
       const ackOut = str(p, 'ack-out', false);

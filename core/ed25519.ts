@@ -7,6 +7,8 @@ import {
   sign as nodeSign,
   verify as nodeVerify,
 } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { VerifyWorker } from './verify-worker.js';
 
 /**
  * Ed25519 behind one interface, with two interchangeable backends:
@@ -139,8 +141,15 @@ export async function libsodiumBackend(): Promise<Ed25519Backend> {
   };
 }
 
+export interface SodiumNativeOptions {
+  /** verifyAsync in batches on a worker thread (core/verify-worker.ts) rather than inline. */
+  worker?: boolean;
+  /** Told if that worker fails (its checks then run inline). */
+  onWorkerFailure?: (e: Error) => void;
+}
+
 /** Loads sodium-native (a native addon, prebuilt in its package) and returns a backend over it. */
-export async function sodiumNativeBackend(): Promise<Ed25519Backend> {
+export async function sodiumNativeBackend(o: SodiumNativeOptions = {}): Promise<Ed25519Backend> {
   const sn = (await import('sodium-native')).default;
   // libsodium signs with seed ‖ public key; derived once per seed array, like privateKeyOf above
   const secretKeys = new WeakMap<Uint8Array, Uint8Array>();
@@ -164,6 +173,9 @@ export async function sodiumNativeBackend(): Promise<Ed25519Backend> {
       return false;
     }
   };
+  const worker = o.worker
+    ? new VerifyWorker(createRequire(import.meta.url).resolve('sodium-native'), verify, o.onWorkerFailure)
+    : undefined;
   return {
     name: 'sodium-native',
     publicFromSeed: (seed) => pair(seed).pk,
@@ -173,7 +185,12 @@ export async function sodiumNativeBackend(): Promise<Ed25519Backend> {
       return sig;
     },
     verify,
-    verifyAsync: (publicKey, message, signature) => Promise.resolve(verify(publicKey, message, signature)),
+    verifyAsync: worker
+      ? (publicKey, message, signature) =>
+          publicKey.length !== 32 || signature.length !== 64
+            ? Promise.resolve(false)
+            : worker.verify(publicKey, message, signature)
+      : (publicKey, message, signature) => Promise.resolve(verify(publicKey, message, signature)),
   };
 }
 
@@ -197,9 +214,11 @@ export async function useLibsodium(): Promise<void> {
  * cannot load (a platform its package has no build for), node:crypto stays selected and the reason is
  * returned for the caller to log.
  */
-export async function useSodiumNative(): Promise<{ ok: true } | { ok: false; reason: string }> {
+export async function useSodiumNative(
+  o: SodiumNativeOptions = {},
+): Promise<{ ok: true } | { ok: false; reason: string }> {
   try {
-    useBackend(await sodiumNativeBackend());
+    useBackend(await sodiumNativeBackend(o));
     return { ok: true };
   } catch (e) {
     return { ok: false, reason: (e as Error).message.split('\n')[0]! };

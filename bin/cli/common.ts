@@ -186,6 +186,9 @@ export function untilSignal(
  * Where it cannot load, they go on with node:crypto and say so.
  */
 export async function useServiceCrypto(warn: (event: string, fields: Record<string, unknown>) => void) {
-  const r = await useSodiumNative();
+  const r = await useSodiumNative({
+    worker: true,
+    onWorkerFailure: (e) => warn('crypto.worker_failed', { reason: e.message, now: 'inline' }),
+  });
   if (!r.ok) warn('crypto.fallback', { backend: 'node', reason: r.reason });
 }

@@ -46,7 +46,7 @@ const SITE = 'bench';
 const TARGET = { rate: 5000, p99Ms: 50 };
 const WARM_SECONDS = 1;
 /** Saturation gets enough pre-signed heartbeats for this rate (or --rate, if higher) for its duration. */
-const SATURATION_CAP_RATE = 6000;
+const SATURATION_CAP_RATE = 12_000;
 /**
  * With --pin: mirror on CPU 0, load generator on CPU 1 (a one-core mirror). By default neither is pinned,
  * so the mirror's libuv threads (fsync, off-main-thread verification) may use the second core too.

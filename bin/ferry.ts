@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { runCommand, stdio, type Command, type Io } from './cli/common.js';
+import { runCommand, stdio, useServiceCrypto, type Command, type Io } from './cli/common.js';
+import { createLogger } from '../core/log.js';
 import { useLibsodium } from '../core/ed25519.js';
 import { VERSION } from './version.js';
 
@@ -85,11 +86,12 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.err(`ferry: USAGE: unknown command ${[group, name].filter(Boolean).join(' ')} (see ferry --help)`);
     return 2;
   }
-  // Operator and auditor commands sign and verify with libsodium (the design's choice); the
-  // long-running services select sodium-native themselves (see core/ed25519.ts).
-  const service =
-    (group === 'mirror' || group === 'server') && name === (group === 'mirror' ? 'serve' : 'start');
-  if (group !== 'agent' && !service) await useLibsodium();
+  // Operator and auditor commands sign and verify with libsodium (the design's choice); commands that
+  // verify heartbeats in bulk use sodium-native on a worker thread (core/ed25519.ts); the agent node:crypto.
+  if (cmd.crypto === 'service') {
+    const log = createLogger({ component: group });
+    await useServiceCrypto((event, fields) => log.warn(event, fields));
+  } else if (group !== 'agent') await useLibsodium();
   return runCommand(cmd, `${group} ${name}`, rest, io);
 }
 

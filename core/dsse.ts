@@ -147,30 +147,6 @@ export function countSigners(
   return [...counted];
 }
 
-/**
- * verifyEnvelope for one key with threshold 1 (heartbeats, batches, acks), with
- * the signature check off the main thread: for services verifying many.
- */
-export async function verifyEnvelopeByAsync(
-  env: Envelope,
-  expectedType: string,
-  publicKey: Uint8Array,
-  what = 'envelope',
-): Promise<Buffer> {
-  if (env.payloadType !== expectedType) {
-    throw new FerryError(
-      'PAYLOAD_TYPE_MISMATCH',
-      `${what}: payloadType is ${JSON.stringify(env.payloadType)}, expected ${expectedType}`,
-    );
-  }
-  const body = decodeBase64Strict(env.payload, `${what} payload`);
-  if (await signedByAsync(env, body, publicKey)) return body;
-  throw new FerryError(
-    'SIGNATURE_THRESHOLD',
-    `${what}: 0 valid signature(s) from authorised keys, threshold is 1`,
-  );
-}
-
 /** Whether one of the envelope's signatures over PAE(type, body) verifies under `publicKey` (body already decoded). */
 export async function signedByAsync(
   env: Envelope,

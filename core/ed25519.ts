@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import { VerifyWorker } from './verify-worker.js';
 
 /**
- * Ed25519 behind one interface, with two interchangeable backends:
+ * Ed25519 behind one interface, with three interchangeable backends:
  *
  * - libsodium-wrappers (the design's choice), used by the operator and auditor
  *   commands: `ferry keys|trust|bundle|mirror import` select it at start;
@@ -22,11 +22,12 @@ import { VerifyWorker } from './verify-worker.js';
  *
  * - sodium-native, the same libsodium as a native binding (prebuilt inside its
  *   package): the services that check every agent's heartbeat select it at
- *   start (`useSodiumNative`). Its verification is ~2.3x cheaper than
- *   node:crypto's and runs inline, where node:crypto's needs a hop to libuv's
- *   thread pool and back; on a 2-core mirror that hop, not the arithmetic, was
- *   what held ingest latency up (docs/decisions.md). Where it cannot load, the
- *   service keeps node:crypto.
+ *   start (`useSodiumNative({ worker: true })`). Its verification is ~2.3x
+ *   cheaper than node:crypto's, and verifyAsync hands each event-loop turn's
+ *   checks to one worker thread as a batch (core/verify-worker.ts), where
+ *   node:crypto's costs a hop to libuv's thread pool and back per signature
+ *   (docs/decisions.md; `node dist/bench/ed25519.js` measures the three).
+ *   Where it cannot load, the service keeps node:crypto.
  *
  * All produce and accept the same signatures (RFC 8032 is deterministic);
  * core/ed25519.test.ts cross-checks them: sign with one, verify with another.
@@ -43,7 +44,7 @@ export interface Ed25519Backend {
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
   /**
    * The same check, in the way that costs a busy service least: node:crypto's in libuv's thread pool;
-   * sodium-native's inline (cheaper than the hop to a thread and back).
+   * sodium-native's in batches on its worker thread, or inline without one.
    */
   verifyAsync(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean>;
 }

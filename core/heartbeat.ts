@@ -8,14 +8,7 @@
  * for: a heartbeat naming another agent's id never verifies.
  */
 import { decodeBase64Strict } from './encoding.js';
-import {
-  signedByAsync,
-  signEnvelope,
-  verifyEnvelope,
-  verifyEnvelopeByAsync,
-  type Envelope,
-  type Signer,
-} from './dsse.js';
+import { signedByAsync, signEnvelope, verifyEnvelope, type Envelope, type Signer } from './dsse.js';
 import { keyIdOf } from './ed25519.js';
 import { FerryError } from './errors.js';
 
@@ -212,22 +205,38 @@ export function verifyHeartbeat(env: Envelope, agentPublicKey: Uint8Array): Hear
     { keys: new Map([[keyid, agentPublicKey]]), threshold: 1 },
     'heartbeat',
   );
-  const v = parseBody(body);
+  return validHeartbeat(parseBody(body), agentPublicKey);
+}
+
+/** The payload type, then the size bound, then one decode: before any signature work. */
+function heartbeatBody(env: Envelope): Buffer {
+  if (env.payloadType !== HEARTBEAT_PAYLOAD_TYPE)
+    throw new FerryError('PAYLOAD_TYPE_MISMATCH', `heartbeat: payloadType must be ${HEARTBEAT_PAYLOAD_TYPE}`);
+  return decodeBody(env);
+}
+
+/** The signature over the decoded body, by the service's verifier (core/ed25519.ts verifyAsync). */
+async function checkSignedAsync(env: Envelope, body: Buffer, key: Uint8Array): Promise<void> {
+  if (!(await signedByAsync(env, body, key)))
+    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: not signed by the agent it names');
+}
+
+/** The payload's shape, and that it names the agent whose key signed it. */
+function validHeartbeat(v: unknown, key: Uint8Array): Heartbeat {
   assertHeartbeat(v);
-  if (v.agentId !== agentIdOf(agentPublicKey))
+  if (v.agentId !== agentIdOf(key))
     throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
   return v;
 }
 
-/** verifyHeartbeat with the signature checked off the main thread (services verifying many). */
+/**
+ * verifyHeartbeat for services verifying many: the payload decoded once, the signature checked by the
+ * service's verifier before the payload is parsed.
+ */
 export async function verifyHeartbeatAsync(env: Envelope, agentPublicKey: Uint8Array): Promise<Heartbeat> {
-  decodeBody(env);
-  const body = await verifyEnvelopeByAsync(env, HEARTBEAT_PAYLOAD_TYPE, agentPublicKey, 'heartbeat');
-  const v = parseBody(body);
-  assertHeartbeat(v);
-  if (v.agentId !== agentIdOf(agentPublicKey))
-    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
-  return v;
+  const body = heartbeatBody(env);
+  await checkSignedAsync(env, body, agentPublicKey);
+  return validHeartbeat(parseBody(body), agentPublicKey);
 }
 
 /**
@@ -240,20 +249,14 @@ export async function openHeartbeatAsync(
   env: Envelope,
   keyOf: (agentId: string) => Promise<Uint8Array | undefined>,
 ): Promise<{ heartbeat: Heartbeat } | { unknownAgent: string }> {
-  if (env.payloadType !== HEARTBEAT_PAYLOAD_TYPE)
-    throw new FerryError('PAYLOAD_TYPE_MISMATCH', `heartbeat: payloadType must be ${HEARTBEAT_PAYLOAD_TYPE}`);
-  const body = decodeBody(env);
+  const body = heartbeatBody(env);
   const v = parseBody(body);
   const id = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).agentId : undefined;
   if (!isAgentId(id)) throw bad('agentId must be 32 lowercase hex characters');
   const key = await keyOf(id);
   if (!key) return { unknownAgent: id };
-  if (!(await signedByAsync(env, body, key)))
-    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: not signed by the agent it names');
-  assertHeartbeat(v);
-  if (v.agentId !== agentIdOf(key))
-    throw new FerryError('SIGNATURE_THRESHOLD', 'heartbeat: signed by a key that is not the named agent');
-  return { heartbeat: v };
+  await checkSignedAsync(env, body, key);
+  return { heartbeat: validHeartbeat(v, key) };
 }
 
 /*

@@ -166,8 +166,9 @@ export class Journal<T extends object> {
     const bytes = Buffer.from(text, 'utf8');
     try {
       // The write (into the page cache: tens of µs for a group) is made from the main thread: queued in
-      // libuv's thread pool it would wait behind every signature verification queued before it, and the
-      // whole group's acknowledgement with it. Only the fsync, which can take milliseconds, goes there.
+      // libuv's thread pool it would wait behind whatever else is queued there (node:crypto signature
+      // checks, where a service runs without sodium-native), and the whole group's acknowledgement with
+      // it. Only the fsync, which can take milliseconds, goes there.
       for (let off = 0; off < bytes.length;) off += writeSync(cur.fh.fd, bytes, off);
       await cur.fh.sync();
     } catch (e) {

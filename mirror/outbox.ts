@@ -110,7 +110,7 @@ export class Outbox {
     for (let from = this.applied + 1; from <= this.journal.head;) {
       const batch = await this.journal.read(from, { maxRecords: 5000, maxBytes: 16 * 1024 * 1024 });
       if (!batch.length) break;
-      for (const e of batch) this.apply(e);
+      for (const e of batch) this.apply(e, e.seq);
       from = batch.at(-1)!.seq + 1;
     }
     this.applied = Math.max(this.applied, this.journal.head);
@@ -168,7 +168,7 @@ export class Outbox {
       }
     }
     await this.journal.append(records);
-    for (const e of await this.readAllFrom(1)) this.apply(e);
+    for (const e of await this.readAllFrom(1)) this.apply(e, e.seq);
     this.applied = this.journal.head;
     await this.writeCheckpoint();
     for (const f of days) await rm(join(dir, f), { force: true });
@@ -185,10 +185,11 @@ export class Outbox {
     }
   }
 
-  private apply(e: OutboxEntry): void {
+  /** Folds one journal record (at `seq`) into the derived state: replayed at open, and after each append. */
+  private apply(e: OutboxInput, seq: number): void {
     if (e.kind === 'heartbeat' && e.counter > (this.counters[e.agentId] ?? -1))
       this.counters[e.agentId] = e.counter;
-    if (e.seq > this.applied) this.applied = e.seq;
+    if (seq > this.applied) this.applied = seq;
   }
 
   /** Highest seq written. */
@@ -264,12 +265,7 @@ export class Outbox {
       release();
       throw e;
     }
-    // apply() without a copy of each record ({...r, seq}) just to hand it the seq.
-    for (const [i, r] of records.entries()) {
-      if (r.kind === 'heartbeat' && r.counter > (this.counters[r.agentId] ?? -1))
-        this.counters[r.agentId] = r.counter;
-      if (seqs[i]! > this.applied) this.applied = seqs[i]!;
-    }
+    records.forEach((r, i) => this.apply(r, seqs[i]!));
     release();
     return outcomes;
   }

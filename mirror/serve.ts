@@ -24,6 +24,7 @@ import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
+import type { TelemetryView } from './status-page.js';
 import { backendName } from '../core/ed25519.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
@@ -111,6 +112,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
+  /** The outbox and its routes: the status page's block and the control socket's GET /status. */
+  const telemetryView = (): TelemetryView => ({ ...forwarder.status(), exports: outbox.exports.length });
   const server: Server = createServer();
   const drainer = trackConnections(server); // first, so it sees every request before the app does
   server.on(
@@ -121,7 +124,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       metrics,
       agents,
       relay: { selfId: identity.id, hasRoute: () => forwarder.hasRoute() },
-      telemetry: () => ({ ...forwarder.status(), exports: outbox.exports.length }),
+      telemetry: telemetryView,
     }),
   );
   server.keepAliveTimeout = 65_000;
@@ -156,8 +159,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         const serverKey = typeof b.serverKey === 'string' ? b.serverKey : undefined;
         return { ...(await applyAck(outbox, identity, o.dataDir, b.ack, serverKey)) };
       },
-      'GET /status': () =>
-        Promise.resolve({ mirror: identity.id, exports: outbox.exports.length, ...forwarder.status() }),
+      'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
     },
     log,
   );

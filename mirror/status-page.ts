@@ -1,6 +1,7 @@
 /** The mirror's status page: what it serves, what it refused. A pure function of its state. */
 import type { Manifest } from '../core/manifest.js';
 import type { MirrorState } from './state.js';
+import type { ForwardStatus } from './forward.js';
 
 const esc = (s: unknown) =>
   String(s).replace(
@@ -16,20 +17,7 @@ function table(head: string[], rows: unknown[][]): string {
 }
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
-export interface TelemetryView {
-  depth: number;
-  acked: number;
-  head: number;
-  exports: number;
-  targets: {
-    url: string;
-    kind: string;
-    ok: boolean;
-    failures: number;
-    lastError?: string;
-    lastOkAt?: string;
-  }[];
-}
+export type TelemetryView = ForwardStatus & { exports: number };
 
 export interface StatusView {
   state: MirrorState;

@@ -374,6 +374,7 @@ describe('courier export and ack', () => {
     });
     expect(await snapshotDir(store.dir)).toEqual(before);
     const { key } = await serverKeyFor(store.dir, pubPath);
+    const beforeMismatches = await snapshotDir(store.dir);
     await expect(importAck(outbox, identity, ack(1, s1.hash, 3, intruder), key)).rejects.toMatchObject({
       code: 'BAD_SIGNATURE',
     });
@@ -389,6 +390,7 @@ describe('courier export and ack', () => {
       code: 'ACK_MISMATCH',
     });
     expect(outbox.acked).toBe(0);
+    expect(await snapshotDir(store.dir)).toEqual(beforeMismatches); // refused acks change nothing on disk
     expect(await applyAck(outbox, identity, store.dir, ack(1, s1.hash, 3), pubPath)).toMatchObject({
       trimmed: 3,
       alreadyApplied: false,
@@ -400,10 +402,12 @@ describe('courier export and ack', () => {
     });
     const s3 = await exportTelemetry(outbox, identity, 'plant-7', out1.replace('-1.', '-3.'));
     expect(s3).toMatchObject({ number: 3, prev: s2.hash, from: 4, to: 4, records: 1 });
-    // a different server key is not accepted in place of the pinned one
-    await expect(serverKeyFor(store.dir, join(w.dir, `${intruderName}.pub`))).rejects.toMatchObject({
-      code: 'SERVER_KEY_MISMATCH',
-    });
+    // a different server key is not accepted in place of the pinned one, and changes nothing
+    const beforeKeyMismatch = await snapshotDir(store.dir);
+    await expect(
+      applyAck(outbox, identity, store.dir, ack(3, s3.hash, 4, intruder), join(w.dir, `${intruderName}.pub`)),
+    ).rejects.toMatchObject({ code: 'SERVER_KEY_MISMATCH' });
+    expect(await snapshotDir(store.dir)).toEqual(beforeKeyMismatch);
     expect((await serverKeyFor(store.dir)).key).toEqual(serverKey.publicKey); // pinned by the good ack
     await agents.close();
   });

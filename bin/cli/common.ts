@@ -19,6 +19,11 @@ export interface Command {
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
   positionals?: { min: number; max: number };
+  /**
+   * 'service': verifies heartbeats in bulk, so bin/ferry.ts selects sodium-native with its worker
+   * (useServiceCrypto) instead of libsodium-wrappers, the operator commands' backend.
+   */
+  crypto?: 'service';
   run(args: Parsed, io: Io): Promise<number>;
 }
 

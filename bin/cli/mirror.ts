@@ -22,7 +22,6 @@ import {
   printJson,
   str,
   untilSignal,
-  useServiceCrypto,
   type Command,
   type Io,
 } from './common.js';
@@ -127,6 +126,7 @@ function printStatus(
 }
 
 export const mirrorServe: Command = {
+  crypto: 'service',
   summary:
     'Runs the site mirror: serves the verified store to agents and peer mirrors over HTTP and imports every\n' +
     'bundle or volume that appears in the drop folder once it is completely written. Heartbeats it accepts\n' +
@@ -149,7 +149,6 @@ export const mirrorServe: Command = {
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'mirror' });
-    await useServiceCrypto((e, f) => log.warn(e, f));
     const trust = str(p, 'trust', false);
     const site = str(p, 'site', false);
     const drop = str(p, 'drop', false);

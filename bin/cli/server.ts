@@ -7,18 +7,10 @@ import { registerMirror } from '../../server/mirrors.js';
 import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
-import {
-  jsonOption,
-  parseListen,
-  printJson,
-  str,
-  untilSignal,
-  useServiceCrypto,
-  type Command,
-  type Io,
-} from './common.js';
+import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
 
 export const serverStart: Command = {
+  crypto: 'service',
   summary:
     'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
     '202 once durable) and serves the fleet view. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
@@ -27,7 +19,6 @@ export const serverStart: Command = {
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
-    await useServiceCrypto((e, f) => log.warn(e, f));
     const server = await startServer({ dataDir: str(p, 'data'), host, port, log });
     await untilSignal(log, 'server.signal', () => server.close());
     return 0;
@@ -65,6 +56,7 @@ function printReport(io: Io, r: ImportReport): void {
 }
 
 export const serverImportTelemetry: Command = {
+  crypto: 'service',
   summary:
     'Imports a telemetry export a courier carried from a mirror: checks the signed header, hash and order of\n' +
     'every line before storing anything, ingests idempotently, reports chain, coverage and counter gaps.\n' +
@@ -73,7 +65,6 @@ export const serverImportTelemetry: Command = {
   options: { data: { type: 'string' }, 'ack-out': { type: 'string' }, ...jsonOption },
   positionals: { min: 1, max: 1 },
   async run(p, io) {
-    await useServiceCrypto((e, f) => io.err(`ferry: warning: ${e} ${JSON.stringify(f)}`));
     const store = await ServerStore.open(str(p, 'data'));
     try {
       const ackOut = str(p, 'ack-out', false);

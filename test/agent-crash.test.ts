@@ -4,7 +4,7 @@
  * itself, and the mirror ends up with each heartbeat counter at most once.
  * Also: settings from --config, and the metrics textfile.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
@@ -66,6 +66,12 @@ describe('ferry agent under kill -9', () => {
     ];
     for (let i = 0; i < 8; i++) {
       const agent = startAgent(args);
+      // A kill before the very first state write leaves nothing to check (a loaded
+      // CI machine can take longer than the shortest delay to start node).
+      if (i === 0)
+        await eventually('the first state.json', () =>
+          stat(join(s.state, 'state.json')).catch(() => undefined),
+        );
       await new Promise((r) => setTimeout(r, 150 + Math.random() * 1200));
       await agent.stop('SIGKILL');
       const st = await agentStatus(s.state); // parses and validates state.json

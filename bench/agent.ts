@@ -7,21 +7,15 @@
  *
  *   node dist/bench/agent.js [--minutes 5] [--interval 30] [--node-flags "--lite-mode"] [--json]
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { ferry, FERRY } from './proc.js';
 
-const BIN = resolve(dirname(fileURLToPath(import.meta.url)), '../bin/ferry.js');
 const TICKS = 100; // USER_HZ on Linux
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function ferry(args: string[], cwd: string): void {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ferry ${args.join(' ')} failed: ${r.stderr}`);
-}
 
 function procStatus(pid: number): { rssKiB: number; hwmKiB: number; cpuSec: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -93,7 +87,7 @@ async function main(): Promise<void> {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const mirror = spawn(
       process.execPath,
-      [BIN, 'mirror', 'serve', '--data', 'm', '--listen', `127.0.0.1:${port}`],
+      [FERRY, 'mirror', 'serve', '--data', 'm', '--listen', `127.0.0.1:${port}`],
       {
         cwd: work,
         stdio: 'ignore',
@@ -104,7 +98,7 @@ async function main(): Promise<void> {
     const flags = values['node-flags'].split(' ').filter(Boolean);
     const agentArgs = ['agent', 'run', '--state', 'a', '--mirror', `http://127.0.0.1:${port}`];
     agentArgs.push('--trust', 'root.json', '--site', 'site', '--interval', values.interval);
-    const agent = spawn(process.execPath, [...flags, BIN, ...agentArgs], { cwd: work, stdio: 'ignore' });
+    const agent = spawn(process.execPath, [...flags, FERRY, ...agentArgs], { cwd: work, stdio: 'ignore' });
     children.push(agent);
     const pid = await waitForPid(join(work, 'a/agent.pid'));
     await sleep(5000); // first cycle: enrol, fetch, run

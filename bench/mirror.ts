@@ -5,15 +5,13 @@
  *
  *   node dist/bench/mirror.js [--blob-size 256M] [--duration 10] [--agents 1000] [--json]
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash, randomFillSync } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../bin/cli/common.js';
 import { createBundle } from '../bundler/create.js';
@@ -22,8 +20,8 @@ import { serializeEnvelope } from '../core/dsse.js';
 import { generateKeyFiles, loadPrivateKey } from '../core/keys.js';
 import { buildRootPayload, signRoot } from '../core/root.js';
 import { isoUtc } from '../core/time.js';
+import { ferry, FERRY, freePort, ready, start, stopAll } from './proc.js';
 
-const FERRY = resolve(dirname(fileURLToPath(import.meta.url)), '../bin/ferry.js');
 const [NGINX, WRK, TASKSET] = ['/usr/sbin/nginx', '/usr/bin/wrk', '/usr/bin/taskset'];
 const MiB = 1024 * 1024;
 const [SITE, PUBLISHER] = ['bench', 'bench'];
@@ -36,7 +34,6 @@ const pin = (cpu: number, argv: string[]) => (PIN ? [TASKSET, '-c', String(cpu),
 
 type Server = { name: 'ferry' | 'nginx'; url: string; pid: number; blob: string; manifest: string };
 type Run = ReturnType<typeof parseRun>;
-const children = new Set<ChildProcess>();
 
 /** Installs a Debian package when the tool is missing and we are root; otherwise says how. */
 function ensureTool(path: string, pkgs: string[]): boolean {
@@ -60,45 +57,6 @@ function cpuSeconds(pid: number | 'self', waitedChildren = false): number {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 of proc(5)
   const [u, s] = waitedChildren ? [f[13], f[14]] : [f[11], f[12]];
   return (Number(u) + Number(s)) / TICK;
-}
-
-const freePort = () =>
-  new Promise<number>((ok, fail) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-    s.on('error', fail);
-  });
-
-function start(argv: string[], log: string): ChildProcess {
-  const fd = openSync(log, 'a');
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', fd, fd] });
-  closeSync(fd);
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-
-/** SIGTERM (both servers shut down gracefully on it), SIGKILL if still there after 5 s. */
-function stop(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
-  const timer = setTimeout(() => c.kill('SIGKILL'), 5000);
-  const exited = new Promise<void>((ok) => c.once('exit', () => (clearTimeout(timer), ok())));
-  c.kill('SIGTERM');
-  return exited;
-}
-
-/** Waits until `url` answers `status`; fails early if the server process died, with its log. */
-async function ready(child: ChildProcess, url: string, status: number, log: string): Promise<void> {
-  for (let i = 0; i < 150; i++) {
-    if (child.exitCode !== null || child.signalCode !== null) break;
-    const r = await fetch(url, { method: 'HEAD' }).catch(() => undefined);
-    if (r?.status === status) return;
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-  const tail = readFileSync(log, 'utf8').slice(-2000);
-  throw new Error(`${child.spawnargs.join(' ')} did not serve ${url}:\n${tail}`);
 }
 
 /** A signed bundle with one artifact of `size` random bytes, imported into a new data dir by the CLI. */
@@ -126,8 +84,7 @@ async function setupData(work: string, size: number): Promise<{ data: string; ro
   await createBundle(await loadSpec(specPath!, Date.now()), bundle!, { signers: [key] });
   rmSync(art!);
   const args = ['mirror', 'import', bundle!, '--data', data!, '--trust', root, '--site', SITE];
-  const r = spawnSync(process.execPath, [FERRY, ...args], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ferry ${args.join(' ')} failed: ${r.stderr}${r.stdout}`);
+  ferry(args);
   rmSync(bundle!);
   const hex = hash.digest('hex');
   const blob = join(data!, 'blobs/sha256', hex);
@@ -142,7 +99,7 @@ async function startFerry(work: string, d: { data: string; root: string; hex: st
   const argv = ['mirror', 'serve', '--data', d.data, '--listen', `127.0.0.1:${port}`];
   const log = join(work, 'ferry.log');
   const child = start(pin(0, [process.execPath, FERRY, ...argv, '--trust', d.root, '--site', SITE]), log);
-  await ready(child, `${url}/healthz`, 200, log);
+  await ready(child, `${url}/healthz`, log);
   return { name: 'ferry', url, pid: child.pid!, blob: `/v1/blobs/sha256/${d.hex}`, manifest: '/v1/manifest' };
 }
 
@@ -163,7 +120,7 @@ async function startNginx(work: string, d: { data: string; hex: string }, agents
   const child = start(pin(0, [NGINX, '-e', log, '-c', conf, '-p', prefix]), log);
   const url = `http://127.0.0.1:${port}`;
   const manifest = `/manifests/${PUBLISHER}/1.dsse.json`; // the very file the mirror serves as /v1/manifest
-  await ready(child, url + manifest, 200, log);
+  await ready(child, url + manifest, log, { method: 'HEAD' });
   const kidsFile = `/proc/${child.pid}/task/${child.pid}/children`; // the worker, whose CPU time we want
   const kids = existsSync(kidsFile) ? readFileSync(kidsFile, 'utf8').trim().split(' ') : [];
   return { name: 'nginx', url, pid: Number(kids[0]) || child.pid!, blob: `/blobs/sha256/${d.hex}`, manifest };
@@ -326,7 +283,7 @@ async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'ferry-bench-mirror-'));
   chmodSync(work, 0o755); // nginx workers started by root run as nobody
   const cleanup = async () => {
-    await Promise.all([...children].map(stop));
+    await stopAll();
     rmSync(work, { recursive: true, force: true });
   };
   process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));

@@ -9,7 +9,6 @@
  *   node dist/bench/telemetry.js [--rate 5000] [--seconds 10] [--saturation-seconds 5]
  *     [--connections 256] [--agents 10000] [--client undici|http] [--pin] [--json]
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import {
   closeSync,
@@ -22,7 +21,6 @@ import {
   readdirSync,
 } from 'node:fs';
 import { rmSync, writeFileSync, writeSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,10 +34,11 @@ import {
   signEnrollRequest,
   signHeartbeat,
 } from '../core/heartbeat.js';
+import { alive, ferry, FERRY, freePort, ready, start, stop, stopAll, tail } from './proc.js';
 import type { LoadConfig, PhaseResult } from './telemetry-load.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const [FERRY, LOAD] = [resolve(HERE, '../bin/ferry.js'), resolve(HERE, 'telemetry-load.js')];
+const LOAD = resolve(HERE, 'telemetry-load.js');
 const TASKSET = '/usr/bin/taskset';
 const SITE = 'bench';
 /** From the issue: in group-commit mode, at least this many durable heartbeats/s with p99 under this. */
@@ -74,52 +73,6 @@ type Options = {
   agents: number;
   client: 'undici' | 'http';
 };
-
-const children = new Set<ChildProcess>();
-
-const freePort = () =>
-  new Promise<number>((ok, fail) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-    s.on('error', fail);
-  });
-
-function start(argv: string[], log: string, env: NodeJS.ProcessEnv = process.env): ChildProcess {
-  const fd = openSync(log, 'a');
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', fd, fd], env });
-  closeSync(fd);
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-
-/** SIGTERM (the mirror shuts down gracefully on it), SIGKILL if still there after 5 s. */
-function stop(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
-  const timer = setTimeout(() => c.kill('SIGKILL'), 5000);
-  const exited = new Promise<void>((ok) => c.once('exit', () => (clearTimeout(timer), ok())));
-  c.kill('SIGTERM');
-  return exited;
-}
-
-const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
-const tail = (log: string) => readFileSync(log, 'utf8').slice(-2000);
-
-async function ready(child: ChildProcess, url: string, log: string): Promise<void> {
-  for (let i = 0; i < 150 && alive(child); i++) {
-    const r = await fetch(url).catch(() => undefined);
-    if (r?.status === 200) return;
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-  throw new Error(`the mirror did not start (${child.spawnargs.join(' ')}):\n${tail(log)}`);
-}
-
-function ferry(args: string[], cwd: string): void {
-  const r = spawnSync(process.execPath, [FERRY, ...args], { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ferry ${args.join(' ')} failed: ${r.stderr}${r.stdout}`);
-}
 
 /**
  * Agent keys: random seeds, public keys derived by core (never node:crypto's generateKeyPairSync in a
@@ -375,7 +328,7 @@ async function main(): Promise<void> {
     if (!existsSync(f)) throw new Error(`${f} not found; run npm run build first`);
   const work = mkdtempSync(join(tmpdir(), 'ferry-bench-telemetry-'));
   const cleanup = async () => {
-    await Promise.all([...children].map(stop));
+    await stopAll();
     rmSync(work, { recursive: true, force: true });
   };
   process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));

@@ -15,7 +15,6 @@
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { isCodedError } from '../core/errors.js';
 import { agentIdOf, verifyEnrollRequest, verifyHeartbeatAsync, type Heartbeat } from '../core/heartbeat.js';
-import type { Envelope } from '../core/dsse.js';
 import {
   assertCarriedBatch,
   assertEnrolmentInfo,
@@ -31,6 +30,7 @@ import {
   hasCounter,
   isCovered,
   type JournalRecord,
+  type HeartbeatSlot,
   type ParkedRecord,
   type RejectionRecord,
   type ServerState,
@@ -69,14 +69,7 @@ export type BatchOutcome =
 interface Candidate {
   tally: Tally;
   site: string;
-  slot: {
-    at: string;
-    mirror: string;
-    mirrorSeq: number;
-    agentId: string;
-    counter: number;
-    envelope: Envelope;
-  };
+  slot: HeartbeatSlot;
   key: Uint8Array;
 }
 
@@ -221,7 +214,7 @@ export class Ingest {
   }
 
   private heartbeat(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'heartbeat' }>, tally: Tally): void {
-    const slot = {
+    const slot: HeartbeatSlot = {
       at: this.now,
       mirror: mirror.id,
       mirrorSeq: r.seq,
@@ -238,7 +231,7 @@ export class Ingest {
     this.candidate(slot, tally);
   }
 
-  private candidate(slot: Candidate['slot'], tally: Tally): void {
+  private candidate(slot: HeartbeatSlot, tally: Tally): void {
     const agent = this.state.agents[slot.agentId]!;
     const site = this.registry.get(slot.mirror)?.site ?? '';
     if (agent.site !== site) {

@@ -10,25 +10,19 @@ import type { EnrolmentInfo } from '../core/telemetry.js';
 import type { RejectionCode } from './errors.js';
 import { add, addRange, has, holes, size, type Interval } from './intervals.js';
 
+/** One agent's heartbeat as a mirror delivered it: stored, or parked until its enrolment arrives. */
+export interface HeartbeatSlot {
+  at: string;
+  mirror: string;
+  mirrorSeq: number;
+  agentId: string;
+  counter: number;
+  envelope: Envelope;
+}
+
 export type JournalRecord =
-  | {
-      kind: 'heartbeat';
-      at: string;
-      mirror: string;
-      mirrorSeq: number;
-      agentId: string;
-      counter: number;
-      envelope: Envelope;
-    }
-  | {
-      kind: 'parked';
-      at: string;
-      mirror: string;
-      mirrorSeq: number;
-      agentId: string;
-      counter: number;
-      envelope: Envelope;
-    }
+  | ({ kind: 'heartbeat' } & HeartbeatSlot)
+  | ({ kind: 'parked' } & HeartbeatSlot)
   | { kind: 'enrolment'; at: string; mirror: string; mirrorSeq: number; site: string; agent: EnrolmentInfo }
   | { kind: 'coverage'; mirror: string; from: number; to: number }
   | { kind: 'export'; at: string; mirror: string; number: number; hash: string; from: number; to: number }

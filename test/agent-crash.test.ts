@@ -6,8 +6,9 @@
  */
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
+import { describe, expect, it } from 'vitest';
+import { buildBundle } from './helpers/fixtures.js';
+import { useWorld } from './helpers/world.js';
 import {
   agentStatus,
   eventually,
@@ -16,16 +17,8 @@ import {
   startAgent,
   startMirrorAt,
 } from './helpers/agent-proc.js';
-import { killStrays } from './helpers/mirror-proc.js';
 
-let w: World;
-beforeAll(async () => {
-  w = await makeWorld();
-});
-afterAll(async () => {
-  await killStrays();
-  await w.cleanup();
-});
+const w = useWorld();
 
 async function site(name: string) {
   const dir = join(w.dir, name);

@@ -9,7 +9,7 @@ import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { serializeEnvelope, signEnvelope, type Signer } from '../core/dsse.js';
 import { MANIFEST_PAYLOAD_TYPE } from '../core/manifest.js';
 import { isoUtc } from '../core/time.js';
@@ -23,25 +23,11 @@ import {
   type LoggedProc,
   type MirrorAt,
 } from './helpers/agent-proc.js';
-import {
-  buildBundle,
-  makeKey,
-  makeWorld,
-  snapshotDir,
-  type ArtifactInput,
-  type World,
-} from './helpers/fixtures.js';
-import { killStrays, runFerry, sha256, type LogLine } from './helpers/mirror-proc.js';
+import { buildBundle, makeKey, snapshotDir, type ArtifactInput } from './helpers/fixtures.js';
+import { useWorld } from './helpers/world.js';
+import { runFerry, sha256, type LogLine } from './helpers/mirror-proc.js';
 
-let w: World;
-
-beforeAll(async () => {
-  w = await makeWorld();
-});
-afterAll(async () => {
-  await killStrays();
-  await w.cleanup();
-});
+const w = useWorld();
 
 const SCRIPT = '#!/bin/sh\necho "ran" >> "$1"\n';
 const CONF = 'listen = 0.0.0.0:8080\nworkers = 4\n';

@@ -8,22 +8,16 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import { signHeartbeat } from '../core/heartbeat.js';
 import { readTelemetry, startMirrorAt } from './helpers/agent-proc.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
-import { buildBundle, makeWorld, type World } from './helpers/fixtures.js';
-import { killStrays, runFerry, sleep } from './helpers/mirror-proc.js';
+import { buildBundle } from './helpers/fixtures.js';
+import { useWorld } from './helpers/world.js';
+import { runFerry, sleep } from './helpers/mirror-proc.js';
 
-let w: World;
-beforeAll(async () => {
-  w = await makeWorld();
-});
-afterAll(async () => {
-  await killStrays();
-  await w.cleanup();
-});
+const w = useWorld();
 
 const beat = (a: AgentIdentity, counter: number) => testHeartbeat(a.agentId, counter);
 

@@ -10,9 +10,9 @@ import { Agent, get } from 'node:http';
 import { connect } from 'node:net';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildBundle, makeWorld, snapshotDir, type ArtifactInput, type World } from './helpers/fixtures.js';
+import { buildBundle, snapshotDir, type ArtifactInput } from './helpers/fixtures.js';
+import { useWorld } from './helpers/world.js';
 import {
-  killStrays,
   runFerry,
   sha256,
   sha256File,
@@ -23,15 +23,7 @@ import {
 } from './helpers/mirror-proc.js';
 
 const MiB = 1024 * 1024;
-let w: World;
-
-beforeAll(async () => {
-  w = await makeWorld();
-});
-afterAll(async () => {
-  await killStrays();
-  await w.cleanup();
-});
+const w = useWorld();
 
 /** `count` artifacts of `size` bytes whose content depends on `tag`. */
 function arts(tag: string, count = 3, size = 30_000): ArtifactInput[] {

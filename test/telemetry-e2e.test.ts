@@ -12,26 +12,20 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { signHeartbeat } from '../core/heartbeat.js';
 import { generateKeyPair, keyIdOf } from '../core/ed25519.js';
 import { agentIdOf } from '../core/heartbeat.js';
 import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import { AgentsStore } from '../mirror/agents.js';
 import { eventually, importInto, startAgent, type LoggedProc } from './helpers/agent-proc.js';
-import { buildBundle, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
+import { buildBundle, snapshotDir } from './helpers/fixtures.js';
+import { useWorld } from './helpers/world.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
 import { startLink, type Link } from './helpers/link.js';
-import { followLogs, killStrays, runFerry, spawnFerry, sleep } from './helpers/mirror-proc.js';
+import { followLogs, runFerry, spawnFerry, sleep } from './helpers/mirror-proc.js';
 
-let w: World;
-beforeAll(async () => {
-  w = await makeWorld();
-});
-afterAll(async () => {
-  await killStrays();
-  await w.cleanup();
-});
+const w = useWorld();
 
 interface Proc extends LoggedProc {
   url: string;

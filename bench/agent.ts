@@ -5,7 +5,7 @@
  * comparison in the same run, the RSS of a bare Node process and of a bare
  * node:http client. Never fails on absolute figures.
  *
- *   node dist/bench/agent.js [--minutes 5] [--interval 30] [--node-flags "--lite-mode"] [--json]
+ *   node dist/bench/agent.js [--minutes 5] [--interval 30] [--node-flags "--lite-mode --no-expose-wasm"] [--json]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     options: {
       minutes: { type: 'string', default: '5' },
       interval: { type: 'string', default: '30' },
-      'node-flags': { type: 'string', default: '--lite-mode' },
+      'node-flags': { type: 'string', default: '--lite-mode --no-expose-wasm' },
       json: { type: 'boolean', default: false },
     },
   });

@@ -63,7 +63,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.err(`ferry-agent: USAGE: unknown command ${name} (see ferry-agent --help)`);
     return 2;
   }
-  return runCommand(cmd, name, rest, io);
+  return runCommand(cmd, `ferry-agent ${name}`, rest, io);
 }
 
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {

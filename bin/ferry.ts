@@ -92,7 +92,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     const log = createLogger({ component: group });
     await useServiceCrypto((event, fields) => log.warn(event, fields));
   } else if (group !== 'agent') await useLibsodium();
-  return runCommand(cmd, `${group} ${name}`, rest, io);
+  return runCommand(cmd, `ferry ${group} ${name}`, rest, io);
 }
 
 // `ferry … | head`: a reader that goes away is not an error worth a stack trace.

@@ -60,7 +60,7 @@ const result = await build({
   format: 'esm',
   minify: false,
   legalComments: 'none',
-  banner: { js: '#!/usr/bin/env -S node --lite-mode' },
+  banner: { js: '#!/usr/bin/env -S node --lite-mode --no-expose-wasm' },
   define: { FERRY_AGENT_VERSION: JSON.stringify(version) },
   plugins: [agentOnly],
   metafile: true,

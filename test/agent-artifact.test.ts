@@ -41,7 +41,7 @@ function start(cmd: string, args: string[], cwd?: string) {
 
 const run = (cmd: string, args: string[], cwd?: string) => start(cmd, args, cwd).done;
 
-/** The JSON log lines a child wrote to stderr so far (`--lite-mode` adds a plain warning line). */
+/** The JSON log lines a child wrote to stderr so far. */
 const logLines = (stderr: string) =>
   stderr
     .split('\n')
@@ -89,12 +89,19 @@ describe('dist/ferry-agent, the single-file agent', () => {
     expect(st.size).toBeLessThan(1024 * 1024);
     console.log(`ferry-agent bundle: ${st.size} bytes (${(st.size / 1024).toFixed(1)} KiB)`);
     const text = await readFile(built, 'utf8');
-    expect(text.startsWith('#!/usr/bin/env -S node --lite-mode\n')).toBe(true);
+    expect(text.startsWith('#!/usr/bin/env -S node --lite-mode --no-expose-wasm\n')).toBe(true);
     for (const s of ['libsodium', 'koa', 'chokidar']) expect(text.toLowerCase()).not.toContain(s);
     expect(text).not.toMatch(/\bfrom\s+["'](?!node:)[^"']+["']/); // no import left to resolve at run time
 
     const v = await run(built, ['version']);
-    expect(v).toMatchObject({ code: 0, stdout: '9.8.7\n' });
+    expect(v).toMatchObject({ code: 0, stdout: '9.8.7\n', stderr: '' }); // no V8 flag warning either
+    // help and usage errors name the program the operator typed
+    const h = await run(built, ['run', '--help']);
+    expect(h.code).toBe(0);
+    expect(h.stdout).toMatch(/^Usage: ferry-agent run \[--config FILE\]/);
+    const bad = await run(built, ['status', '--colour', 'blue']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^ferry-agent: USAGE: .*\nusage: ferry-agent status --state DIR/);
   });
 
   it('runs alone in an empty directory: version, and a real agent against a real mirror (idle RSS)', async () => {

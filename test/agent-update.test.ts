@@ -168,8 +168,8 @@ beforeAll(async () => {
   await build('5.0.0', ['async cycle() {', 'async cycle() { throw new Error("v5: cannot read its state");']);
   // 6: passes its self-test, but `run` dies at load, before any of its own update code
   await build('6.0.0', [
-    '#!/usr/bin/env -S node --lite-mode\n',
-    '#!/usr/bin/env -S node --lite-mode\nif (process.argv[2] === "run") throw new Error("v6: boot");\n',
+    '#!/usr/bin/env -S node --lite-mode --no-expose-wasm\n',
+    '#!/usr/bin/env -S node --lite-mode --no-expose-wasm\nif (process.argv[2] === "run") throw new Error("v6: boot");\n',
   ]);
 
   install = join(w.dir, 'opt-ferry');

@@ -68,8 +68,11 @@ export function parseSize(s: string, name: string): number {
   return Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!;
 }
 
-/** Runs a command with the exit-code contract: 0 ok, 1 refusal/failure, 2 usage. */
-export async function runCommand(cmd: Command, name: string, argv: string[], io: Io): Promise<number> {
+/**
+ * Runs a command with the exit-code contract: 0 ok, 1 refusal/failure, 2 usage. `invocation` is how the
+ * operator typed it (`ferry mirror serve`, `ferry-agent run`), for --help and usage errors.
+ */
+export async function runCommand(cmd: Command, invocation: string, argv: string[], io: Io): Promise<number> {
   const json = argv.includes('--json');
   let parsed: Parsed;
   try {
@@ -80,7 +83,7 @@ export async function runCommand(cmd: Command, name: string, argv: string[], io:
       strict: true,
     });
     if (r.values.help) {
-      io.out(`Usage: ferry ${name} ${cmd.usage}\n\n${cmd.summary}`);
+      io.out(`Usage: ${invocation} ${cmd.usage}\n\n${cmd.summary}`);
       return 0;
     }
     const pos = cmd.positionals ?? { min: 0, max: 0 };
@@ -96,13 +99,14 @@ export async function runCommand(cmd: Command, name: string, argv: string[], io:
       e instanceof FerryError ? e : new FerryError('USAGE', (e as Error).message),
       io,
       json,
-      `ferry ${name} ${cmd.usage}`,
+      invocation,
+      `${invocation} ${cmd.usage}`,
     );
   }
   try {
     return await cmd.run(parsed, io);
   } catch (e) {
-    return fail(e, io, json);
+    return fail(e, io, json, invocation);
   }
 }
 
@@ -112,11 +116,11 @@ function coded(e: unknown): { code: string; message: string } {
   return new FerryError('IO_ERROR', (e as Error)?.message ?? String(e), { cause: e });
 }
 
-function fail(e: unknown, io: Io, json: boolean, usage?: string): number {
+function fail(e: unknown, io: Io, json: boolean, invocation: string, usage?: string): number {
   const err = coded(e);
   if (json) io.out(JSON.stringify({ ok: false, code: err.code, message: err.message }));
   else {
-    io.err(`ferry: ${err.code}: ${err.message}`);
+    io.err(`${invocation.split(' ')[0]}: ${err.code}: ${err.message}`);
     if (err.code === 'USAGE' && usage) io.err(`usage: ${usage}\n(see --help)`);
   }
   if (!isCodedError(e) && process.env.FERRY_DEBUG) io.err(String((e as Error)?.stack));

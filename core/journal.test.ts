@@ -1,7 +1,7 @@
-import { appendFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { appendFile, mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Journal } from './journal.js';
 
 let dir: string;
@@ -104,5 +104,68 @@ describe('Journal', () => {
     expect(all.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
     await j.close();
     await expect(j.append([{ n: 1 }])).rejects.toThrow(/closed/);
+  });
+
+  it('knows the bytes it holds: across appends, segment rolls, trims and reopen', async () => {
+    const onDisk = async () => {
+      let n = 0;
+      for (const f of await readdir(dir)) n += (await stat(join(dir, f))).size;
+      return n;
+    };
+    let j = await Journal.open<Rec>(dir, { segmentBytes: 120 });
+    expect(j.bytes).toBe(0);
+    for (let i = 0; i < 25; i++) await j.append([{ n: i, pad: 'y'.repeat(i % 7) }]);
+    expect(j.bytes).toBe(await onDisk());
+    expect((await readdir(dir)).length).toBeGreaterThan(3);
+    await j.trim(12);
+    expect(j.bytes).toBe(await onDisk());
+    await j.close();
+    j = await Journal.open<Rec>(dir, { segmentBytes: 120 });
+    expect(j.bytes).toBe(await onDisk());
+    await j.trim(25);
+    expect(j.bytes).toBe(0);
+    await j.close();
+  });
+
+  it('peeks at the first record from a seq without moving a sequential reader', async () => {
+    const j = await Journal.open<Rec>(dir, { segmentBytes: 200 });
+    for (let i = 0; i < 30; i++) await j.append([{ n: i }]);
+    const cursorOf = () => (j as unknown as { cursor: unknown }).cursor;
+    await j.read(1, { maxRecords: 10 });
+    const before = cursorOf();
+    expect(before).toMatchObject({ seq: 11 });
+    expect(await j.peek(11)).toMatchObject({ seq: 11, n: 10 });
+    expect(await j.peek(25)).toMatchObject({ seq: 25, n: 24 });
+    expect(await j.peek(31)).toBeUndefined();
+    expect(cursorOf()).toEqual(before);
+    expect((await j.read(11, { maxRecords: 1 }))[0]).toMatchObject({ seq: 11, n: 10 });
+    await j.close();
+  });
+
+  it('a commit whose fsync fails is refused, and its bytes never prefix the next line', async () => {
+    const j = await Journal.open<Rec>(dir);
+    await j.append([{ n: 1 }]);
+    const probe = await open(join(dir, (await readdir(dir))[0]!), 'r');
+    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+    await probe.close();
+    const spy = vi
+      .spyOn(proto, 'sync')
+      .mockRejectedValueOnce(Object.assign(new Error('EIO'), { code: 'EIO' }));
+    try {
+      await expect(j.append([{ n: 2 }, { n: 3 }])).rejects.toThrow(/EIO/);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(j.head).toBe(1); // never acknowledged, so never a seq
+    expect(await j.append([{ n: 4 }])).toEqual([2]);
+    expect((await j.read(1)).map((e) => [e.seq, e.n])).toEqual([
+      [1, 1],
+      [2, 4],
+    ]);
+    expect(j.bytes).toBe((await stat(join(dir, (await readdir(dir))[0]!))).size);
+    await j.close();
+    const again = await Journal.open<Rec>(dir);
+    expect(again.head).toBe(2);
+    await again.close();
   });
 });

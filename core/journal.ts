@@ -37,14 +37,33 @@ const isAppend = (j: Job): j is Extract<Job, { lines: string[] }> => 'lines' in 
 interface Segment {
   first: number;
   path: string;
+  /** Its size on disk, kept current by commit (complete lines only). */
+  bytes: number;
 }
 
 const SEGMENT = /^(\d{16})\.jsonl$/;
 const nameOf = (first: number) => `${String(first).padStart(16, '0')}.jsonl`;
 
+const SEQ_PREFIX = Buffer.from('{"seq":');
+/** A line's seq, read from the `{"seq":N,` that commit() writes first (the whole line parsed otherwise). */
+function seqOf(line: Buffer): number {
+  if (line.subarray(0, SEQ_PREFIX.length).equals(SEQ_PREFIX)) {
+    let n = 0;
+    for (let i = SEQ_PREFIX.length; i < line.length && i < SEQ_PREFIX.length + 17; i++) {
+      const c = line[i]!;
+      if (c === 0x2c) return n; // ','
+      if (c < 0x30 || c > 0x39) break;
+      n = n * 10 + (c - 0x30);
+    }
+  }
+  return (JSON.parse(line.toString('utf8')) as { seq: number }).seq;
+}
+
 export class Journal<T extends object> {
   private segments: Segment[] = [];
-  private current: { seg: Segment; fh: FileHandle; size: number } | undefined;
+  /** The sum of the segments' sizes. */
+  private heldBytes = 0;
+  private current: { seg: Segment; fh: FileHandle } | undefined;
   private nextSeq = 1;
   private queue: Job[] = [];
   private draining = false;
@@ -83,14 +102,17 @@ export class Journal<T extends object> {
     if (made !== undefined) await fsyncDir(join(this.dir, '..'));
     for (const name of await readdir(this.dir)) {
       const m = SEGMENT.exec(name);
-      if (m) this.segments.push({ first: Number(m[1]), path: join(this.dir, name) });
-      else if (name.endsWith('.tmp')) await rm(join(this.dir, name), { force: true });
+      if (m) {
+        const path = join(this.dir, name);
+        const bytes = (await stat(path)).size;
+        this.segments.push({ first: Number(m[1]), path, bytes });
+        this.heldBytes += bytes;
+      } else if (name.endsWith('.tmp')) await rm(join(this.dir, name), { force: true });
     }
     this.segments.sort((a, b) => a.first - b.first);
     const last = this.segments.at(-1);
     if (!last) return;
-    const size = (await stat(last.path)).size;
-    if (size === 0) {
+    if (last.bytes === 0) {
       this.nextSeq = last.first;
       return;
     }
@@ -98,7 +120,10 @@ export class Journal<T extends object> {
     const text = await readFile(last.path, 'utf8');
     const end = text.lastIndexOf('\n');
     if (end + 1 !== Buffer.byteLength(text)) {
-      await truncate(last.path, Buffer.byteLength(text.slice(0, end + 1)));
+      const whole = Buffer.byteLength(text.slice(0, end + 1));
+      await truncate(last.path, whole);
+      this.heldBytes -= last.bytes - whole;
+      last.bytes = whole;
     }
     if (end < 0) {
       this.nextSeq = last.first;
@@ -172,43 +197,56 @@ export class Journal<T extends object> {
       for (let off = 0; off < bytes.length;) off += writeSync(cur.fh.fd, bytes, off);
       await cur.fh.sync();
     } catch (e) {
-      // A partial write must not prefix the next line: reopening cuts the torn tail.
+      // A partial (or unsynced) write must not prefix the next line: the next writable() reopens the
+      // segment and cuts it back to its last acknowledged line first.
       await cur.fh.close().catch(() => undefined);
       this.current = undefined;
-      const size = await stat(cur.seg.path).then((s) => s.size);
-      if (size > cur.size) await truncate(cur.seg.path, cur.size).catch(() => undefined);
       throw e;
     }
-    cur.size += bytes.length;
+    cur.seg.bytes += bytes.length;
+    this.heldBytes += bytes.length;
     this.nextSeq += lines.length;
     return first;
   }
 
   /** The segment to append to, rolling to a new one when the current is full. */
-  private async writable(): Promise<{ seg: Segment; fh: FileHandle; size: number }> {
-    if (this.current && this.current.size < this.segmentBytes) return this.current;
+  private async writable(): Promise<{ seg: Segment; fh: FileHandle }> {
+    if (this.current && this.current.seg.bytes < this.segmentBytes) return this.current;
     if (this.current) {
       await this.current.fh.close();
       this.current = undefined;
     }
-    let seg = this.segments.at(-1);
-    let size = seg ? (await stat(seg.path)).size : 0;
-    if (!seg || size >= this.segmentBytes) {
-      seg = { first: this.nextSeq, path: join(this.dir, nameOf(this.nextSeq)) };
-      const fh = await open(seg.path, 'a', 0o644);
-      await fsyncDir(this.dir);
-      this.segments.push(seg);
-      size = 0;
-      return (this.current = { seg, fh, size });
+    const last = this.segments.at(-1);
+    if (last && last.bytes < this.segmentBytes) {
+      // After a failed commit: cut whatever it left past the last complete line before appending again.
+      if ((await stat(last.path)).size > last.bytes) await truncate(last.path, last.bytes);
+      return (this.current = { seg: last, fh: await open(last.path, 'a', 0o644) });
     }
-    return (this.current = { seg, fh: await open(seg.path, 'a', 0o644), size });
+    const seg = { first: this.nextSeq, path: join(this.dir, nameOf(this.nextSeq)), bytes: 0 };
+    const fh = await open(seg.path, 'a', 0o644);
+    await fsyncDir(this.dir);
+    this.segments.push(seg);
+    return (this.current = { seg, fh });
   }
 
   /**
    * Records with seq >= from, in order, at most `maxRecords` of them and about
    * `maxBytes` of lines (always at least one record when there is one).
    */
-  async read(from: number, limits: { maxRecords?: number; maxBytes?: number } = {}): Promise<Entry<T>[]> {
+  read(from: number, limits: { maxRecords?: number; maxBytes?: number } = {}): Promise<Entry<T>[]> {
+    return this.scan(from, limits, true);
+  }
+
+  /** The first record with seq >= from, leaving a sequential reader's place as it was. */
+  async peek(from: number): Promise<Entry<T> | undefined> {
+    return (await this.scan(from, { maxRecords: 1, maxBytes: 64 * 1024 }, false))[0];
+  }
+
+  private async scan(
+    from: number,
+    limits: { maxRecords?: number; maxBytes?: number },
+    moveCursor: boolean,
+  ): Promise<Entry<T>[]> {
     const maxRecords = limits.maxRecords ?? 1000;
     const maxBytes = limits.maxBytes ?? 1024 * 1024;
     from = Math.max(from, this.tail);
@@ -247,14 +285,14 @@ export class Journal<T extends object> {
             const line = data.subarray(start, nl);
             offset += nl + 1 - start;
             start = nl + 1;
+            if (seqOf(line) < from) continue; // skipped without parsing the record
             const e = JSON.parse(line.toString('utf8')) as Entry<T>;
-            if (e.seq < from) continue;
             if (e.seq > this.head) {
               done = true; // being written right now: not durable yet
               break;
             }
             if (out.length >= maxRecords || (out.length > 0 && bytes + line.length > maxBytes)) {
-              this.cursor = { seq: e.seq, path: seg.path, offset: lineStart };
+              if (moveCursor) this.cursor = { seq: e.seq, path: seg.path, offset: lineStart };
               return out;
             }
             out.push(e);
@@ -268,7 +306,8 @@ export class Journal<T extends object> {
         await fh.close();
       }
       const lastSeq = out.at(-1)?.seq;
-      this.cursor = lastSeq !== undefined ? { seq: lastSeq + 1, path: seg.path, offset } : undefined;
+      if (moveCursor)
+        this.cursor = lastSeq !== undefined ? { seq: lastSeq + 1, path: seg.path, offset } : undefined;
       if (out.length >= maxRecords || bytes >= maxBytes) break;
       idx++;
       offset = 0;
@@ -301,7 +340,7 @@ export class Journal<T extends object> {
       if (last && upTo >= this.head && this.head >= last.first) {
         if (this.current) await this.current.fh.close();
         this.current = undefined;
-        const seg = { first: this.nextSeq, path: join(this.dir, nameOf(this.nextSeq)) };
+        const seg = { first: this.nextSeq, path: join(this.dir, nameOf(this.nextSeq)), bytes: 0 };
         await (await open(seg.path, 'a', 0o644)).close();
         this.segments = [seg];
         gone.push(last);
@@ -309,21 +348,16 @@ export class Journal<T extends object> {
       for (const seg of gone) {
         if (this.cursor?.path === seg.path) this.cursor = undefined;
         await rm(seg.path, { force: true });
+        this.heldBytes -= seg.bytes;
       }
       removed = gone.length;
       if (removed) await fsyncDir(this.dir);
     }).then(() => removed);
   }
 
-  /** Bytes held on disk. */
-  async bytes(): Promise<number> {
-    let n = 0;
-    for (const s of this.segments)
-      n += await stat(s.path).then(
-        (x) => x.size,
-        () => 0,
-      );
-    return n;
+  /** Bytes held on disk (whole segments: trimmed only once every record in one is). */
+  get bytes(): number {
+    return this.heldBytes;
   }
 
   /** Waits for queued appends, then closes the open segment. */

@@ -22,7 +22,7 @@ import type { Logger } from '../core/log.js';
 import type { Metrics } from '../core/metrics.js';
 import { BATCH_TYPE, signBatch, type CarriedBatch, type OwnRecord } from '../core/telemetry.js';
 import type { MirrorIdentity } from './identity.js';
-import type { Outbox, OutboxEntry } from './outbox.js';
+import type { Outbox, OutboxEntry, OutboxFigures } from './outbox.js';
 
 export interface ForwardOptions {
   outbox: Outbox;
@@ -52,7 +52,7 @@ interface Target {
   lastOkAt?: string;
 }
 
-export interface ForwardStatus {
+export interface ForwardStatus extends OutboxFigures {
   targets: {
     url: string;
     kind: string;
@@ -61,9 +61,6 @@ export interface ForwardStatus {
     lastError?: string;
     lastOkAt?: string;
   }[];
-  depth: number;
-  acked: number;
-  head: number;
 }
 
 /** At most this many relayed batches in one request (the receiver takes 64, one is our own). */
@@ -75,12 +72,25 @@ export function forwardMetrics(m: Metrics): void {
     'gauge',
     'Telemetry records waiting in the outbox for an upstream.',
   );
+  m.define('ferry_mirror_outbox_bytes', 'gauge', 'Bytes the telemetry outbox holds on disk.');
+  m.define(
+    'ferry_mirror_outbox_oldest_timestamp_seconds',
+    'gauge',
+    'When the oldest record waiting in the outbox was accepted (0 when none waits).',
+  );
   m.define(
     'ferry_mirror_forward_requests_total',
     'counter',
     'Forwarding requests, by target kind and result.',
   );
   m.define('ferry_mirror_forwarded_records_total', 'counter', 'Outbox records taken by an upstream or peer.');
+}
+
+/** Sets the outbox gauges (records, bytes, oldest waiting) from the outbox as it is now. */
+export function outboxGauges(m: Metrics, outbox: Outbox): void {
+  m.set('ferry_mirror_outbox_records', outbox.depth);
+  m.set('ferry_mirror_outbox_bytes', outbox.bytes);
+  m.set('ferry_mirror_outbox_oldest_timestamp_seconds', Math.floor((outbox.oldestWaitingAt ?? 0) / 1000));
 }
 
 export class Forwarder {
@@ -130,9 +140,7 @@ export class Forwarder {
         ...(t.lastError !== undefined && { lastError: t.lastError }),
         ...(t.lastOkAt !== undefined && { lastOkAt: t.lastOkAt }),
       })),
-      depth: outbox.depth,
-      acked: outbox.acked,
-      head: outbox.head,
+      ...outbox.figures(),
     };
   }
 
@@ -165,7 +173,7 @@ export class Forwarder {
   private async run(): Promise<void> {
     const { outbox, metrics } = this.opts;
     while (!this.stopped) {
-      metrics?.set('ferry_mirror_outbox_records', outbox.depth);
+      if (metrics) outboxGauges(metrics, outbox);
       if (outbox.depth === 0) {
         await this.sleep(60_000); // woken by the next append
         if (!this.stopped && outbox.depth > 0) await this.sleep(this.o.lingerMs);

@@ -26,6 +26,18 @@ type NoSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 export type OutboxInput = NoSeq<OutboxRecord>;
 export type OutboxEntry = Entry<OutboxInput>;
 
+/** What the outbox holds, for status views and gauges. */
+export interface OutboxFigures {
+  /** Records waiting to go home, seq acked+1..head. */
+  depth: number;
+  acked: number;
+  head: number;
+  /** Bytes the outbox holds on disk. */
+  bytes: number;
+  /** When the oldest waiting record was accepted (absent when none waits). */
+  oldestAt?: string;
+}
+
 export interface ExportMark {
   number: number;
   hash: string;
@@ -65,6 +77,8 @@ export class Outbox {
   private timer: NodeJS.Timeout | undefined;
   private listeners = new Set<() => void>();
   private checkpointing: Promise<void> | undefined;
+  /** When the oldest record still waiting was accepted (ms), undefined when none waits. */
+  private oldestMs: number | undefined;
 
   private constructor(
     readonly dataDir: string,
@@ -114,6 +128,15 @@ export class Outbox {
       from = batch.at(-1)!.seq + 1;
     }
     this.applied = Math.max(this.applied, this.journal.head);
+    await this.refreshOldest();
+  }
+
+  /** Looks up the oldest waiting record (the one after the acknowledged mark); unchanged if acked moves meanwhile. */
+  private async refreshOldest(): Promise<void> {
+    const acked = this.ackedSeq;
+    const first = this.depth > 0 ? await this.journal.peek(acked + 1) : undefined;
+    if (this.ackedSeq !== acked) return; // a later ack refreshes instead
+    this.oldestMs = first ? Date.parse(first.at) : undefined;
   }
 
   /**
@@ -207,6 +230,27 @@ export class Outbox {
     return Math.max(0, this.journal.head - this.ackedSeq);
   }
 
+  /** Bytes the outbox journal holds on disk (acknowledged records go with their whole segment). */
+  get bytes(): number {
+    return this.journal.bytes;
+  }
+
+  /** When the oldest record still waiting was accepted (ms since the epoch); undefined when none waits. */
+  get oldestWaitingAt(): number | undefined {
+    return this.depth > 0 ? this.oldestMs : undefined;
+  }
+
+  figures(): OutboxFigures {
+    const oldest = this.oldestWaitingAt;
+    return {
+      depth: this.depth,
+      acked: this.acked,
+      head: this.head,
+      bytes: this.bytes,
+      ...(oldest !== undefined && { oldestAt: new Date(oldest).toISOString() }),
+    };
+  }
+
   get exports(): readonly ExportMark[] {
     return this.exportMarks;
   }
@@ -232,6 +276,7 @@ export class Outbox {
 
   private async appendRecords(records: OutboxInput[]): Promise<number[]> {
     const seqs = await this.journal.append(records);
+    this.oldestMs ??= Date.parse(records[0]!.at);
     this.dirty = true;
     this.scheduleCheckpoint();
     for (const fn of this.listeners) fn();
@@ -294,6 +339,7 @@ export class Outbox {
     if (upTo <= this.ackedSeq) return;
     this.ackedSeq = upTo;
     await this.checkpoint();
+    await this.refreshOldest();
     for (const fn of this.ackListeners) fn();
     if (this.holds === 0) await this.journal.trim(Math.min(this.ackedSeq, this.applied));
   }

@@ -15,7 +15,7 @@ import { agentsFor } from './agents.js';
 import { startControl } from './control.js';
 import { applyAck, exportTelemetry } from './courier.js';
 import { isMirrorError, MirrorError } from './errors.js';
-import { Forwarder } from './forward.js';
+import { Forwarder, outboxGauges } from './forward.js';
 import { mirrorIdentity, type MirrorIdentity } from './identity.js';
 import { acquireLock } from './lock.js';
 import { Outbox } from './outbox.js';
@@ -163,11 +163,11 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     },
     log,
   );
-  // Outbox depth for alerting (a site cut off for long needs a courier): kept current on every change.
-  const depthGauge = () => metrics.set('ferry_mirror_outbox_records', outbox.depth);
-  depthGauge();
-  outbox.onAppend(depthGauge);
-  outbox.onAck(depthGauge);
+  // The outbox gauges for alerting (a site cut off for long needs a courier): kept current on every change.
+  const gauges = () => outboxGauges(metrics, outbox);
+  gauges();
+  outbox.onAppend(gauges);
+  outbox.onAck(gauges);
   forwarder.start();
   const state = await store.readState();
   log.info('mirror.started', {

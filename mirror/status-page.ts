@@ -1,5 +1,6 @@
 /** The mirror's status page: what it serves, what it refused. A pure function of its state. */
 import type { Manifest } from '../core/manifest.js';
+import { humanBytes } from '../core/units.js';
 import type { MirrorState } from './state.js';
 import type { ForwardStatus } from './forward.js';
 
@@ -31,7 +32,8 @@ function telemetryBlock(t: TelemetryView | undefined): string {
   if (!t) return '<p class="none">not available</p>';
   const waiting =
     t.depth > 0
-      ? `<b id="outbox">${t.depth}</b> record(s) waiting to go home (seq ${t.acked + 1}–${t.head})`
+      ? `<b id="outbox">${t.depth}</b> record(s) waiting to go home (seq ${t.acked + 1}–${t.head}, ` +
+        `${esc(humanBytes(t.bytes))} on disk${t.oldestAt ? `, the oldest since <span id="oldest">${esc(t.oldestAt)}</span>` : ''})`
       : '<span id="outbox">nothing waiting</span>';
   const routes = t.targets.length
     ? table(

@@ -6,7 +6,7 @@
  * retried with back-off, peer fallback), and the courier's export and ack.
  */
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -30,6 +30,7 @@ import { applyAck, exportTelemetry, importAck, serverKeyFor } from '../mirror/co
 import { Forwarder } from '../mirror/forward.js';
 import { createHandler } from '../mirror/http/app.js';
 import { mirrorIdentity } from '../mirror/identity.js';
+import { Outbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
 import { makeKey, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
@@ -145,6 +146,47 @@ describe('outbox', () => {
     expect(await readdir(join(store.dir, 'telemetry', 'outbox'))).toEqual(['0000000000000006.jsonl']);
     await again.close();
     await agents.close();
+  });
+
+  it('knows its bytes on disk and since when its oldest record waits, across acks and reopen', async () => {
+    const store = await newStore();
+    let t = Date.parse('2026-03-01T00:00:00Z');
+    const clock = { now: () => t };
+    let box = await Outbox.open(store.dir, clock);
+    expect(box.figures()).toEqual({ depth: 0, acked: 0, head: 0, bytes: 0 });
+    const a = await newAgent();
+    const beat = (c: number) => ({
+      heartbeat: heartbeat(a, c),
+      envelope: signHeartbeat(heartbeat(a, c), a.key),
+    });
+    await box.appendHeartbeats([beat(1)]); // seq 1 at t0
+    t += 3_600_000;
+    await box.appendHeartbeats([beat(2), beat(3)]); // seqs 2, 3 an hour later
+    t += 86_400_000;
+    await box.appendHeartbeats([beat(4)]); // seq 4 a day later
+    const onDisk = async () => {
+      const dir = join(store.dir, 'telemetry', 'outbox');
+      let n = 0;
+      for (const f of await readdir(dir)) n += (await stat(join(dir, f))).size;
+      return n;
+    };
+    expect(box.figures()).toEqual({
+      depth: 4,
+      acked: 0,
+      head: 4,
+      bytes: await onDisk(),
+      oldestAt: '2026-03-01T00:00:00.000Z',
+    });
+    await box.ack(1);
+    expect(box.figures().oldestAt).toBe('2026-03-01T01:00:00.000Z');
+    await box.close();
+    box = await Outbox.open(store.dir, clock); // looked up again from the journal
+    expect(box.figures()).toMatchObject({ depth: 3, oldestAt: '2026-03-01T01:00:00.000Z' });
+    await box.ack(3);
+    expect(box.oldestWaitingAt).toBe(Date.parse('2026-03-02T01:00:00Z'));
+    await box.ack(4);
+    expect(box.figures()).toEqual({ depth: 0, acked: 4, head: 4, bytes: 0 });
+    await box.close();
   });
 
   it("moves a data dir's old day logs and counters into the outbox, enrolments first", async () => {

@@ -9,12 +9,13 @@ import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { enroll, enrollRequest, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import type { Envelope } from '../core/dsse.js';
 import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
 import { createHandler } from '../mirror/http/app.js';
 import { agentsFor } from '../mirror/agents.js';
+import { Outbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
 import { makeWorld, type World } from './helpers/fixtures.js';
 
@@ -149,6 +150,23 @@ describe('POST /v1/telemetry', () => {
     ]);
   });
 
+  it('answers 507 STORAGE_FULL when the disk is full, and stores nothing', async () => {
+    const before = (await logged()).length;
+    const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    const spy = vi.spyOn(Outbox.prototype, 'appendHeartbeats').mockRejectedValueOnce(full);
+    try {
+      const r = await post('/v1/telemetry', signHeartbeat(heartbeat(a, 5), a.key));
+      expect(r).toEqual({ status: 507, json: { code: 'STORAGE_FULL', message: 'mirror storage is full' } });
+    } finally {
+      spy.mockRestore();
+    }
+    expect((await logged()).length).toBe(before);
+    // the agent keeps it and sends it again: taken once there is room
+    expect(await post('/v1/telemetry', signHeartbeat(heartbeat(a, 5), a.key))).toMatchObject({
+      status: 202,
+    });
+  });
+
   it('groups concurrent requests and still refuses a counter seen in the same batch', async () => {
     const [x, y] = await Promise.all([
       post('/v1/telemetry', signHeartbeat(heartbeat(a, 10), a.key)),
@@ -159,7 +177,7 @@ describe('POST /v1/telemetry', () => {
   });
 
   it('refuses a tampered heartbeat (one payload byte changed) and stores nothing', async () => {
-    const env = signHeartbeat(heartbeat(a, 20), a.key);
+    const env = signHeartbeat(heartbeat(a, 5), a.key);
     const body = Buffer.from(env.payload, 'base64');
     const at = body.indexOf('"version":"1.0.0"') + '"version":"1.0.'.length;
     body[at] = '9'.charCodeAt(0);

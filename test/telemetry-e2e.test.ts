@@ -113,9 +113,10 @@ async function expectAllDelivered(state: string, fleetById: Map<string, FleetAge
   expect(got.heartbeats).toBe(got.lastCounter);
 }
 
-async function mirrorStatus(data: string): Promise<{ depth: number; head: number; acked: number }> {
+type OutboxStatus = { depth: number; head: number; acked: number; bytes: number; oldestAt?: string };
+async function mirrorStatus(data: string): Promise<OutboxStatus> {
   const s = JSON.parse(await ok(['mirror', 'status', '--data', data, '--json'])) as {
-    telemetry: { depth: number; head: number; acked: number };
+    telemetry: OutboxStatus;
   };
   return s.telemetry;
 }
@@ -376,8 +377,19 @@ describe('the courier round trip, twice, with real processes', () => {
     // round 1
     await waitDepth(3);
     expect(await metric(m.url, /ferry_mirror_outbox_records (\d+)/)).toBeGreaterThanOrEqual(3);
+    // how much waits, and since when: what an operator alerts on for a site cut off too long
+    const waiting = await mirrorStatus(A);
+    expect(waiting.bytes).toBeGreaterThan(0);
+    const oldest = Date.parse(waiting.oldestAt!);
+    expect(oldest).toBeGreaterThan(Date.now() - 120_000);
+    expect(oldest).toBeLessThanOrEqual(Date.now());
+    expect(await metric(m.url, /ferry_mirror_outbox_oldest_timestamp_seconds (\d+)/)).toBe(
+      Math.floor(oldest / 1000),
+    );
+    expect(await metric(m.url, /ferry_mirror_outbox_bytes (\d+)/)).toBeGreaterThan(0);
     const page = await (await fetch(`${m.url}/`)).text();
     expect(page).toMatch(/id="outbox">\d+<\/b> record\(s\) waiting/);
+    expect(page).toContain(`the oldest since <span id="oldest">${waiting.oldestAt}</span>`);
     expect(page).toMatch(/leaves by courier/);
     const e1 = await exportNo(1);
     const lines = (await readFile(e1.out, 'utf8')).split('\n');
@@ -461,6 +473,8 @@ describe('the courier round trip, twice, with real processes', () => {
     expect(twice.alreadyApplied).toBe(true);
     expect(await mirrorStatus(A)).toMatchObject({ depth: 0, acked: e4.to });
     expect(await metric(m.url, /ferry_mirror_outbox_records (\d+)/)).toBe(0);
+    expect(await metric(m.url, /ferry_mirror_outbox_oldest_timestamp_seconds (\d+)/)).toBe(0);
+    expect((await mirrorStatus(A)).oldestAt).toBeUndefined();
     expect(await (await fetch(`${m.url}/`)).text()).toMatch(/id="outbox">nothing waiting/);
 
     // every heartbeat the agent handed over is at the server, once

@@ -7,7 +7,7 @@ import { readAgentState } from '../../agent/state.js';
 import { installRootOf } from '../../agent/update/driver.js';
 import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
-import { int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
+import { humanSeconds, int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
 
 const mirrorsOf = (p: Parsed) =>
   list(p, 'mirror', false)
@@ -221,7 +221,7 @@ export const agentStatus: Command = {
       );
       io.out(`active: ${view.active ? `${view.active.publisher} sequence ${view.active.sequence}` : 'none'}`);
       io.out(
-        `last contact: ${view.lastContactAt ?? 'never'}${view.disconnectedSec ? `, cut off for ${view.disconnectedSec} s` : ''}`,
+        `last contact: ${view.lastContactAt ?? 'never'}${view.disconnectedSec ? `, cut off for ${humanSeconds(view.disconnectedSec)}` : ''}`,
       );
       io.out(`outbox: ${outbox} entr${outbox === 1 ? 'y' : 'ies'} waiting`);
       for (const [name, r] of Object.entries(s.scripts)) {

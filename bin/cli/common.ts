@@ -1,6 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { useSodiumNative } from '../../core/ed25519.js';
 import { FerryError, isCodedError } from '../../core/errors.js';
+import { humanBytes } from '../../core/units.js';
 
 export interface Io {
   out: (line: string) => void;
@@ -131,16 +132,7 @@ export function printJson(io: Io, value: unknown): void {
   io.out(JSON.stringify(value, null, 2));
 }
 
-export function humanBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
+export { humanBytes, humanSeconds } from '../../core/units.js';
 
 /** A progress line on a TTY for large work; silent otherwise. */
 export function progressBar(

@@ -9,12 +9,14 @@ import { applyAck, exportTelemetry, readAckFile } from '../../mirror/courier.js'
 import { isMirrorError, MirrorError } from '../../mirror/errors.js';
 import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
 import { acquireLock } from '../../mirror/lock.js';
-import { Outbox } from '../../mirror/outbox.js';
+import { Outbox, type OutboxFigures } from '../../mirror/outbox.js';
 import { createLogger } from '../../core/log.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
 import {
+  humanBytes,
+  humanSeconds,
   int,
   jsonOption,
   list,
@@ -100,7 +102,7 @@ export const mirrorStatus: Command = {
     printStatus(io, state.site, root.payload.version, state);
     if (telemetry) {
       io.out(
-        `telemetry: ${telemetry.depth ? `${telemetry.depth} record(s) waiting (seq ${telemetry.acked + 1}..${telemetry.head})` : 'nothing waiting'}, ` +
+        `telemetry: ${telemetry.depth ? waitingLine(telemetry) : 'nothing waiting'}, ` +
           `${telemetry.exports} export(s) made${telemetry.serving ? '' : ', mirror not serving'}`,
       );
       for (const t of telemetry.targets)
@@ -301,12 +303,17 @@ export const mirrorIdentityCommand: Command = {
   },
 };
 
-interface TelemetryStatus {
+/** `1200 record(s) waiting (seq 5..1204, 1.2 MiB on disk, the oldest for 3 d)`. */
+function waitingLine(t: TelemetryStatus): string {
+  const age = t.oldestAt
+    ? `, the oldest for ${humanSeconds((Date.now() - Date.parse(t.oldestAt)) / 1000)}`
+    : '';
+  return `${t.depth} record(s) waiting (seq ${t.acked + 1}..${t.head}, ${humanBytes(t.bytes)} on disk${age})`;
+}
+
+interface TelemetryStatus extends OutboxFigures {
   serving: boolean;
   mirror: string;
-  depth: number;
-  acked: number;
-  head: number;
   exports: number;
   targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
 }
@@ -332,9 +339,7 @@ async function telemetryStatus(dataDir: string): Promise<TelemetryStatus | null>
     const s = {
       serving: false,
       mirror: pub ? mirrorIdOf(pub.publicKey) : '',
-      depth: outbox.depth,
-      acked: outbox.acked,
-      head: outbox.head,
+      ...outbox.figures(),
       exports: outbox.exports.length,
       targets: [],
     };

@@ -71,6 +71,15 @@ export function publicError(e: unknown): { status: number; body: ErrorBody; expe
     if (e.code === 'STORE_INVALID' || e.code === 'STORE_MISMATCH')
       return { status: 503, body: { code: e.code, message: 'mirror store is not usable' }, expected: false };
   }
+  // The disk is full: nothing was stored (and nothing acknowledged). Senders keep what they sent and
+  // try again later, or another mirror.
+  const errno = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (errno === 'ENOSPC' || errno === 'EDQUOT')
+    return {
+      status: 507,
+      body: { code: 'STORAGE_FULL', message: 'mirror storage is full' },
+      expected: false,
+    };
   // A core error on a read route means stored data did not parse: our fault, not the client's.
   if (isFerryError(e) && e.code !== 'USAGE')
     return { status: 500, body: { code: e.code, message: 'stored data could not be read' }, expected: false };

@@ -11,7 +11,7 @@ import type { StateView } from '../snapshot.js';
 import type { Logger } from '../../core/log.js';
 import type { AgentsStore } from '../agents.js';
 import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
-import { HttpError } from './errors.js';
+import { publicError } from './errors.js';
 import { etagMatches } from './routes.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -86,12 +86,16 @@ export function withFastTelemetry(
       acceptAgentTelemetry(agents, body, limits).then(
         (r) => reply(r.status, r.body),
         (e: unknown) => {
-          if (e instanceof HttpError) return reply(e.status, { code: e.code, message: e.message });
-          log.error('http.request_error', {
-            route: '/v1/telemetry',
-            error: e instanceof Error ? e.message : String(e),
-          });
-          reply(500, { code: 'INTERNAL', message: 'internal error' });
+          const { status, body, expected } = publicError(e);
+          if (!expected || status >= 500)
+            log.error('http.request_error', {
+              method: 'POST',
+              path: '/v1/telemetry',
+              status,
+              code: body.code,
+              error: e instanceof Error ? e.message : String(e),
+            });
+          reply(status, body);
         },
       );
     });

@@ -343,8 +343,10 @@ describe('agent self-update through a real mirror and a restarting supervisor', 
     expect(prestartLog.join('')).toMatch(/rolled back to .*1\.0\.0 after 3 starts/);
     expect(exits.filter((e) => e.code === 1).length - before).toBe(LIMITS.maxAttempts);
     expect((await updateFile()).badVersions.some((b) => b.endsWith(':6.0.0'))).toBe(true);
-    const left = (await readdir(stateDir)).filter((n) => n.startsWith('pending.'));
-    expect(left).toEqual([]);
+    // removed right after the rollback is recorded: awaited, not raced
+    await eventually('pending.* removed', async () =>
+      (await readdir(stateDir)).some((n) => n.startsWith('pending.')) ? undefined : true,
+    );
     const r = await eventually('v6 report', async () =>
       (await updateReports()).find((x) => x.version === '6.0.0'),
     );

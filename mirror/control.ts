@@ -8,15 +8,37 @@
  * HTTP/1.1 over the Unix socket, JSON both ways: POST /export {out},
  * POST /import-ack {ack, serverKey?}, GET /status. Answers {ok:true, …} or
  * {ok:false, code, message}.
+ *
+ * A Unix socket's address holds at most 107 bytes. When `<data>/control.sock`
+ * is longer, both sides name the same file through a descriptor of the data
+ * directory they hold open: `/proc/self/fd/N/control.sock` (Linux).
  */
 import { once } from 'node:events';
-import { chmod, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, open, rm } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { isCodedError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 
 export const controlSocketPath = (dataDir: string) => join(dataDir, 'control.sock');
+
+/** The longest socket path used as it is (sockaddr_un holds 108 bytes with the terminating NUL). */
+const MAX_SOCKET_PATH = 100;
+
+/**
+ * A name for the control socket that fits in a socket address: its path, or the same file reached
+ * through an open descriptor of the data dir (`release` closes it). Undefined when neither is possible.
+ */
+async function socketName(
+  dataDir: string,
+): Promise<{ name: string; release: () => Promise<void> } | undefined> {
+  const path = controlSocketPath(dataDir);
+  if (Buffer.byteLength(path) <= MAX_SOCKET_PATH) return { name: path, release: () => Promise.resolve() };
+  if (!existsSync('/proc/self/fd')) return undefined;
+  const dir = await open(dataDir, 'r');
+  return { name: `/proc/self/fd/${dir.fd}/control.sock`, release: () => dir.close() };
+}
 
 export type ControlHandler = (body: Record<string, unknown>) => Promise<Record<string, unknown>>;
 
@@ -34,8 +56,12 @@ export async function startControl(
   log: Logger,
 ): Promise<ControlServer | undefined> {
   const path = controlSocketPath(dataDir);
-  if (Buffer.byteLength(path) > 100) {
-    log.warn('control.unavailable', { path, reason: 'path too long for a Unix socket' });
+  const socket = await socketName(dataDir);
+  if (!socket) {
+    log.warn('control.unavailable', {
+      path,
+      reason: 'path too long for a Unix socket, and no /proc/self/fd',
+    });
     return undefined;
   }
   await rm(path, { force: true });
@@ -73,15 +99,22 @@ export async function startControl(
       );
     });
   });
-  server.listen(path);
-  await once(server, 'listening');
-  await chmod(path, 0o600);
+  try {
+    server.listen(socket.name);
+    await once(server, 'listening');
+    await chmod(path, 0o600);
+  } catch (e) {
+    server.close();
+    await socket.release();
+    throw e;
+  }
   return {
     path,
     close: async () => {
       server.close();
       server.closeAllConnections();
       await rm(path, { force: true });
+      await socket.release();
     },
   };
 }
@@ -97,8 +130,23 @@ export interface ControlAnswer {
  * Asks the serving mirror; undefined when none answers on the socket (no
  * socket, or a stale one), in which case the caller may do the work itself.
  */
-export function callControl(
+export async function callControl(
   dataDir: string,
+  method: 'GET' | 'POST',
+  route: string,
+  body?: Record<string, unknown>,
+): Promise<ControlAnswer | undefined> {
+  const socket = await socketName(dataDir).catch(() => undefined);
+  if (!socket) return undefined;
+  try {
+    return await ask(socket.name, method, route, body);
+  } finally {
+    await socket.release();
+  }
+}
+
+function ask(
+  socketPath: string,
   method: 'GET' | 'POST',
   route: string,
   body?: Record<string, unknown>,
@@ -107,7 +155,7 @@ export function callControl(
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const req = request(
       {
-        socketPath: controlSocketPath(dataDir),
+        socketPath,
         path: route,
         method,
         headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},

@@ -138,6 +138,18 @@ async function writeExport(
 /** Where the server's public key is pinned in a mirror's data dir. */
 export const serverKeyPath = (dataDir: string) => join(dataDir, 'identity', 'server.pub');
 
+/** The keyid of the server key pinned in a data dir, or undefined when none is. */
+export async function pinnedServerKeyId(dataDir: string): Promise<string | undefined> {
+  return (await loadPinned(serverKeyPath(dataDir)))?.keyid;
+}
+
+const loadPinned = (path: string) =>
+  loadPublicKey(path).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT' || (e as { cause?: NodeJS.ErrnoException }).cause?.code === 'ENOENT')
+      return undefined;
+    throw e;
+  });
+
 /**
  * The server key acks are checked with: the pinned one, or `given` (a ferry
  * .pub file) when none is pinned yet, with `pin` to record it — called only
@@ -149,11 +161,7 @@ export async function serverKeyFor(
   given?: string,
 ): Promise<{ key: Uint8Array; pin?: () => Promise<void> }> {
   const pinned = serverKeyPath(dataDir);
-  const have = await loadPublicKey(pinned).catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT' || (e as { cause?: NodeJS.ErrnoException }).cause?.code === 'ENOENT')
-      return undefined;
-    throw e;
-  });
+  const have = await loadPinned(pinned);
   if (given === undefined) {
     if (!have)
       throw new TelemetryError(

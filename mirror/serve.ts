@@ -13,7 +13,7 @@ import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
 import { startControl } from './control.js';
-import { applyAck, exportTelemetry } from './courier.js';
+import { applyAck, exportTelemetry, pinnedServerKeyId, serverKeyFor } from './courier.js';
 import { isMirrorError, MirrorError } from './errors.js';
 import { Forwarder, outboxGauges } from './forward.js';
 import { mirrorIdentity, type MirrorIdentity } from './identity.js';
@@ -43,6 +43,12 @@ export interface MirrorOptions {
   upstream?: string;
   /** Mirrors to relay through while the upstream is unreachable (or when there is none). */
   peers?: string[];
+  /**
+   * The server's public key (a ferry .pub file) that courier acks must be signed with: pinned in the
+   * data dir on first start, refused when it differs from the one pinned. Without it, the first
+   * `import-ack --server-key` pins it.
+   */
+  serverKeyPath?: string;
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
@@ -64,6 +70,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   if (Boolean(o.trustPath) !== Boolean(o.site))
     throw new FerryError('USAGE', '--trust and --site go together');
   const init = o.trustPath && o.site ? { rootBytes: await readFile(o.trustPath), site: o.site } : undefined;
+  // Checked before anything is written: a key that is not the pinned one refuses the start.
+  const serverKey = o.serverKeyPath ? await serverKeyFor(o.dataDir, o.serverKeyPath) : undefined;
   const store = await Store.open(o.dataDir, init ? { init } : {});
   const metrics = mirrorMetrics();
   const log = o.log;
@@ -77,6 +85,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       throw e;
     },
   );
+  await serverKey?.pin?.();
   const identity = await mirrorIdentity(o.dataDir);
   const agents = agentsFor(store);
   const outbox = await agents.outbox();
@@ -112,8 +121,14 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
+  /** The keyid acks are checked with (pinned here at start, or by the first ack carried in). */
+  let serverKeyId = await pinnedServerKeyId(o.dataDir);
   /** The outbox and its routes: the status page's block and the control socket's GET /status. */
-  const telemetryView = (): TelemetryView => ({ ...forwarder.status(), exports: outbox.exports.length });
+  const telemetryView = (): TelemetryView => ({
+    ...forwarder.status(),
+    exports: outbox.exports.length,
+    ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
+  });
   const server: Server = createServer();
   const drainer = trackConnections(server); // first, so it sees every request before the app does
   server.on(
@@ -157,7 +172,9 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       },
       'POST /import-ack': async (b) => {
         const serverKey = typeof b.serverKey === 'string' ? b.serverKey : undefined;
-        return { ...(await applyAck(outbox, identity, o.dataDir, b.ack, serverKey)) };
+        const r = await applyAck(outbox, identity, o.dataDir, b.ack, serverKey);
+        serverKeyId = await pinnedServerKeyId(o.dataDir);
+        return { ...r };
       },
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
     },
@@ -178,6 +195,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     upstream: o.upstream ?? null,
     peers: o.peers ?? [],
     outbox: outbox.depth,
+    serverKey: serverKeyId ?? null,
     active: state.active?.sequence ?? null,
     crypto: backendName(),
   });

@@ -18,7 +18,11 @@ function table(head: string[], rows: unknown[][]): string {
 }
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
-export type TelemetryView = ForwardStatus & { exports: number };
+export type TelemetryView = ForwardStatus & {
+  exports: number;
+  /** The keyid of the server key courier acks are checked with, once pinned. */
+  serverKey?: string;
+};
 
 export interface StatusView {
   state: MirrorState;
@@ -46,7 +50,10 @@ function telemetryBlock(t: TelemetryView | undefined): string {
         ]),
       )
     : '<p class="none">no upstream or peer configured: telemetry leaves by courier (ferry mirror export-telemetry)</p>';
-  return `<p>${waiting} · ${t.exports} export(s) made</p>\n${routes}`;
+  const acks = t.serverKey
+    ? `acks checked with server key <span id="server-key">${esc(t.serverKey.slice(0, 16))}…</span>`
+    : 'no server key pinned yet (the first <code>import-ack --server-key</code> pins it)';
+  return `<p>${waiting} · ${t.exports} export(s) made · ${acks}</p>\n${routes}`;
 }
 
 export function renderStatusPage(v: StatusView): string {

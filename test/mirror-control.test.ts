@@ -1,8 +1,8 @@
 /**
- * The serving mirror's control socket with a data dir whose path is too long
- * for a Unix socket address (over 100 bytes): the courier commands and status
- * still reach the serving process (through /proc/self/fd), and the socket file
- * goes with the mirror.
+ * The serving mirror's courier plumbing, with real processes: the control
+ * socket with a data dir whose path is too long for a Unix socket address
+ * (over 100 bytes) still reaches the serving process (through /proc/self/fd);
+ * and the server key that acks are checked with, pinned at `serve` time.
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,9 +10,9 @@ import { describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import { signHeartbeat } from '../core/heartbeat.js';
 import { importInto, startMirrorAt } from './helpers/agent-proc.js';
-import { buildBundle } from './helpers/fixtures.js';
+import { buildBundle, snapshotDir } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
-import { runFerry } from './helpers/mirror-proc.js';
+import { followLogs, runFerry, spawnFerry } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
 const w = useWorld();
@@ -52,5 +52,43 @@ describe('control socket', () => {
     // with no mirror serving, the same command works on the data dir itself
     const local = await runFerry(['mirror', 'status', '--data', data, '--json']);
     expect(JSON.parse(local.stdout)).toMatchObject({ telemetry: { serving: false, depth: 2 } });
+  });
+
+  it('serve --server-key pins the key acks are checked with; a different key refuses the start and changes nothing', async () => {
+    const data = join(w.dir, 'pinned');
+    const { volumes } = await buildBundle(w, join(w.dir, 'p.ferry'), {});
+    await importInto(data, volumes[0]!.path, w.rootPath);
+    const ok = async (args: string[]) => {
+      const r = await runFerry(args);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout;
+    };
+    await ok(['server', 'identity', '--data', join(w.dir, 'server'), '--out', join(w.dir, 'server.pub')]);
+    const keyid = (
+      JSON.parse(await ok(['server', 'identity', '--data', join(w.dir, 'server'), '--json'])) as {
+        keyid: string;
+      }
+    ).keyid;
+    await ok(['keys', 'generate', '--out', join(w.dir, 'other'), '--name', 'impostor']);
+
+    const serve = (key: string) =>
+      followLogs(
+        spawnFerry(['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0', '--server-key', key]),
+        'mirror',
+      );
+    let m = serve(join(w.dir, 'server.pub'));
+    expect(await m.waitForLog((l) => l.event === 'mirror.started')).toMatchObject({ serverKey: keyid });
+    expect(await ok(['mirror', 'status', '--data', data])).toContain(`acks checked with server key ${keyid}`);
+    await m.stop('SIGTERM');
+
+    const before = await snapshotDir(data);
+    m = serve(join(w.dir, 'other', 'impostor.pub'));
+    expect((await m.exited).code).toBe(1);
+    expect(m.stderr()).toMatch(/SERVER_KEY_MISMATCH: .*is not the server key pinned in this data dir/);
+    expect(await snapshotDir(data)).toEqual(before);
+
+    m = serve(join(w.dir, 'server.pub')); // the same key again: fine
+    await m.waitForLog((l) => l.event === 'mirror.started');
+    await m.stop('SIGTERM');
   });
 });

@@ -5,7 +5,7 @@ import { writeFileAtomic } from '../../core/fsx.js';
 import { loadPublicKey } from '../../core/keys.js';
 import { mirrorIdOf } from '../../core/telemetry.js';
 import { callControl } from '../../mirror/control.js';
-import { applyAck, exportTelemetry, readAckFile } from '../../mirror/courier.js';
+import { applyAck, exportTelemetry, pinnedServerKeyId, readAckFile } from '../../mirror/courier.js';
 import { isMirrorError, MirrorError } from '../../mirror/errors.js';
 import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
 import { acquireLock } from '../../mirror/lock.js';
@@ -105,6 +105,11 @@ export const mirrorStatus: Command = {
         `telemetry: ${telemetry.depth ? waitingLine(telemetry) : 'nothing waiting'}, ` +
           `${telemetry.exports} export(s) made${telemetry.serving ? '' : ', mirror not serving'}`,
       );
+      io.out(
+        telemetry.serverKey
+          ? `  acks checked with server key ${telemetry.serverKey}`
+          : '  no server key pinned yet (serve --server-key, or the first import-ack --server-key, pins it)',
+      );
       for (const t of telemetry.targets)
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
     }
@@ -135,9 +140,11 @@ export const mirrorServe: Command = {
     'wait in its outbox (durable before the agent is answered) and go home to --upstream (the server or a\n' +
     'mirror closer to it), or through a --peer that has a route while the upstream is down; with no link at\n' +
     'all, `ferry mirror export-telemetry` writes them for the courier. Back-off between attempts doubles up\n' +
-    'to --retry-max seconds (default 60). SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+    'to --retry-max seconds (default 60). --server-key pins the key courier acks must be signed with (from\n' +
+    '`ferry server identity --out`, brought with the trust root); a different key than the one pinned\n' +
+    'refuses the start. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC]',
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub]',
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
@@ -147,6 +154,7 @@ export const mirrorServe: Command = {
     upstream: { type: 'string' },
     peer: { type: 'string', multiple: true },
     'retry-max': { type: 'string' },
+    'server-key': { type: 'string' },
   },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
@@ -156,6 +164,7 @@ export const mirrorServe: Command = {
     const drop = str(p, 'drop', false);
     const upstream = str(p, 'upstream', false);
     const peers = list(p, 'peer', false);
+    const serverKey = str(p, 'server-key', false);
     for (const u of [upstream, ...peers].filter(Boolean)) parseUrl(u);
     const mirror = await startMirror({
       dataDir: str(p, 'data'),
@@ -168,6 +177,7 @@ export const mirrorServe: Command = {
       ...(upstream && { upstream }),
       peers,
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
+      ...(serverKey && { serverKeyPath: resolve(serverKey) }),
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;
@@ -315,6 +325,8 @@ interface TelemetryStatus extends OutboxFigures {
   serving: boolean;
   mirror: string;
   exports: number;
+  /** The keyid acks are checked with, once pinned. */
+  serverKey?: string;
   targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
 }
 
@@ -336,11 +348,13 @@ async function telemetryStatus(dataDir: string): Promise<TelemetryStatus | null>
   try {
     const outbox = await Outbox.open(dataDir);
     const pub = await loadPublicKey(join(dataDir, 'identity', 'mirror.pub')).catch(() => undefined);
+    const serverKey = await pinnedServerKeyId(dataDir).catch(() => undefined);
     const s = {
       serving: false,
       mirror: pub ? mirrorIdOf(pub.publicKey) : '',
       ...outbox.figures(),
       exports: outbox.exports.length,
+      ...(serverKey !== undefined && { serverKey }),
       targets: [],
     };
     await outbox.close();

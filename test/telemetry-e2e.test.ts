@@ -165,8 +165,21 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
           const f = await fleet(server.url);
           return f.size === 2 && [...f.values()].every((x) => x.heartbeats >= min) ? f : undefined;
         },
-        30_000,
-      );
+        60_000,
+      ).catch(async (e: Error) => {
+        // what each hop holds, for a failure that can be read without rerunning
+        const f = await fleet(server.url).catch((x: Error) => x.message);
+        const hops = {
+          fleet: f instanceof Map ? [...f.values()].map((x) => [x.id.slice(0, 8), x.heartbeats]) : f,
+          A: await mirrorStatus(A).catch((x: Error) => x.message),
+          B: await mirrorStatus(B).catch((x: Error) => x.message),
+          agents: agents.map((p) => p.logs.filter((l) => l.event === 'agent.cycle').slice(-2)),
+          forwarding: [a, b].map((m) =>
+            m.logs.filter((l) => String(l.event).startsWith('forward.')).slice(-4),
+          ),
+        };
+        throw new Error(`${e.message}\n${JSON.stringify(hops, null, 1)}`);
+      });
     await beats(2);
     expect(await metric(b.url, /ferry_mirror_forwarded_records_total (\d+)/)).toBe(0); // straight from A so far
 

@@ -176,8 +176,18 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       'server.stopped',
     );
     try {
+      // acks are checked with the server key pinned in the data dir: any other key refuses the start
+      ferry([...args, '--server-key', join(usb, 'mirror.pub')], 1);
       mirror = await background(
-        [...args.slice(0, 4), '--listen', url.replace('http://', ''), '--upstream', srv.url],
+        [
+          ...args.slice(0, 4),
+          '--listen',
+          url.replace('http://', ''),
+          '--upstream',
+          srv.url,
+          '--server-key',
+          join(usb, 'server.pub'),
+        ],
         'mirror.started',
         'mirror.stopped',
       );

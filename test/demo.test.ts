@@ -1,0 +1,42 @@
+/**
+ * `npm run demo`, the README's first command, run as a newcomer runs it (the built
+ * dist/bin/demo.js): every step goes through the real CLI and services, and any
+ * step that ends other than it should makes the demo exit non-zero.
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REPO, tempDir } from './helpers/fixtures.js';
+
+let dir: string;
+let cleanup: () => Promise<void>;
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir('ferry-demo-test-'));
+});
+afterAll(() => cleanup());
+
+describe('the demo', () => {
+  it('runs every step to the end on its embedded defaults', async () => {
+    const work = join(dir, 'work');
+    const child = spawn(process.execPath, [join(REPO, 'dist/bin/demo.js'), '--dir', work], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const [code] = (await once(child, 'exit')) as [number | null];
+    expect(code, out.slice(-4000)).toBe(0);
+    expect(out).toMatch(/demo complete: every good bundle verified, every bad one was refused/);
+    // the refusals it shows, each with its reason code
+    const refusals = [
+      'SIGNATURE_THRESHOLD',
+      'BLOB_DIGEST_MISMATCH',
+      'SITE_MISMATCH',
+      'EXPORT_TAMPERED',
+      'SERVER_KEY_MISMATCH',
+    ];
+    for (const c of refusals) expect(out).toContain(c); // (a step whose exit differs ends the demo with 1)
+    expect(out).toMatch(/GET http:\/\/127\.0\.0\.1:\d+\/v1\/agents → \S+: \d+ heartbeat/);
+  }, 180_000);
+});

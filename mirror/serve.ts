@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
+import { loadPublicKey } from '../core/keys.js';
+import { mirrorIdOf } from '../core/telemetry.js';
 import type { Logger } from '../core/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
@@ -49,6 +51,12 @@ export interface MirrorOptions {
    * `import-ack --server-key` pins it.
    */
   serverKeyPath?: string;
+  /**
+   * Public keys (ferry .pub files, `ferry mirror identity --out`) of the mirrors whose batches this one
+   * relays: a batch from any other mirror, or not signed by the one it names, is refused. Without them,
+   * any well-formed batch is carried (the server still checks every one).
+   */
+  relayKeyPaths?: string[];
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
@@ -66,12 +74,23 @@ export interface RunningMirror {
   close(): Promise<void>;
 }
 
+/** Mirror id → public key, from ferry .pub files. */
+async function loadRelayKeys(paths: string[]): Promise<Map<string, Uint8Array>> {
+  const keys = new Map<string, Uint8Array>();
+  for (const p of paths) {
+    const { publicKey } = await loadPublicKey(p);
+    keys.set(mirrorIdOf(publicKey), publicKey);
+  }
+  return keys;
+}
+
 export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   if (Boolean(o.trustPath) !== Boolean(o.site))
     throw new FerryError('USAGE', '--trust and --site go together');
   const init = o.trustPath && o.site ? { rootBytes: await readFile(o.trustPath), site: o.site } : undefined;
   // Checked before anything is written: a key that is not the pinned one refuses the start.
   const serverKey = o.serverKeyPath ? await serverKeyFor(o.dataDir, o.serverKeyPath) : undefined;
+  const relayKeys = o.relayKeyPaths ? await loadRelayKeys(o.relayKeyPaths) : undefined;
   const store = await Store.open(o.dataDir, init ? { init } : {});
   const metrics = mirrorMetrics();
   const log = o.log;
@@ -138,7 +157,11 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       log,
       metrics,
       agents,
-      relay: { selfId: identity.id, hasRoute: () => forwarder.hasRoute() },
+      relay: {
+        selfId: identity.id,
+        hasRoute: () => forwarder.hasRoute(),
+        ...(relayKeys && { trusted: relayKeys }),
+      },
       telemetry: telemetryView,
     }),
   );
@@ -196,6 +219,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     peers: o.peers ?? [],
     outbox: outbox.depth,
     serverKey: serverKeyId ?? null,
+    relayFrom: relayKeys ? [...relayKeys.keys()] : 'any',
     active: state.active?.sequence ?? null,
     crypto: backendName(),
   });

@@ -18,6 +18,8 @@ import { createLogger } from '../core/log.js';
 import {
   ACK_TYPE,
   BATCH_PAYLOAD_TYPE,
+  BATCH_TYPE,
+  signBatch,
   readExportHeader,
   sha256Hex,
   signAck,
@@ -266,6 +268,63 @@ describe('relaying batches over HTTP', () => {
     expect(box.head).toBe(before + 2); // refusals stored nothing
     const rec = (await box.read(before + 1)).at(0)!;
     expect(rec).toMatchObject({ kind: 'batch', via: [otherId] });
+  });
+});
+
+describe('relaying with pinned relay keys', () => {
+  it('carries only batches signed by the pinned mirrors they name; refusals store nothing', async () => {
+    const store = await newStore();
+    const me = await mirrorIdentity(store.dir);
+    const a = await mirrorIdentity(await mkdtemp(join(w.dir, 'mirror-a-')));
+    const c = await mirrorIdentity(await mkdtemp(join(w.dir, 'mirror-c-')));
+    const agents = agentsFor(store);
+    const trusted = new Map([[a.id, a.key.publicKey]]);
+    const url = await listen(
+      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => true, trusted } }),
+    );
+    const batchOf = (mirror: string, signer: typeof a.key) => ({
+      envelope: signBatch(
+        {
+          type: BATCH_TYPE,
+          mirror,
+          site: 'plant-7',
+          createdAt: new Date().toISOString(),
+          from: 1,
+          to: 1,
+          records: [],
+        },
+        signer,
+      ),
+      via: [mirror],
+    });
+    const post = async (batches: unknown[]) => {
+      const r = await fetch(url + '/v1/telemetry', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'ferry-relay': 'peer' },
+        body: JSON.stringify({ batches }),
+      });
+      return { status: r.status, json: (await r.json()) as Record<string, unknown> };
+    };
+    const box = await agents.outbox();
+    const before = box.head;
+    const good = batchOf(a.id, a.key);
+    expect(await post([good])).toMatchObject({ status: 202, json: { stored: 1 } });
+    // from a mirror that is not pinned
+    expect(await post([batchOf(c.id, c.key)])).toMatchObject({
+      status: 403,
+      json: { code: 'RELAY_UNTRUSTED', message: expect.stringContaining(`mirror ${c.id}`) as unknown },
+    });
+    // naming the pinned mirror, signed by another key
+    expect(await post([batchOf(a.id, c.key)])).toMatchObject({
+      status: 403,
+      json: { code: 'RELAY_UNTRUSTED', message: expect.stringContaining('does not verify') as unknown },
+    });
+    // one bad batch refuses the whole request
+    expect((await post([good, batchOf(c.id, c.key)])).status).toBe(403);
+    // a payload that does not name a mirror
+    const junk = { envelope: signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('[]'), [a.key]), via: [a.id] };
+    expect(await post([junk])).toMatchObject({ status: 400, json: { code: 'BAD_BATCH' } });
+    expect(box.head).toBe(before + 1); // only the good one
   });
 });
 

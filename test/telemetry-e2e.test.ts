@@ -138,7 +138,10 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
 
     let server = await startServer(S);
     const link: Link = await startLink(server.url); // A's own way to the server
-    let b = await startMirror(B, 0, ['--upstream', server.url]);
+    // B relays only what A signed (A's key pinned on B)
+    const bArgs = ['--upstream', server.url, '--relay-key', join(dir, 'mirror-a.pub')];
+    let b = await startMirror(B, 0, bArgs);
+    expect(await b.waitForLog((l) => l.event === 'mirror.started')).toMatchObject({ relayFrom: [idA] });
     const a = await startMirror(A, 0, ['--upstream', link.url, '--peer', b.url]);
     const { volumes } = await buildBundle(w, join(dir, 'b.ferry'), { spec: { sequence: 1 } });
     await importInto(A, volumes[0]!.path, w.rootPath);
@@ -192,7 +195,7 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
     // B dies mid-forward and comes back on its port; then the server does the same
     await b.stop('SIGKILL');
     await sleep(1500); // A's outbox grows with nowhere to go
-    b = await startMirror(B, b.port, ['--upstream', server.url]);
+    b = await startMirror(B, b.port, bArgs);
     await beats(before + 4);
     await server.stop('SIGKILL');
     await sleep(1500);

@@ -142,9 +142,11 @@ export const mirrorServe: Command = {
     'all, `ferry mirror export-telemetry` writes them for the courier. Back-off between attempts doubles up\n' +
     'to --retry-max seconds (default 60). --server-key pins the key courier acks must be signed with (from\n' +
     '`ferry server identity --out`, brought with the trust root); a different key than the one pinned\n' +
-    'refuses the start. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+    'refuses the start. --relay-key (repeatable; `ferry mirror identity --out` of another mirror) limits the\n' +
+    'batches this mirror relays to those signed by the mirrors named; without it, any well-formed batch is\n' +
+    'carried. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub]',
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]...',
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
@@ -155,6 +157,7 @@ export const mirrorServe: Command = {
     peer: { type: 'string', multiple: true },
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
+    'relay-key': { type: 'string', multiple: true },
   },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
@@ -165,6 +168,7 @@ export const mirrorServe: Command = {
     const upstream = str(p, 'upstream', false);
     const peers = list(p, 'peer', false);
     const serverKey = str(p, 'server-key', false);
+    const relayKeys = list(p, 'relay-key', false);
     for (const u of [upstream, ...peers].filter(Boolean)) parseUrl(u);
     const mirror = await startMirror({
       dataDir: str(p, 'data'),
@@ -178,6 +182,7 @@ export const mirrorServe: Command = {
       peers,
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
       ...(serverKey && { serverKeyPath: resolve(serverKey) }),
+      ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;

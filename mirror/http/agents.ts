@@ -8,9 +8,11 @@
  * once every accepted item is fsynced, or 400 when none was accepted.
  *
  * From other mirrors it takes {batches:[{envelope, via}]}: mirror-signed
- * batches this mirror carries on without opening (it does not hold the other
- * mirrors' keys; the server checks them end to end). The whole request is
- * refused with 409 LOOP when a batch already crossed this mirror, and, when
+ * batches this mirror carries on as they are (the server checks them end to
+ * end). With pinned relay keys (`serve --relay-key`), each batch must verify
+ * under the pinned key of the mirror it names, or the whole request is refused
+ * with 403 RELAY_UNTRUSTED; without them any well-formed batch is carried. The
+ * whole request is refused with 409 LOOP when a batch already crossed this mirror, and, when
  * the sender is a peer looking for a route (`Ferry-Relay: peer`), with 503
  * NO_ROUTE while this mirror has no working upstream itself. Otherwise 202
  * {stored} once the batches are durable in the outbox.
@@ -20,7 +22,12 @@ import type { Context } from 'koa';
 import { assertEnvelope, type Envelope } from '../../core/dsse.js';
 import { isCodedError, isFerryError } from '../../core/errors.js';
 import { openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
-import { assertCarriedBatch, type CarriedBatch } from '../../core/telemetry.js';
+import {
+  assertCarriedBatch,
+  claimedBatchMirror,
+  verifyBatch,
+  type CarriedBatch,
+} from '../../core/telemetry.js';
 import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
 
@@ -159,11 +166,42 @@ export async function acceptAgentTelemetry(
 }
 
 /** What the telemetry route needs to carry other mirrors' batches. */
+/** A batch from a pinned mirror, signed by it; anything else is refused (before anything is stored). */
+function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, what: string): void {
+  let origin: string;
+  try {
+    origin = claimedBatchMirror(b.envelope);
+  } catch (e) {
+    throw new HttpError(400, 'BAD_BATCH', `${what}: ${isCodedError(e) ? e.message : 'malformed payload'}`);
+  }
+  const key = trusted.get(origin);
+  if (!key)
+    throw new HttpError(
+      403,
+      'RELAY_UNTRUSTED',
+      `${what} comes from mirror ${origin}, whose key this mirror has not pinned (serve --relay-key)`,
+    );
+  try {
+    verifyBatch(b.envelope, key);
+  } catch (e) {
+    throw new HttpError(
+      403,
+      'RELAY_UNTRUSTED',
+      `${what} does not verify as mirror ${origin}'s: ${isCodedError(e) ? e.message : 'invalid'}`,
+    );
+  }
+}
+
 export interface RelayOptions {
   /** This mirror's id: a batch whose `via` names it has been here before. */
   selfId: string;
   /** Whether this mirror can get batches home now (a peer's batches are taken only then). */
   hasRoute: () => boolean;
+  /**
+   * Mirror id → public key of the mirrors whose batches this one carries. When set (even empty), a
+   * batch is taken only if it verifies under the key of the mirror it names; when absent, any is.
+   */
+  trusted?: ReadonlyMap<string, Uint8Array>;
 }
 
 export function agentsRouter(
@@ -216,6 +254,7 @@ export function agentsRouter(
       }
       if (v.via.includes(relay.selfId))
         throw new HttpError(409, 'LOOP', `batches[${i}] has already crossed this mirror (${relay.selfId})`);
+      if (relay.trusted) checkOrigin(v, relay.trusted, `batches[${i}]`);
       batches.push({
         via: [...v.via],
         envelope: {

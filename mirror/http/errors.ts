@@ -32,6 +32,7 @@ export type HttpErrorCode =
   | 'BAD_BATCH'
   | 'LOOP'
   | 'NO_ROUTE'
+  | 'RELAY_UNTRUSTED'
   | 'STORE_UNAVAILABLE'
   | 'INTERNAL';
 

@@ -307,8 +307,8 @@ describe('relaying with pinned relay keys', () => {
     };
     const box = await agents.outbox();
     const before = box.head;
+    const snapshot = await snapshotDir(store.dir);
     const good = batchOf(a.id, a.key);
-    expect(await post([good])).toMatchObject({ status: 202, json: { stored: 1 } });
     // from a mirror that is not pinned
     expect(await post([batchOf(c.id, c.key)])).toMatchObject({
       status: 403,
@@ -324,7 +324,9 @@ describe('relaying with pinned relay keys', () => {
     // a payload that does not name a mirror
     const junk = { envelope: signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('[]'), [a.key]), via: [a.id] };
     expect(await post([junk])).toMatchObject({ status: 400, json: { code: 'BAD_BATCH' } });
-    expect(box.head).toBe(before + 1); // only the good one
+    expect(await snapshotDir(store.dir)).toEqual(snapshot); // refusals change nothing on disk
+    expect(await post([good])).toMatchObject({ status: 202, json: { stored: 1 } });
+    expect(box.head).toBe(before + 1);
   });
 });
 

@@ -31,7 +31,14 @@
  */
 import { createHash } from 'node:crypto';
 import { decodeBase64Strict } from './encoding.js';
-import { assertEnvelope, signEnvelope, verifyEnvelope, type Envelope, type Signer } from './dsse.js';
+import {
+  assertEnvelope,
+  countSigners,
+  signEnvelope,
+  verifyEnvelope,
+  type Envelope,
+  type Signer,
+} from './dsse.js';
 import { keyIdOf } from './ed25519.js';
 import { CodedError } from './errors.js';
 import { isAgentId } from './heartbeat.js';
@@ -277,13 +284,6 @@ export function signBatch(p: BatchPayload, mirrorKey: Signer): Envelope {
   return signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from(JSON.stringify(p), 'utf8'), [mirrorKey]);
 }
 
-/** The mirror a batch claims to come from, before its signature is checked: names the key to check it with. */
-export function claimedBatchMirror(env: Envelope): string {
-  const p = obj(parseJson(decodeBase64Strict(env.payload, 'batch payload'), 'batch'), 'batch');
-  if (!isMirrorId(p.mirror)) throw invalid('batch: mirror must be a mirror id');
-  return p.mirror;
-}
-
 function verifyOne(env: Envelope, payloadType: string, publicKey: Uint8Array, what: string): Buffer {
   try {
     return verifyEnvelope(
@@ -300,13 +300,40 @@ function verifyOne(env: Envelope, payloadType: string, publicKey: Uint8Array, wh
   }
 }
 
+/** A batch decoded and parsed once, before its signature is checked: `mirror` names the key to check it with. */
+export interface ClaimedBatch {
+  mirror: string;
+  body: Buffer;
+  payload: unknown;
+}
+
+export function claimBatch(env: Envelope): ClaimedBatch {
+  if (env.payloadType !== BATCH_PAYLOAD_TYPE)
+    throw invalid(`batch: payloadType must be ${BATCH_PAYLOAD_TYPE}`);
+  const body = decodeBase64Strict(env.payload, 'batch payload');
+  const payload = parseJson(body, 'batch');
+  const mirror = obj(payload, 'batch').mirror;
+  if (!isMirrorId(mirror)) throw invalid('batch: mirror must be a mirror id');
+  return { mirror, body, payload };
+}
+
+/** Verifies a claimed batch under its origin mirror's key (no second decode or parse); returns the validated payload. */
+export function verifyClaimedBatch(
+  env: Envelope,
+  c: ClaimedBatch,
+  mirrorPublicKey: Uint8Array,
+): BatchPayload {
+  if (countSigners(env, c.body, new Map([[keyIdOf(mirrorPublicKey), mirrorPublicKey]])).length === 0)
+    throw new TelemetryError('BAD_SIGNATURE', 'batch: not signed by its mirror');
+  assertBatchPayload(c.payload);
+  if (c.payload.mirror !== mirrorIdOf(mirrorPublicKey))
+    throw new TelemetryError('BAD_SIGNATURE', 'batch: signed by a key that is not the named mirror');
+  return c.payload;
+}
+
 /** Verifies a batch under its origin mirror's key; returns the validated payload. */
 export function verifyBatch(env: Envelope, mirrorPublicKey: Uint8Array): BatchPayload {
-  const p = parseJson(verifyOne(env, BATCH_PAYLOAD_TYPE, mirrorPublicKey, 'batch'), 'batch');
-  assertBatchPayload(p);
-  if (p.mirror !== mirrorIdOf(mirrorPublicKey))
-    throw new TelemetryError('BAD_SIGNATURE', 'batch: signed by a key that is not the named mirror');
-  return p;
+  return verifyClaimedBatch(env, claimBatch(env), mirrorPublicKey);
 }
 
 export const sha256Hex = (b: Uint8Array | string) => createHash('sha256').update(b).digest('hex');

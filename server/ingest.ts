@@ -18,9 +18,9 @@ import { agentIdOf, verifyEnrollRequest, verifyHeartbeatAsync, type Heartbeat } 
 import {
   assertCarriedBatch,
   assertEnrolmentInfo,
-  claimedBatchMirror,
+  claimBatch,
   TelemetryError,
-  verifyBatch,
+  verifyClaimedBatch,
   type OwnRecord,
 } from '../core/telemetry.js';
 import { ServerError, type RejectionCode } from './errors.js';
@@ -133,14 +133,15 @@ export class Ingest {
     let checked: { mirror: MirrorInfo; from: number; to: number; records: OwnRecord[] };
     try {
       assertCarriedBatch(v);
-      origin = claimedBatchMirror(v.envelope);
+      const claimed = claimBatch(v.envelope);
+      origin = claimed.mirror;
       const mirror = this.registry.get(origin);
       if (!mirror) throw new ServerError('UNKNOWN_MIRROR', `batch: mirror ${origin} is not registered`);
       if (v.via[0] !== origin)
         throw new TelemetryError('TELEMETRY_INVALID', 'batch: via[0] must be its origin mirror');
       if (origin === notFrom)
         throw new TelemetryError('LOOP', 'batch: an export cannot relay its own mirror');
-      const p = verifyBatch(v.envelope, mirror.publicKey);
+      const p = verifyClaimedBatch(v.envelope, claimed, mirror.publicKey);
       if (p.site !== mirror.site)
         throw new ServerError(
           'WRONG_SITE',

@@ -324,6 +324,11 @@ describe('relaying with pinned relay keys', () => {
     // a payload that does not name a mirror
     const junk = { envelope: signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('[]'), [a.key]), via: [a.id] };
     expect(await post([junk])).toMatchObject({ status: 400, json: { code: 'BAD_BATCH' } });
+    // a pinned mirror's batch that claims to have started elsewhere
+    expect(await post([{ ...good, via: [c.id, a.id] }])).toMatchObject({
+      status: 400,
+      json: { code: 'BAD_BATCH', message: expect.stringContaining('via[0]') as unknown },
+    });
     expect(await snapshotDir(store.dir)).toEqual(snapshot); // refusals change nothing on disk
     expect(await post([good])).toMatchObject({ status: 202, json: { stored: 1 } });
     expect(box.head).toBe(before + 1);

@@ -24,9 +24,10 @@ import { isCodedError, isFerryError } from '../../core/errors.js';
 import { openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
 import {
   assertCarriedBatch,
-  claimedBatchMirror,
-  verifyBatch,
+  claimBatch,
+  verifyClaimedBatch,
   type CarriedBatch,
+  type ClaimedBatch,
 } from '../../core/telemetry.js';
 import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
@@ -165,15 +166,20 @@ export async function acceptAgentTelemetry(
   return { status: 202, body: { accepted, rejected } };
 }
 
-/** What the telemetry route needs to carry other mirrors' batches. */
-/** A batch from a pinned mirror, signed by it; anything else is refused (before anything is stored). */
+/**
+ * A batch made by a pinned mirror (the first in its `via`) and signed by it; anything else is refused
+ * (before anything is stored). The same checks as the server's (server/ingest.ts), with pinned keys.
+ */
 function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, what: string): void {
-  let origin: string;
+  let claimed: ClaimedBatch;
   try {
-    origin = claimedBatchMirror(b.envelope);
+    claimed = claimBatch(b.envelope);
   } catch (e) {
     throw new HttpError(400, 'BAD_BATCH', `${what}: ${isCodedError(e) ? e.message : 'malformed payload'}`);
   }
+  const origin = claimed.mirror;
+  if (b.via[0] !== origin)
+    throw new HttpError(400, 'BAD_BATCH', `${what}: via[0] must be its origin mirror ${origin}`);
   const key = trusted.get(origin);
   if (!key)
     throw new HttpError(
@@ -182,7 +188,7 @@ function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, 
       `${what} comes from mirror ${origin}, whose key this mirror has not pinned (serve --relay-key)`,
     );
   try {
-    verifyBatch(b.envelope, key);
+    verifyClaimedBatch(b.envelope, claimed, key);
   } catch (e) {
     throw new HttpError(
       403,
@@ -192,6 +198,7 @@ function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, 
   }
 }
 
+/** What the telemetry route needs to carry other mirrors' batches. */
 export interface RelayOptions {
   /** This mirror's id: a batch whose `via` names it has been here before. */
   selfId: string;

@@ -12,17 +12,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ferry, FERRY } from './proc.js';
+import { cpuSeconds, ferry, FERRY } from './proc.js';
 
-const TICKS = 100; // USER_HZ on Linux
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function procStatus(pid: number): { rssKiB: number; hwmKiB: number; cpuSec: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kib = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM'), cpuSec: (Number(f[11]) + Number(f[12])) / TICKS };
+  return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM'), cpuSec: cpuSeconds(pid) };
 }
 
 async function bareRss(code: string): Promise<number> {

@@ -9,8 +9,7 @@ import { randomFillSync } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { rmSync, statSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir, totalmem } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../bin/cli/common.js';
 import { createBundle } from '../bundler/create.js';
@@ -19,8 +18,8 @@ import { serializeEnvelope } from '../core/dsse.js';
 import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../core/keys.js';
 import { buildRootPayload, signRoot } from '../core/root.js';
 import { isoUtc } from '../core/time.js';
+import { FERRY, printTable as columns } from './proc.js';
 
-const FERRY = resolve(dirname(fileURLToPath(import.meta.url)), '../bin/ferry.js');
 const TIME = '/usr/bin/time';
 const CHUNK = 1024 * 1024;
 const MiB = 1024 * 1024;
@@ -186,8 +185,7 @@ function printTable(rows: Row[], rss: ReturnType<typeof rssCheck>, runs: number)
     ...[f(r.mibs.ferry, 0), f(r.mibs.base, 0), r.rssMiB === undefined ? 'n/a' : f(r.rssMiB, 1)],
   ]);
   const all = [[...head, 'ferry MiB/s', 'base MiB/s', 'ferry peak RSS MiB'], ...cells];
-  const w = all[0]!.map((_, i) => Math.max(...all.map((row) => row[i]!.length)));
-  for (const r of all) console.log(r.map((c, i) => (i < r.length - 1 ? c.padEnd(w[i]!) : c)).join('  '));
+  columns(all);
   const line = (xs: { size: string; mib?: number }[]) =>
     xs.map((x) => `${x.size}: ${x.mib === undefined ? 'n/a' : f(x.mib, 1)}`).join(', ');
   console.log(`\nmedian of ${runs} run(s); wall times of child processes include Node start-up`);

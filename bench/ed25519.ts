@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { libsodiumBackend, nodeBackend, sodiumNativeBackend, type Ed25519Backend } from '../core/ed25519.js';
+import { printTable } from './proc.js';
 
 interface Row {
   backend: string;
@@ -86,14 +87,7 @@ else {
       String(r.allVerified),
     ]),
   ];
-  const w = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  for (const r of table)
-    console.log(
-      r
-        .map((x, i) => x.padEnd(w[i]!))
-        .join('  ')
-        .trimEnd(),
-    );
+  printTable(table);
   console.log(
     `\n${count} signatures over ${bytes}-byte messages; verifyAsync with ${batch} in flight at a time.`,
   );

@@ -20,14 +20,13 @@ import { serializeEnvelope } from '../core/dsse.js';
 import { generateKeyFiles, loadPrivateKey } from '../core/keys.js';
 import { buildRootPayload, signRoot } from '../core/root.js';
 import { isoUtc } from '../core/time.js';
-import { ferry, FERRY, freePort, ready, start, stopAll } from './proc.js';
+import { cpuSeconds, ferry, FERRY, freePort, printTable, ready, start, stopAll } from './proc.js';
 
 const [NGINX, WRK, TASKSET] = ['/usr/sbin/nginx', '/usr/bin/wrk', '/usr/bin/taskset'];
 const MiB = 1024 * 1024;
 const [SITE, PUBLISHER] = ['bench', 'bench'];
 const P99_MS = 20;
 const PACE_MS = 1000;
-const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString()) || 100;
 /** Servers on CPU 0, wrk on CPU 1, so neither steals the other's core (when there are two). */
 const PIN = cpus().length >= 2 && existsSync(TASKSET);
 const pin = (cpu: number, argv: string[]) => (PIN ? [TASKSET, '-c', String(cpu), ...argv] : argv);
@@ -49,14 +48,6 @@ function ensureTool(path: string, pkgs: string[]): boolean {
   const how = root ? ' (apt-get install failed)' : `; run: sudo apt-get install ${pkgs[0]}`;
   console.error(`bench: ${path} not found${how}`);
   return false;
-}
-
-/** CPU seconds of a process (utime + stime), or of the waited-for children of this one. */
-function cpuSeconds(pid: number | 'self', waitedChildren = false): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 of proc(5)
-  const [u, s] = waitedChildren ? [f[13], f[14]] : [f[11], f[12]];
-  return (Number(u) + Number(s)) / TICK;
 }
 
 /** A signed bundle with one artifact of `size` random bytes, imported into a new data dir by the CLI. */
@@ -226,9 +217,7 @@ function printReport(r: Awaited<ReturnType<typeof bench>>, o: { blobSize: number
     ...[`>= ${row.target}x`, row.met ? 'met' : 'NOT MET'],
     ...[row.ferry, row.nginx].map(({ cpuPct: c }) => `${c.server}/${c.wrk}${c.wrk >= 90 ? '*' : ''}`),
   ]);
-  const all = [head, ...cells];
-  const w = head.map((_, i) => Math.max(...all.map((c) => c[i]!.length)));
-  for (const c of all) console.log(c.map((x, i) => (i < c.length - 1 ? x.padEnd(w[i]!) : x)).join('  '));
+  printTable([head, ...cells]);
   if (cells.some((c) => c.slice(-2).some((x) => x.endsWith('*'))))
     console.log('* wrk used >= 90% of its core: that round measured wrk too; the server may be faster');
   const p = r.rows.at(-1)!;

@@ -1,12 +1,36 @@
 /**
- * Process helpers shared by the benches: the built CLI, a free loopback port, children that log to a
- * file and are all stopped on the way out, and waiting for a server to answer.
+ * Helpers shared by the benches: the built CLI, a free loopback port, children that log to a file and
+ * are all stopped on the way out, waiting for a server to answer, a process's CPU time, and the
+ * plain-text tables they print.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+/** Clock ticks per second, the unit of /proc/<pid>/stat's CPU times. */
+const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString()) || 100;
+
+/** CPU seconds of a process (utime + stime), or of the waited-for children of this one. */
+export function cpuSeconds(pid: number | 'self', waitedChildren = false): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 of proc(5)
+  const [u, s] = waitedChildren ? [f[13], f[14]] : [f[11], f[12]];
+  return (Number(u) + Number(s)) / TICK;
+}
+
+/** Prints rows as left-aligned columns, the first row being the header. */
+export function printTable(rows: string[][]): void {
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows)
+    console.log(
+      r
+        .map((x, i) => x.padEnd(w[i]!))
+        .join('  ')
+        .trimEnd(),
+    );
+}
 
 /** The built `ferry` entry point (dist/bin/ferry.js, next to dist/bench/). */
 export const FERRY = resolve(dirname(fileURLToPath(import.meta.url)), '../bin/ferry.js');

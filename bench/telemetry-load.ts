@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { Pool } from 'undici';
+import { cpuSeconds } from './proc.js';
 
 export interface LoadConfig {
   url: string;
@@ -52,7 +53,6 @@ export interface PhaseResult {
 
 type Done = (status: number, code: string) => void;
 type Send = (path: string, body: Buffer, done: Done) => void;
-const TICK = 100; // USER_HZ on Linux
 
 /** Splits a JSON-lines file into one Buffer a line, without copying. */
 function lines(path: string): Buffer[] {
@@ -65,12 +65,6 @@ function lines(path: string): Buffer[] {
     at = nl + 1;
   }
   return out;
-}
-
-function mirrorCpuSec(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK;
 }
 
 /** The error code in a ferry error body ({code, …}), or '' when there is none. */
@@ -215,10 +209,10 @@ function summarise(
 }
 
 function cpuMeter(pid: number) {
-  const [m0, l0] = [mirrorCpuSec(pid), process.cpuUsage()];
+  const [m0, l0] = [cpuSeconds(pid), process.cpuUsage()];
   return () => {
     const l = process.cpuUsage(l0);
-    return { mirror: mirrorCpuSec(pid) - m0, load: (l.user + l.system) / 1e6 };
+    return { mirror: cpuSeconds(pid) - m0, load: (l.user + l.system) / 1e6 };
   };
 }
 

@@ -34,7 +34,7 @@ import {
   signEnrollRequest,
   signHeartbeat,
 } from '../core/heartbeat.js';
-import { alive, ferry, FERRY, freePort, ready, start, stop, stopAll, tail } from './proc.js';
+import { alive, ferry, FERRY, freePort, printTable, ready, start, stop, stopAll, tail } from './proc.js';
 import type { LoadConfig, PhaseResult } from './telemetry-load.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -264,14 +264,7 @@ function printReport(r: Record<ModeName, ModeResult>, o: Options, setupSec: numb
       ['  CPU % mirror/load', (p) => p.cpuPct.mirror, cpu, '', ''],
     ]),
   ];
-  const w = rows[0]!.map((_, i) => Math.max(...rows.map((c) => c[i]!.length)));
-  for (const c of rows)
-    console.log(
-      c
-        .map((x, i) => x.padEnd(w[i]!))
-        .join('  ')
-        .trimEnd(),
-    );
+  printTable(rows);
   const codes = (m: ModeResult) =>
     Object.entries({ ...m.open.failures })
       .concat(Object.entries(m.saturation.failures))

@@ -69,7 +69,10 @@ export class VerifyWorker {
     this.worker.unref(); // only checks in flight keep the process alive (see post/settle)
   }
 
-  /** Whether `signature` is `publicKey`'s over `message`; inputs are copied, so callers may reuse them. */
+  /**
+   * Whether `signature` is `publicKey`'s over `message`. The inputs are copied into the batch at the end of
+   * this event-loop turn: a caller must not change them before then.
+   */
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
     if (this.failure) return Promise.resolve(this.fallback(publicKey, message, signature));
     return new Promise<boolean>((resolve) => {

@@ -17,7 +17,7 @@ import { createHandler } from '../mirror/http/app.js';
 import { agentsFor } from '../mirror/agents.js';
 import { Outbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
-import { makeWorld, type World } from './helpers/fixtures.js';
+import { makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 
 let w: World;
 let store: Store;
@@ -151,7 +151,8 @@ describe('POST /v1/telemetry', () => {
   });
 
   it('answers 507 STORAGE_FULL when the disk is full, and stores nothing', async () => {
-    const before = (await logged()).length;
+    await (await agentsFor(store).outbox()).checkpoint(); // nothing left for its timer to write
+    const before = await snapshotDir(store.dir);
     const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
     const spy = vi.spyOn(Outbox.prototype, 'appendHeartbeats').mockRejectedValueOnce(full);
     try {
@@ -160,7 +161,7 @@ describe('POST /v1/telemetry', () => {
     } finally {
       spy.mockRestore();
     }
-    expect((await logged()).length).toBe(before);
+    expect(await snapshotDir(store.dir)).toEqual(before); // nothing changed on disk
     // the agent keeps it and sends it again: taken once there is room
     expect(await post('/v1/telemetry', signHeartbeat(heartbeat(a, 5), a.key))).toMatchObject({
       status: 202,

@@ -5,7 +5,7 @@
  * Works the same connected or cut off, from the verified blob cache only.
  */
 import { access } from 'node:fs/promises';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../platform/log.js';
 import type { Artifact } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
 import { desiredState } from './desired.js';

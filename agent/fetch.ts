@@ -11,7 +11,7 @@
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isSha256Hex } from '../core/encoding.js';
-import { fsyncDir } from '../core/fsx.js';
+import { fsyncDir } from '../platform/fsx.js';
 import {
   download,
   isHttpClientError,
@@ -19,8 +19,8 @@ import {
   type DownloadOptions,
   type HttpClientErrorCode,
   type RetryOptions,
-} from '../core/http.js';
-import { silentLogger, type Logger } from '../core/log.js';
+} from '../platform/http/client.js';
+import { silentLogger, type Logger } from '../platform/log.js';
 
 export interface MirrorSetOptions {
   /** Back-off after the first failure (ms); doubles per repeated failure. */

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { lstat, mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { withAtomicFile } from '../core/fsx.js';
+import { withAtomicFile } from '../platform/fsx.js';
 import { managedPathProblem, parseMode, type FileEntry } from '../core/policy.js';
 
 export type FileStatus = 'ok' | 'missing' | 'drift' | 'mode';

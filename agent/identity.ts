@@ -13,7 +13,7 @@ import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
 import { FerryError } from '../core/errors.js';
-import { request } from '../core/http.js';
+import { request } from '../platform/http/client.js';
 import {
   agentIdOf,
   ENROLL_TYPE,
@@ -21,7 +21,7 @@ import {
   signEnrollRequest,
   type EnrollPayload,
 } from '../core/heartbeat.js';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../core/keys.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
 
 export interface AgentIdentity {
   keyPath: string;

@@ -4,8 +4,8 @@
  */
 import { createServer, type Server } from 'node:http';
 import { once } from 'node:events';
-import { writeFileAtomic } from '../core/fsx.js';
-import { Metrics } from '../core/metrics.js';
+import { writeFileAtomic } from '../platform/fsx.js';
+import { Metrics } from '../platform/metrics.js';
 
 export function agentMetrics(): Metrics {
   const m = new Metrics();

@@ -14,7 +14,7 @@
  */
 import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDir, writeFileAtomic } from '../core/fsx.js';
+import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
 
 export type OutboxKind = 'heartbeat' | 'result' | 'update';
 

@@ -6,8 +6,8 @@
 import { arch, hostname, loadavg, platform } from 'node:os';
 import { serializeEnvelope } from '../core/dsse.js';
 import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '../core/heartbeat.js';
-import { request } from '../core/http.js';
-import type { Logger } from '../core/log.js';
+import { request } from '../platform/http/client.js';
+import type { Logger } from '../platform/log.js';
 import { isoUtc } from '../core/time.js';
 import type { ApplyReport } from './apply.js';
 import type { MirrorSet } from './fetch.js';

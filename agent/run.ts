@@ -8,7 +8,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../platform/log.js';
 import { loadPinnedRoot } from '../core/root.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { sign, verify } from '../core/ed25519.js';
 import { FerryError } from '../core/errors.js';
 import { agentIdOf } from '../core/heartbeat.js';
-import { loadPrivateKey } from '../core/keys.js';
+import { loadPrivateKey } from '../platform/keyfile.js';
 import { trustStoredChain } from '../core/root.js';
 import { readAgentState, type AgentState } from './state.js';
 

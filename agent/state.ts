@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../core/errors.js';
-import { writeFileAtomic } from '../core/fsx.js';
+import { writeFileAtomic } from '../platform/fsx.js';
 import { initialTrust, type TrustState } from './decide.js';
 
 export interface ActiveManifest {

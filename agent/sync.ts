@@ -9,8 +9,8 @@ import { createHash } from 'node:crypto';
 import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { isFerryError } from '../core/errors.js';
-import { request } from '../core/http.js';
-import type { Logger } from '../core/log.js';
+import { request } from '../platform/http/client.js';
+import type { Logger } from '../platform/log.js';
 import {
   decodeManifest,
   MANIFEST_PAYLOAD_TYPE,

@@ -15,7 +15,7 @@ import { parseSize } from '../bin/cli/common.js';
 import { createBundle } from '../bundler/create.js';
 import { loadSpec } from '../bundler/spec.js';
 import { serializeEnvelope } from '../core/dsse.js';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../core/keys.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
 import { buildRootPayload, signRoot } from '../core/root.js';
 import { isoUtc } from '../core/time.js';
 import { FERRY, printTable as columns } from './proc.js';

@@ -17,7 +17,7 @@ import { parseSize } from '../bin/cli/common.js';
 import { createBundle } from '../bundler/create.js';
 import { loadSpec } from '../bundler/spec.js';
 import { serializeEnvelope } from '../core/dsse.js';
-import { generateKeyFiles, loadPrivateKey } from '../core/keys.js';
+import { generateKeyFiles, loadPrivateKey } from '../platform/keyfile.js';
 import { buildRootPayload, signRoot } from '../core/root.js';
 import { isoUtc } from '../core/time.js';
 import { cpuSeconds, ferry, FERRY, freePort, printTable, ready, start, stopAll } from './proc.js';

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { runCommand, stdio, useServiceCrypto, type Command, type Io } from './cli/common.js';
-import { createLogger } from '../core/log.js';
+import { createLogger } from '../platform/log.js';
 import { useLibsodium } from '../core/ed25519.js';
 import { VERSION } from './version.js';
 

@@ -4,7 +4,7 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { FerryError } from '../core/errors.js';
 import { serializeEnvelope, signEnvelope, type Signer } from '../core/dsse.js';
-import { fsyncDir, tempPathFor } from '../core/fsx.js';
+import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
 import { blobEntryName, MANIFEST_ENTRY, rootEntryName } from '../core/bundle/reader.js';

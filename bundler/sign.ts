@@ -6,9 +6,9 @@ import { createWriteStream } from 'node:fs';
 import { FerryError } from '../core/errors.js';
 import { addSignature, countSigners, parseEnvelope, serializeEnvelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
-import { fsyncDir, tempPathFor } from '../core/fsx.js';
+import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MAX_MANIFEST_BYTES } from '../core/manifest.js';
-import type { PrivateKey } from '../core/keys.js';
+import type { PrivateKey } from '../platform/keyfile.js';
 import { MANIFEST_ENTRY } from '../core/bundle/reader.js';
 import { BLOCK, decodeHeader, encodeHeader, paddingFor } from '../core/bundle/tar.js';
 

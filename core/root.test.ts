@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { chmod, writeFile } from 'node:fs/promises';
 import { makeKey, makeRootEnvelope, tempDir } from '../test/helpers/fixtures.js';
 import { parseEnvelope, serializeEnvelope } from './dsse.js';
-import { loadPrivateKey, loadPublicKey, type PrivateKey } from './keys.js';
+import { loadPrivateKey, loadPublicKey, type PrivateKey } from '../platform/keyfile.js';
 import {
   assertRootNotExpired,
   loadPinnedRoot,

@@ -12,7 +12,7 @@ import type { Envelope } from '../core/dsse.js';
 import { agentIdOf, isAgentId, type EnrollPayload, type Heartbeat } from '../core/heartbeat.js';
 import { keyIdOf } from '../core/ed25519.js';
 import { decodeHex } from '../core/encoding.js';
-import { fsyncDir, writeFileAtomic } from '../core/fsx.js';
+import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
 import { Outbox, type CommitOutcome } from './outbox.js';
 
 export type { CommitOutcome } from './outbox.js';

@@ -19,7 +19,7 @@ import { chmod, open, rm } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { isCodedError } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../platform/log.js';
 
 export const controlSocketPath = (dataDir: string) => join(dataDir, 'control.sock');
 

@@ -15,8 +15,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { tempPathFor, withAtomicFile, writeFileAtomic } from '../core/fsx.js';
-import { loadPublicKey } from '../core/keys.js';
+import { tempPathFor, withAtomicFile, writeFileAtomic } from '../platform/fsx.js';
+import { loadPublicKey } from '../platform/keyfile.js';
 import { keyIdOf } from '../core/ed25519.js';
 import {
   EXPORT_TYPE,
@@ -26,7 +26,7 @@ import {
   type AckPayload,
 } from '../core/telemetry.js';
 import type { MirrorIdentity } from './identity.js';
-import { serialize } from './lock.js';
+import { serialize } from '../platform/lock.js';
 import type { Outbox } from './outbox.js';
 
 export interface ExportSummary {

@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../platform/log.js';
 
 export interface DropOptions {
   dir: string;

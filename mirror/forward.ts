@@ -18,8 +18,8 @@
  * request with no pause while the target keeps answering.
  */
 import { Agent, request } from 'undici';
-import type { Logger } from '../core/log.js';
-import type { Metrics } from '../core/metrics.js';
+import type { Logger } from '../platform/log.js';
+import type { Metrics } from '../platform/metrics.js';
 import { BATCH_TYPE, signBatch, type CarriedBatch, type OwnRecord } from '../core/telemetry.js';
 import type { MirrorIdentity } from './identity.js';
 import type { Outbox, OutboxEntry, OutboxFigures } from './outbox.js';

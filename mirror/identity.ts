@@ -6,8 +6,8 @@
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../core/keys.js';
-import { fsyncDir } from '../core/fsx.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
+import { fsyncDir } from '../platform/fsx.js';
 import { mirrorIdOf } from '../core/telemetry.js';
 
 export interface MirrorIdentity {

@@ -13,7 +13,8 @@
  */
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
-import { fileSource, readBundle, type BundleContents } from '../core/bundle/reader.js';
+import { readBundle, type BundleContents } from '../core/bundle/reader.js';
+import { fileSource } from '../platform/fsx.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { FerryError, isFerryError } from '../core/errors.js';
 import { isoUtc } from '../core/time.js';

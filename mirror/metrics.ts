@@ -1,4 +1,4 @@
-import { Metrics } from '../core/metrics.js';
+import { Metrics } from '../platform/metrics.js';
 
 export { Metrics };
 

@@ -16,10 +16,10 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
-import { writeFileAtomic } from '../core/fsx.js';
+import { writeFileAtomic } from '../platform/fsx.js';
 import type { Heartbeat } from '../core/heartbeat.js';
 import { isAgentId } from '../core/heartbeat.js';
-import { Journal, type Entry } from '../core/journal.js';
+import { Journal, type Entry } from '../platform/journal.js';
 import type { CarriedBatch, EnrolmentInfo, OutboxRecord } from '../core/telemetry.js';
 
 type NoSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;

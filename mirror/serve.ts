@@ -9,19 +9,20 @@ import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
-import { loadPublicKey } from '../core/keys.js';
+import { loadPublicKey } from '../platform/keyfile.js';
 import { mirrorIdOf } from '../core/telemetry.js';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../platform/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
 import { startControl } from './control.js';
 import { applyAck, exportTelemetry, pinnedServerKeyId, serverKeyFor } from './courier.js';
-import { isMirrorError, MirrorError } from './errors.js';
+import { MirrorError } from './errors.js';
 import { Forwarder, outboxGauges } from './forward.js';
 import { mirrorIdentity, type MirrorIdentity } from './identity.js';
-import { acquireLock } from './lock.js';
+import { acquireLock } from '../platform/lock.js';
+import { isLockedError } from '../platform/errors.js';
 import { Outbox } from './outbox.js';
-import { trackConnections } from './drain.js';
+import { trackConnections } from '../platform/drain.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
@@ -99,7 +100,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   await mkdir(join(o.dataDir, 'telemetry'), { recursive: true });
   const releaseOutbox = await acquireLock(Outbox.paths(o.dataDir).lock, { timeoutMs: 0 }).catch(
     (e: unknown) => {
-      if (isMirrorError(e) && e.code === 'STORE_LOCKED')
+      if (isLockedError(e))
         throw new MirrorError('STORE_LOCKED', `another ferry mirror serve is using ${o.dataDir}`);
       throw e;
     },

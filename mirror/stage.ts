@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlobSink } from '../core/bundle/reader.js';
-import { fsyncDir } from '../core/fsx.js';
+import { fsyncDir } from '../platform/fsx.js';
 
 /** Content-addressed blobs never change: stored read-only. */
 export const BLOB_MODE = 0o444;

@@ -6,7 +6,7 @@
  * empty state.json, and two processes share one temp name.
  */
 import { isSha256Hex } from '../core/encoding.js';
-import { writeFileAtomic } from '../core/fsx.js';
+import { writeFileAtomic } from '../platform/fsx.js';
 import { parseIsoUtc } from '../core/time.js';
 import { MirrorError } from './errors.js';
 import type { ManifestRef, MirrorState } from './state.js';

@@ -17,12 +17,12 @@ import { mkdir, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { parseEnvelope } from '../core/dsse.js';
-import { fsyncDir, writeFileAtomic } from '../core/fsx.js';
+import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
 import { decodeManifest, manifestBlobs } from '../core/manifest.js';
 import { loadPinnedRoot, trustStoredChain, type TrustedRoot } from '../core/root.js';
 import { BlobStage } from './stage.js';
 import { MirrorError } from './errors.js';
-import { acquireLock, removeStaleCandidates, serialize, type LockOptions } from './lock.js';
+import { acquireLock, removeStaleCandidates, serialize, type LockOptions } from '../platform/lock.js';
 import type { ManifestRef, MirrorState } from './state.js';
 import { initialState, isSiteName, parseMirrorState, writeMirrorState } from './statefile.js';
 

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { basename } from 'node:path';
-import { writeFileAtomic } from '../core/fsx.js';
+import { writeFileAtomic } from '../platform/fsx.js';
 import {
   assertOutboxRecord,
   readExportHeader,

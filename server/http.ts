@@ -8,8 +8,8 @@
  */
 import Router from '@koa/router';
 import Koa, { type Context, type Next } from 'koa';
-import { Metrics } from '../core/metrics.js';
-import { silentLogger, type Logger } from '../core/log.js';
+import { Metrics } from '../platform/metrics.js';
+import { silentLogger, type Logger } from '../platform/log.js';
 import type { RejectionCode } from './errors.js';
 import type { BatchOutcome } from './ingest.js';
 import { agentView, coverageGaps, fleetView } from './state.js';

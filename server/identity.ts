@@ -5,7 +5,7 @@
 import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isCodedError } from '../core/errors.js';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../core/keys.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
 
 export const identityPaths = (dataDir: string) => ({
   key: join(dataDir, 'identity', 'server.key'),

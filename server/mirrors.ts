@@ -6,9 +6,9 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../core/fsx.js';
+import { writeFileAtomic } from '../platform/fsx.js';
 import { mirrorIdOf } from '../core/telemetry.js';
-import { acquireLock } from '../mirror/lock.js';
+import { acquireLock } from '../platform/lock.js';
 import { ServerError } from './errors.js';
 import type { MirrorInfo, Registry } from './ingest.js';
 

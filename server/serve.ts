@@ -6,8 +6,8 @@
 import { once } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '../core/log.js';
-import { trackConnections } from '../mirror/drain.js';
+import type { Logger } from '../platform/log.js';
+import { trackConnections } from '../platform/drain.js';
 import { createApp, serverMetrics } from './http.js';
 import { ServerStore } from './store.js';
 import { backendName } from '../core/ed25519.js';

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobFetchError, MirrorSet, blobCachePath, fetchBlob } from '../agent/fetch.js';
-import { HttpClientError, backoffMs, download, request, withRetry } from '../core/http.js';
+import { HttpClientError, backoffMs, download, request, withRetry } from '../platform/http/client.js';
 import { createHandler } from '../mirror/http/app.js';
 import { importBundle } from '../mirror/import.js';
 import { Store } from '../mirror/store.js';

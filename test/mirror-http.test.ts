@@ -2,7 +2,7 @@
  * The mirror's read-only HTTP API on real loopback servers, over a real store
  * with a bundle imported the way the mirror does it.
  */
-import { createLogger, silentLogger } from '../core/log.js';
+import { createLogger, silentLogger } from '../platform/log.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { rm, writeFile, mkdtemp, readFile } from 'node:fs/promises';

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import { signEnvelope } from '../core/dsse.js';
 import { signHeartbeat } from '../core/heartbeat.js';
-import { createLogger } from '../core/log.js';
+import { createLogger } from '../platform/log.js';
 import {
   ACK_TYPE,
   BATCH_PAYLOAD_TYPE,

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, readdir, stat, writeFile, mkdir } from 'node:fs/prom
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serializeEnvelope } from '../core/dsse.js';
-import type { PrivateKey } from '../core/keys.js';
+import type { PrivateKey } from '../platform/keyfile.js';
 import { importBundle, type ImportResult } from '../mirror/import.js';
 import { Store } from '../mirror/store.js';
 import {

@@ -19,7 +19,7 @@ import {
 import { parseEnvelope, serializeEnvelope, signEnvelope, type Envelope, type Signer } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { isFerryError, type FerryErrorCode } from '../core/errors.js';
-import type { PrivateKey } from '../core/keys.js';
+import type { PrivateKey } from '../platform/keyfile.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { buildBundle, makeKey, makeRootEnvelope, makeWorld, type World } from './helpers/fixtures.js';
 import {

@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadPublicKey } from '../core/keys.js';
+import { loadPublicKey } from '../platform/keyfile.js';
 import { verifyAck, type OutboxRecord } from '../core/telemetry.js';
 import { ferry, snapshotDir, tempDir } from './helpers/fixtures.js';
 import {

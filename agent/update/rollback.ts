@@ -8,7 +8,7 @@
 import { readFile, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { FerryError } from '../../core/errors.js';
-import { fsyncDir, writeFileAtomic } from '../../core/fsx.js';
+import { fsyncDir, writeFileAtomic } from '../../platform/fsx.js';
 import type { UpdateFile } from './driver.js';
 import { badVersionKey } from './policy.js';
 

@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
-import { createLogger } from '../../core/log.js';
+import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
 import { readAgentState } from '../../agent/state.js';
 import { installRootOf } from '../../agent/update/driver.js';

@@ -1,11 +1,12 @@
 import { readFile, stat } from 'node:fs/promises';
 import { FerryError } from '../../core/errors.js';
-import { loadPrivateKey } from '../../core/keys.js';
+import { loadPrivateKey } from '../../platform/keyfile.js';
 import { peekRootPayload } from '../../core/root.js';
 import { parseEnvelope } from '../../core/dsse.js';
 import { createBundle } from '../../bundler/create.js';
 import { blobDigestsIn } from '../../bundler/entries.js';
-import { fileSource, readBundle, type BundleContents } from '../../core/bundle/reader.js';
+import { readBundle, type BundleContents } from '../../core/bundle/reader.js';
+import { fileSource } from '../../platform/fsx.js';
 import { signBundle } from '../../bundler/sign.js';
 import { loadSpec } from '../../bundler/spec.js';
 import { readRootFile } from './trust.js';

@@ -1,5 +1,5 @@
 import { mkdir } from 'node:fs/promises';
-import { generateKeyFiles } from '../../core/keys.js';
+import { generateKeyFiles } from '../../platform/keyfile.js';
 import { jsonOption, printJson, str, type Command } from './common.js';
 
 export const keysGenerate: Command = {

@@ -1,16 +1,17 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CodedError, FerryError } from '../../core/errors.js';
-import { writeFileAtomic } from '../../core/fsx.js';
-import { loadPublicKey } from '../../core/keys.js';
+import { writeFileAtomic } from '../../platform/fsx.js';
+import { loadPublicKey } from '../../platform/keyfile.js';
 import { mirrorIdOf } from '../../core/telemetry.js';
 import { callControl } from '../../mirror/control.js';
 import { applyAck, exportTelemetry, pinnedServerKeyId, readAckFile } from '../../mirror/courier.js';
-import { isMirrorError, MirrorError } from '../../mirror/errors.js';
+import { MirrorError } from '../../mirror/errors.js';
 import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
-import { acquireLock } from '../../mirror/lock.js';
+import { acquireLock } from '../../platform/lock.js';
+import { isLockedError } from '../../platform/errors.js';
 import { Outbox, type OutboxFigures } from '../../mirror/outbox.js';
-import { createLogger } from '../../core/log.js';
+import { createLogger } from '../../platform/log.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
@@ -224,7 +225,7 @@ async function viaMirror<T extends Record<string, unknown>>(
   try {
     release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 2000 });
   } catch (e) {
-    if (isMirrorError(e) && e.code === 'STORE_LOCKED')
+    if (isLockedError(e))
       throw new MirrorError(
         'STORE_LOCKED',
         `a ferry mirror serve holds ${dataDir} but does not answer on its control socket`,

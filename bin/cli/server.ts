@@ -1,6 +1,6 @@
-import { writeFileAtomic } from '../../core/fsx.js';
-import { loadPublicKey } from '../../core/keys.js';
-import { createLogger } from '../../core/log.js';
+import { writeFileAtomic } from '../../platform/fsx.js';
+import { loadPublicKey } from '../../platform/keyfile.js';
+import { createLogger } from '../../platform/log.js';
 import { importExport, type ImportReport } from '../../server/exports.js';
 import { ensureIdentity } from '../../server/identity.js';
 import { registerMirror } from '../../server/mirrors.js';

@@ -1,8 +1,14 @@
 import { readFile } from 'node:fs/promises';
 import { serializeEnvelope } from '../../core/dsse.js';
 import { FerryError } from '../../core/errors.js';
-import { writeFileAtomic } from '../../core/fsx.js';
-import { isPrivate, loadAnyKey, loadPrivateKey, type PrivateKey, type PublicKey } from '../../core/keys.js';
+import { writeFileAtomic } from '../../platform/fsx.js';
+import {
+  isPrivate,
+  loadAnyKey,
+  loadPrivateKey,
+  type PrivateKey,
+  type PublicKey,
+} from '../../platform/keyfile.js';
 import {
   buildRootPayload,
   loadPinnedRoot,

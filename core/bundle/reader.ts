@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { decodeBase64Strict } from '../encoding.js';
 import { FerryError } from '../errors.js';
 import { parseEnvelope, verifyEnvelope, type Envelope } from '../dsse.js';
@@ -302,9 +301,4 @@ function peekHead(env: Envelope): Head {
   }
   const manifest = decodeManifest(decodeBase64Strict(env.payload, 'manifest payload'));
   return { manifest, verified: false, signers: [], adoptedRoots: [] };
-}
-
-/** A file as a stream of large chunks, for the reader. */
-export function fileSource(path: string): AsyncIterable<Buffer> {
-  return createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>;
 }

@@ -6,7 +6,7 @@
  */
 import Router from '@koa/router';
 import Koa from 'koa';
-import { silentLogger, type Logger } from '../../core/log.js';
+import { silentLogger, type Logger } from '../../platform/log.js';
 import type { TelemetryView } from '../status-page.js';
 import { mirrorMetrics, type Metrics } from '../metrics.js';
 import { StateView } from '../snapshot.js';

@@ -6,10 +6,11 @@
  * `{code:'INTERNAL', message:'internal error'}`, so paths and stack traces
  * never leave the process.
  */
-import type { Logger } from '../../core/log.js';
+import type { Logger } from '../../platform/log.js';
 import type { Context, Next } from 'koa';
 import { isFerryError } from '../../core/errors.js';
 import { isMirrorError } from '../errors.js';
+import { isLockedError } from '../../platform/errors.js';
 
 export type HttpErrorCode =
   | 'NOT_FOUND'
@@ -66,9 +67,9 @@ export interface ErrorBody {
 export function publicError(e: unknown): { status: number; body: ErrorBody; expected: boolean } {
   if (isHttpError(e)) return { status: e.status, body: { code: e.code, message: e.message }, expected: true };
   // The store's own messages name directories; send a fixed text instead.
+  if (isLockedError(e))
+    return { status: 503, body: { code: e.code, message: 'mirror store is busy' }, expected: true };
   if (isMirrorError(e)) {
-    if (e.code === 'STORE_LOCKED')
-      return { status: 503, body: { code: e.code, message: 'mirror store is busy' }, expected: true };
     if (e.code === 'STORE_INVALID' || e.code === 'STORE_MISMATCH')
       return { status: 503, body: { code: e.code, message: 'mirror store is not usable' }, expected: false };
   }

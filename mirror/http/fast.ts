@@ -8,7 +8,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
-import type { Logger } from '../../core/log.js';
+import type { Logger } from '../../platform/log.js';
 import type { AgentsStore } from '../agents.js';
 import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
 import { publicError } from './errors.js';

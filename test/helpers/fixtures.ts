@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serializeEnvelope, type Signer } from '../../core/dsse.js';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../../core/keys.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../../platform/keyfile.js';
 import { buildRootPayload, signRoot, trustPinnedRoot, type TrustedRoot } from '../../core/root.js';
 import { isoUtc } from '../../core/time.js';
 import { createBundle, type CreateOptions, type CreateResult } from '../../bundler/create.js';

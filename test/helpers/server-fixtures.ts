@@ -15,7 +15,7 @@ import {
   signHeartbeat,
   type Heartbeat,
 } from '../../core/heartbeat.js';
-import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../../core/keys.js';
+import { generateKeyFiles, loadPrivateKey, type PrivateKey } from '../../platform/keyfile.js';
 import {
   mirrorIdOf,
   sha256Hex,

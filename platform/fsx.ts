@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, createReadStream } from 'node:fs';
 import { link, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { FerryError } from './errors.js';
+import { FerryError } from '../core/errors.js';
 
 /** fsync a directory so that a rename inside it survives power loss. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -79,4 +79,9 @@ export async function withAtomicFile<T>(
     if (e instanceof FerryError) throw e;
     throw new FerryError('IO_ERROR', `cannot write ${path}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** A file as a stream of large chunks, for the reader. */
+export function fileSource(path: string): AsyncIterable<Buffer> {
+  return createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>;
 }

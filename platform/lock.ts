@@ -1,5 +1,5 @@
 /**
- * Serialises imports into one data directory: a promise queue within this
+ * Serialises writers of one data directory: a promise queue within this
  * process, and an exclusive lock file across processes. The lock file holds
  * the owner's pid; a lock whose pid is no longer alive is stale and is taken
  * over. Same host only: pids mean nothing across machines (no NFS).
@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { link, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { hostname } from 'node:os';
-import { MirrorError } from './errors.js';
+import { PlatformError } from './errors.js';
 
 const queues = new Map<string, Promise<unknown>>();
 
@@ -105,9 +105,9 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
         continue;
       }
       if (Date.now() >= deadline) {
-        throw new MirrorError(
+        throw new PlatformError(
           'STORE_LOCKED',
-          `${path} is held by pid ${holder.pid} since ${holder.at}; another import is running`,
+          `${path} is held by pid ${holder.pid} since ${holder.at}; another process is using this data directory`,
         );
       }
       await sleep(poll);

@@ -24,7 +24,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { FerryError, type FerryErrorCode } from './errors.js';
+import { FerryError, type FerryErrorCode } from '../../core/errors.js';
 
 export type HttpClientErrorCode =
   | 'HTTP_TIMEOUT'

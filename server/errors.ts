@@ -1,5 +1,5 @@
 /**
- * Coded errors of the connected-side server (CONVENTIONS 5). Whole refusals
+ * Coded errors of the connected-side server. Whole refusals
  * (an export not imported, a mirror not registered) are thrown as ServerError
  * or core's TelemetryError; per-record outcomes are RejectionCodes, journaled.
  */

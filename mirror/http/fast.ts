@@ -12,6 +12,7 @@ import type { Logger } from '../../platform/log.js';
 import type { AgentsStore } from '../agents.js';
 import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
 import { publicError } from './errors.js';
+import { logRequestError } from '../../platform/http/server-errors.js';
 import { etagMatches } from './routes.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -86,16 +87,9 @@ export function withFastTelemetry(
       acceptAgentTelemetry(agents, body, limits).then(
         (r) => reply(r.status, r.body),
         (e: unknown) => {
-          const { status, body, expected } = publicError(e);
-          if (!expected || status >= 500)
-            log.error('http.request_error', {
-              method: 'POST',
-              path: '/v1/telemetry',
-              status,
-              code: body.code,
-              error: e instanceof Error ? e.message : String(e),
-            });
-          reply(status, body);
+          const p = publicError(e);
+          logRequestError(log, 'POST', '/v1/telemetry', e, p);
+          reply(p.status, p.body);
         },
       );
     });

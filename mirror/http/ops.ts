@@ -1,7 +1,6 @@
 /** Operator routes: Prometheus metrics, the status page, and request accounting. */
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
-import { HttpError } from './errors.js';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
 import { renderStatusPage, type TelemetryView } from '../status-page.js';
@@ -20,16 +19,6 @@ export function accounting(metrics: Metrics) {
         ctx.res.once('finish', () => metrics.inc('ferry_mirror_bytes_served_total', {}, length));
       }
     }
-  };
-}
-
-/** Refuses request bodies above `limit` bytes before anything reads them. */
-export function bodyLimit(limit: number) {
-  return async function limitBody(ctx: Context, next: Next): Promise<void> {
-    const declared = Number(ctx.get('Content-Length') || 0);
-    if (declared > limit)
-      throw new HttpError(413, 'BODY_TOO_LARGE', `request bodies are limited to ${limit} bytes`);
-    await next();
   };
 }
 

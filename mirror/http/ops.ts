@@ -4,6 +4,7 @@ import type { Context, Next } from 'koa';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
 import { renderStatusPage, type TelemetryView } from '../status-page.js';
+import { PAGE_CSP } from '../../platform/web.js';
 
 /** Counts every request by matched route and status, and blob bytes actually sent. */
 export function accounting(metrics: Metrics) {
@@ -39,6 +40,8 @@ export function opsRouter(
   router.get('/', async (ctx) => {
     const snap = await view.current();
     ctx.set('Cache-Control', 'no-store');
+    ctx.set('Content-Security-Policy', PAGE_CSP);
+    ctx.set('X-Content-Type-Options', 'nosniff');
     ctx.type = 'text/html; charset=utf-8';
     ctx.body = renderStatusPage({
       state: snap.state,

@@ -11,7 +11,8 @@ import type { StateView } from '../snapshot.js';
 import type { Logger } from '../../platform/log.js';
 import type { AgentsStore } from '../agents.js';
 import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
-import { publicError } from './errors.js';
+import { HttpError, publicError } from './errors.js';
+import { parseJsonBody } from '../../platform/http/server-body.js';
 import { logRequestError } from '../../platform/http/server-errors.js';
 import { etagMatches } from './routes.js';
 
@@ -79,10 +80,11 @@ export function withFastTelemetry(
     req.on('end', () => {
       let body: unknown;
       try {
-        if (size !== declared) throw new Error('length');
-        body = JSON.parse(UTF8.decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-      } catch {
-        return reply(400, { code: 'BAD_REQUEST', message: 'request body is not UTF-8 JSON' });
+        if (size !== declared) throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+        body = parseJsonBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      } catch (e) {
+        const p = publicError(e);
+        return reply(p.status, p.body);
       }
       acceptAgentTelemetry(agents, body, limits).then(
         (r) => reply(r.status, r.body),
@@ -95,5 +97,3 @@ export function withFastTelemetry(
     });
   };
 }
-
-const UTF8 = new TextDecoder('utf-8', { fatal: true });

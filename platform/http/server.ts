@@ -118,8 +118,9 @@ export async function startHttp(o: HttpServerOptions): Promise<HttpService> {
   server.maxConnections = limits.maxConnections;
 
   const reg = o.metrics?.registry;
-  const refusedName = `${o.metrics?.prefix}_connections_refused_total`;
-  const openName = `${o.metrics?.prefix}_connections_open`;
+  const prefix = o.metrics?.prefix ?? 'ferry_http';
+  const refusedName = `${prefix}_connections_refused_total`;
+  const openName = `${prefix}_connections_open`;
   reg?.define(
     refusedName,
     'counter',

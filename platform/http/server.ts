@@ -7,8 +7,8 @@
  * Connection cap: at `maxConnections` the kernel still accepts, and Node closes each new socket at
  * once (the `drop` event): a flood of slow or idle sockets cannot exhaust file descriptors or memory.
  * Each refused connection is counted; one line is logged when refusing starts and one when it
- * ends. When refusing starts, keep-alive connections waiting for their next request are ended
- * (gracefully), so waiting clients get their slots; sockets still sending headers are closed by
+ * ends. When refusing starts (and at most once a second while it lasts), keep-alive connections
+ * waiting for their next request are ended gracefully, so waiting clients get their slots; sockets still sending headers are closed by
  * `headersTimeoutMs` (answered 408).
  *
  * Error mapping and bodies for Koa apps are in server-errors.ts and server-body.ts.
@@ -146,13 +146,23 @@ export async function startHttp(o: HttpServerOptions): Promise<HttpService> {
     }
   });
   server.on('connection', () => reg?.set(openName, drainer.open()));
+  // Idle keep-alive connections give up their slots when refusing starts, and again at most once a
+  // second while it lasts (each pass walks every connection, so not once per refused socket).
+  let lastShed = 0;
+  const shedIdle = () => {
+    const now = Date.now();
+    if (now - lastShed < 1_000) return 0;
+    lastShed = now;
+    return drainer.endIdle();
+  };
   server.on('drop', () => {
     reg?.inc(refusedName);
     if (episode) {
       episode.refused += 1;
+      episode.shed += shedIdle();
       return;
     }
-    const shed = drainer.endIdle();
+    const shed = shedIdle();
     episode = { since: Date.now(), refused: 1, shed };
     o.log.warn('http.connections_capped', {
       maxConnections: limits.maxConnections,

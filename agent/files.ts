@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { lstat, mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { CodedError } from '../core/errors.js';
 import { withAtomicFile } from '../platform/fsx.js';
 import { managedPathProblem, parseMode, type FileEntry } from '../core/policy.js';
 
@@ -14,15 +15,8 @@ export type FileStatus = 'ok' | 'missing' | 'drift' | 'mode';
 
 export type FileErrorCode = 'FILE_PATH_REFUSED' | 'FILE_BLOB_MISMATCH' | 'FILE_OWNER_UNKNOWN' | 'FILE_IO';
 
-export class FileError extends Error {
-  readonly code: FileErrorCode;
-
-  constructor(code: FileErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'FileError';
-    this.code = code;
-  }
-}
+/** A managed file that cannot be placed as its policy says; the message names the path. */
+export class FileError extends CodedError<FileErrorCode> {}
 
 async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');

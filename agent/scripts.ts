@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
+import { CodedError } from '../core/errors.js';
 
 export const FIXED_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_ALLOWLIST: readonly string[] = ['sh', 'bash'];
@@ -22,15 +23,8 @@ export type ScriptErrorCode =
   | 'SCRIPT_OPTIONS_INVALID'
   | 'SCRIPT_SPAWN_FAILED';
 
-export class ScriptError extends Error {
-  readonly code: ScriptErrorCode;
-
-  constructor(code: ScriptErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'ScriptError';
-    this.code = code;
-  }
-}
+/** A script that cannot be run as asked (not allowed, not found, bad options, spawn failed). */
+export class ScriptError extends CodedError<ScriptErrorCode> {}
 
 export interface RunScriptOptions {
   /** Absolute path of the (already verified) script blob. */

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
-import { isFerryError } from '../core/errors.js';
+import { CodedError, isFerryError, type FerryErrorCode } from '../core/errors.js';
 import { request } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import {
@@ -19,7 +19,7 @@ import {
   type Manifest,
 } from '../core/manifest.js';
 import { assertRootNotExpired, trustStoredChain, walkRootChain, MAX_ROOT_BYTES } from '../core/root.js';
-import { decideManifest } from './decide.js';
+import { decideManifest, type RefusalCode } from './decide.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
 import type { AgentState } from './state.js';
@@ -84,14 +84,17 @@ export async function syncOnce(
   };
 }
 
-/** A mirror served something that does not verify or is not acceptable. */
-class Refusal extends Error {
+/**
+ * A mirror served something that does not verify or is not acceptable. Coded like every other refusal;
+ * `state` is what the agent learnt before refusing (a root adopted, a sequence seen), kept even so.
+ */
+export class Refusal extends CodedError<FerryErrorCode | RefusalCode> {
   constructor(
-    readonly code: string,
+    code: FerryErrorCode | RefusalCode,
     message: string,
     readonly state?: AgentState,
   ) {
-    super(message);
+    super(code, message);
   }
 }
 

@@ -3,6 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
 import { assertManifest, type Artifact, type ArtifactKind, type Manifest } from '../core/manifest.js';
 import { isoUtc, resolveExpiry } from '../core/time.js';
+import { decodePolicy, MAX_POLICY_BYTES, PolicyError } from '../core/policy.js';
 
 /** One artifact as the operator's spec names it: a path instead of digest and size. */
 export interface SpecArtifact {
@@ -44,7 +45,30 @@ export async function loadSpec(specPath: string, now: number): Promise<LoadedSpe
   } catch (e) {
     throw new FerryError('SPEC_INVALID', `spec: ${specPath} is not valid JSON`, { cause: e });
   }
-  return resolveSpec(v, dirname(resolve(specPath)), now);
+  const spec = await resolveSpec(v, dirname(resolve(specPath)), now);
+  await checkPolicies(spec);
+  return spec;
+}
+
+/**
+ * A policy artifact the agents would refuse is refused before it is signed, with the agents' own code
+ * (POLICY_INVALID, POLICY_TOO_LARGE) and the artifact named.
+ */
+async function checkPolicies(spec: LoadedSpec): Promise<void> {
+  for (const { artifact, path } of spec.sources) {
+    if (artifact.kind !== 'policy') continue;
+    if (artifact.size > MAX_POLICY_BYTES)
+      throw new PolicyError(
+        'POLICY_TOO_LARGE',
+        `artifact ${artifact.name}: larger than ${MAX_POLICY_BYTES} bytes`,
+      );
+    try {
+      decodePolicy(await readFile(path));
+    } catch (e) {
+      if (e instanceof PolicyError) throw new PolicyError(e.code, `artifact ${artifact.name}: ${e.message}`);
+      throw e;
+    }
+  }
 }
 
 export async function resolveSpec(v: unknown, baseDir: string, now: number): Promise<LoadedSpec> {

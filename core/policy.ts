@@ -5,6 +5,7 @@
  * `decodePolicy` has validated them; every refusal names the bad field.
  */
 import { posix } from 'node:path';
+import { CodedError } from './errors.js';
 
 export const POLICY_TYPE = 'ferry.policy/v1';
 /** Hard limit on a policy document. */
@@ -16,15 +17,8 @@ export const MIN_INTERVAL_MS = 10_000;
 
 export type PolicyErrorCode = 'POLICY_INVALID' | 'POLICY_TOO_LARGE';
 
-export class PolicyError extends Error {
-  readonly code: PolicyErrorCode;
-
-  constructor(code: PolicyErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'PolicyError';
-    this.code = code;
-  }
-}
+/** A signed policy document that does not validate; the message names the bad field. */
+export class PolicyError extends CodedError<PolicyErrorCode> {}
 
 export type Schedule = { kind: 'once' } | { kind: 'boot' } | { kind: 'every'; intervalMs: number };
 

@@ -3,11 +3,8 @@
  * the drop folder, and shuts down gracefully (in-flight downloads finish, the
  * import under way completes, nothing is half-written).
  */
-import { once } from 'node:events';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { FerryError } from '../core/errors.js';
 import { loadPublicKey } from '../platform/keyfile.js';
 import { mirrorIdOf } from '../core/telemetry.js';
@@ -22,7 +19,7 @@ import { mirrorIdentity, type MirrorIdentity } from './identity.js';
 import { acquireLock } from '../platform/lock.js';
 import { isLockedError } from '../platform/errors.js';
 import { Outbox } from './outbox.js';
-import { trackConnections } from '../platform/drain.js';
+import { startHttp, type ServerLimits } from '../platform/http/server.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
 import { mirrorMetrics, type Metrics } from './metrics.js';
@@ -61,6 +58,8 @@ export interface MirrorOptions {
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
+  limits?: Partial<ServerLimits>;
   log: Logger;
 }
 
@@ -149,11 +148,10 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     exports: outbox.exports.length,
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
   });
-  const server: Server = createServer();
-  const drainer = trackConnections(server); // first, so it sees every request before the app does
-  server.on(
-    'request',
-    createHandler({
+  const http = await startHttp({
+    host: o.host,
+    port: o.port,
+    handler: createHandler({
       store,
       log,
       metrics,
@@ -165,16 +163,14 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       },
       telemetry: telemetryView,
     }),
-  );
-  server.keepAliveTimeout = 65_000;
-  server.headersTimeout = 66_000;
-  server.requestTimeout = 0; // a large blob over a slow link may take long; idle sockets still time out
-  // A site's agents may all reconnect at once (after a mirror restart): a deep accept queue keeps
-  // their SYNs from being dropped and retried a second later.
-  server.listen({ port: o.port, host: o.host, backlog: 4096 });
-  await once(server, 'listening');
-  const addr = server.address() as AddressInfo;
-  const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+    log,
+    metrics: { registry: metrics, prefix: 'ferry_mirror' },
+    ...(o.limits && { limits: o.limits }),
+    // A site's agents may all reconnect at once (after a mirror restart): a deep accept queue keeps
+    // their SYNs from being dropped and retried a second later.
+    backlog: 4096,
+  });
+  const { url } = http;
 
   let drop: DropWatcher | undefined;
   if (o.dropDir) {
@@ -230,7 +226,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     (closing ??= (async () => {
       log.info('mirror.stopping', {});
       // Downloads in flight finish and flush; idle keep-alive connections are ended gracefully.
-      const closed = drainer.close(SHUTDOWN_GRACE_MS);
+      const closed = http.close(SHUTDOWN_GRACE_MS);
       await drop?.close();
       await closed;
       await forwarder.stop();

@@ -1,21 +1,13 @@
-/** The mirror's status page: what it serves, what it refused. A pure function of its state. */
+/**
+ * The mirror's status page: what it serves, what it refused. A pure function of its state, written
+ * with the web kit (platform/web.ts), which escapes every value: file names, reasons and URLs come
+ * from outside and are shown as text.
+ */
 import type { Manifest } from '../core/manifest.js';
 import { humanBytes } from '../core/units.js';
+import { html, layout, table, type Html } from '../platform/web.js';
 import type { MirrorState } from './state.js';
 import type { ForwardStatus } from './forward.js';
-
-const esc = (s: unknown) =>
-  String(s).replace(
-    /[&<>"']/g,
-    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!,
-  );
-
-function table(head: string[], rows: unknown[][]): string {
-  if (rows.length === 0) return '<p class="none">none</p>';
-  const th = head.map((h) => `<th>${esc(h)}</th>`).join('');
-  const tr = rows.map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('\n');
-  return `<table><thead><tr>${th}</tr></thead><tbody>\n${tr}\n</tbody></table>`;
-}
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -32,71 +24,104 @@ export interface StatusView {
   telemetry?: TelemetryView;
 }
 
-function telemetryBlock(t: TelemetryView | undefined): string {
-  if (!t) return '<p class="none">not available</p>';
+type Target = ForwardStatus['targets'][number];
+type Artifact = Manifest['artifacts'][number];
+type Quarantined = MirrorState['quarantine'][number];
+type Imported = MirrorState['imports'][number];
+type Pending = MirrorState['pending'][number];
+
+function telemetryBlock(t: TelemetryView | undefined): Html {
+  if (!t) return html`<p class="none">not available</p>`;
+  const oldest = t.oldestAt && html`, the oldest since <span id="oldest">${t.oldestAt}</span>`;
   const waiting =
     t.depth > 0
-      ? `<b id="outbox">${t.depth}</b> record(s) waiting to go home (seq ${t.acked + 1}–${t.head}, ` +
-        `${esc(humanBytes(t.bytes))} on disk${t.oldestAt ? `, the oldest since <span id="oldest">${esc(t.oldestAt)}</span>` : ''})`
-      : '<span id="outbox">nothing waiting</span>';
+      ? html`<b id="outbox">${t.depth}</b> record(s) waiting to go home (seq ${t.acked + 1}–${t.head},
+          ${humanBytes(t.bytes)} on disk${oldest})`
+      : html`<span id="outbox">nothing waiting</span>`;
   const routes = t.targets.length
-    ? table(
-        ['route', 'url', 'state', 'last success'],
-        t.targets.map((x) => [
-          x.kind,
-          x.url,
-          x.ok ? 'ok' : `failing (${x.failures}×): ${x.lastError ?? ''}`,
-          x.lastOkAt ?? '',
-        ]),
-      )
-    : '<p class="none">no upstream or peer configured: telemetry leaves by courier (ferry mirror export-telemetry)</p>';
+    ? table<Target>({
+        columns: [
+          { head: 'route', cell: (x) => x.kind },
+          { head: 'url', cell: (x) => x.url },
+          { head: 'state', cell: (x) => (x.ok ? 'ok' : `failing (${x.failures}×): ${x.lastError ?? ''}`) },
+          { head: 'last success', cell: (x) => x.lastOkAt ?? '' },
+        ],
+        rows: t.targets,
+      })
+    : html`<p class="none">
+        no upstream or peer configured: telemetry leaves by courier (ferry mirror export-telemetry)
+      </p>`;
   const acks = t.serverKey
-    ? `acks checked with server key <span id="server-key">${esc(t.serverKey.slice(0, 16))}…</span>`
-    : 'no server key pinned yet (the first <code>import-ack --server-key</code> pins it)';
-  return `<p>${waiting} · ${t.exports} export(s) made · ${acks}</p>\n${routes}`;
+    ? html`acks checked with server key <span id="server-key">${t.serverKey.slice(0, 16)}…</span>`
+    : html`no server key pinned yet (the first <code>import-ack --server-key</code> pins it)`;
+  return html`<p>${waiting} · ${t.exports} export(s) made · ${acks}</p>
+    ${routes}`;
+}
+
+function activeBlock(v: StatusView): Html {
+  const a = v.state.active;
+  if (!a || !v.manifest) return html`<p id="active" class="none">no active bundle</p>`;
+  const expired =
+    Date.parse(a.expires) <= v.now &&
+    html` <span class="bad">EXPIRED — agents keep their last verified state</span>`;
+  return html`<p id="active">
+      <b>${a.publisher}</b> sequence <b id="sequence">${a.sequence}</b>, expires ${a.expires}${expired}
+    </p>
+    ${table<Artifact>({
+      columns: [
+        { head: 'artifact', cell: (x) => x.name },
+        { head: 'kind', cell: (x) => x.kind },
+        { head: 'version', cell: (x) => x.version },
+        { head: 'platform', cell: (x) => x.platform ?? '' },
+        { head: 'size', cell: (x) => x.size },
+        { head: 'sha256', cell: (x) => x.sha256 },
+      ],
+      rows: v.manifest.artifacts,
+    })}`;
 }
 
 export function renderStatusPage(v: StatusView): string {
-  const { state, manifest } = v;
-  const a = state.active;
-  const expired = a ? Date.parse(a.expires) <= v.now : false;
-  const activeBlock =
-    a && manifest
-      ? `<p id="active"><b>${esc(a.publisher)}</b> sequence <b id="sequence">${a.sequence}</b>, expires ${esc(a.expires)}` +
-        `${expired ? ' <span class="bad">EXPIRED — agents keep their last verified state</span>' : ''}</p>` +
-        table(
-          ['artifact', 'kind', 'version', 'platform', 'size', 'sha256'],
-          manifest.artifacts.map((x) => [x.name, x.kind, x.version, x.platform ?? '', x.size, x.sha256]),
-        )
-      : '<p id="active" class="none">no active bundle</p>';
-  return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ferry mirror — ${esc(state.site)}</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:1.5em}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;font-family:monospace;font-size:12px}
-.none{color:#888}.bad{color:#b00;font-weight:bold}
-</style></head><body>
-<h1>ferry mirror — site <span id="site">${esc(state.site)}</span></h1>
-<p>trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined</p>
-<h2>Active bundle</h2>
-${activeBlock}
-<h2>Telemetry outbox</h2>
-${telemetryBlock(v.telemetry)}
-<h2>Pending (waiting for blobs)</h2>
-${table(
-  ['publisher', 'sequence', 'expires'],
-  state.pending.map((p) => [p.publisher, p.sequence, p.expires]),
-)}
-<h2>Quarantine</h2>
-<div id="quarantine">${table(
-    ['time', 'file', 'code', 'reason'],
-    [...state.quarantine].reverse().map((q) => [q.at, q.file, q.code, q.message]),
-  )}</div>
-<h2>Recent imports</h2>
-${table(
-  ['time', 'file', 'publisher', 'sequence', 'status', 'new blobs'],
-  [...state.imports].reverse().map((i) => [i.at, i.file, i.publisher, i.sequence, i.status, i.blobsAdded]),
-)}
-</body></html>
-`;
+  const { state } = v;
+  const body = html`<h1>ferry mirror — site <span id="site">${state.site}</span></h1>
+    <p>
+      trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined
+    </p>
+    <h2>Active bundle</h2>
+    ${activeBlock(v)}
+    <h2>Telemetry outbox</h2>
+    ${telemetryBlock(v.telemetry)}
+    <h2>Pending (waiting for blobs)</h2>
+    ${table<Pending>({
+      columns: [
+        { head: 'publisher', cell: (p) => p.publisher },
+        { head: 'sequence', cell: (p) => p.sequence },
+        { head: 'expires', cell: (p) => p.expires },
+      ],
+      rows: state.pending,
+    })}
+    <h2>Quarantine</h2>
+    <div id="quarantine">
+      ${table<Quarantined>({
+        columns: [
+          { head: 'time', cell: (q) => q.at },
+          { head: 'file', cell: (q) => q.file },
+          { head: 'code', cell: (q) => q.code },
+          { head: 'reason', cell: (q) => q.message },
+        ],
+        rows: [...state.quarantine].reverse(),
+      })}
+    </div>
+    <h2>Recent imports</h2>
+    ${table<Imported>({
+      columns: [
+        { head: 'time', cell: (i) => i.at },
+        { head: 'file', cell: (i) => i.file },
+        { head: 'publisher', cell: (i) => i.publisher },
+        { head: 'sequence', cell: (i) => i.sequence },
+        { head: 'status', cell: (i) => i.status },
+        { head: 'new blobs', cell: (i) => i.blobsAdded },
+      ],
+      rows: [...state.imports].reverse(),
+    })}`;
+  return layout({ title: `ferry mirror — ${state.site}`, body });
 }

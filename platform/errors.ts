@@ -7,7 +7,9 @@ import { CodedError } from '../core/errors.js';
 
 export type PlatformErrorCode =
   /** Another process holds a data directory's lock for longer than the wait allows. */
-  'STORE_LOCKED';
+  | 'STORE_LOCKED'
+  /** A service was asked to serve TLS, which the HTTP server kit does not do yet. */
+  | 'TLS_NOT_IMPLEMENTED';
 
 export class PlatformError extends CodedError<PlatformErrorCode> {}
 

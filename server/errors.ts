@@ -1,10 +1,11 @@
 /**
- * Coded errors of the connected-side server (CONVENTIONS 5). Whole refusals
+ * Coded errors of the connected-side server. Whole refusals
  * (an export not imported, a mirror not registered) are thrown as ServerError
  * or core's TelemetryError; per-record outcomes are RejectionCodes, journaled.
  */
 import { CodedError } from '../core/errors.js';
 import type { TelemetryCode } from '../core/telemetry.js';
+import type { WireCode } from '../core/wire-codes.js';
 
 export type ServerCode =
   | 'UNKNOWN_MIRROR' // a mirror that is not registered
@@ -16,4 +17,5 @@ export type ServerCode =
 export class ServerError extends CodedError<ServerCode> {}
 
 /** Why a record or a whole batch was not stored; every one is journaled. */
-export type RejectionCode = TelemetryCode | 'WRONG_SITE' | 'BAD_ENROLMENT' | 'BAD_HEARTBEAT' | 'REPLAY';
+export type RejectionCode =
+  TelemetryCode | Extract<WireCode, 'WRONG_SITE' | 'BAD_ENROLMENT' | 'BAD_HEARTBEAT' | 'REPLAY'>;

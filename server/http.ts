@@ -1,16 +1,24 @@
 /**
- * The server's HTTP API as a Koa app (CONVENTIONS 3, 4): error middleware
- * first, then one router per resource. No listen here (server/serve.ts does).
+ * The server's HTTP API as a Koa app: the server kit's error middleware
+ * (platform/http/server-errors.ts) first, then one router per resource. No
+ * listen here (server/serve.ts does, with platform/http/server.ts).
  *
  *   POST /v1/telemetry   {batches:[CarriedBatch…]} → 202 {results:[…]} once durable
  *   GET  /v1/agents, /v1/agents/:id, /v1/rejections?limit=, /v1/mirrors
  *   GET  /healthz, /metrics
  */
 import Router from '@koa/router';
-import Koa, { type Context, type Next } from 'koa';
+import Koa from 'koa';
 import { Metrics } from '../platform/metrics.js';
 import { silentLogger, type Logger } from '../platform/log.js';
 import type { RejectionCode } from './errors.js';
+import { bodyLimit, readJsonBody } from '../platform/http/server-body.js';
+import {
+  errorMiddleware,
+  HttpError,
+  publicErrorOf,
+  type PublicError,
+} from '../platform/http/server-errors.js';
 import type { BatchOutcome } from './ingest.js';
 import { agentView, coverageGaps, fleetView } from './state.js';
 import type { ServerStore } from './store.js';
@@ -26,16 +34,6 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
   batchesPerRequest: 64,
 };
 
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 export function serverMetrics(): Metrics {
   const m = new Metrics();
   m.define('ferry_server_heartbeats_stored', 'gauge', 'Heartbeats stored (all time).');
@@ -48,47 +46,9 @@ export function serverMetrics(): Metrics {
   return m;
 }
 
-function errors(log: Logger) {
-  return async (ctx: Context, next: Next): Promise<void> => {
-    try {
-      await next();
-      if (ctx.status === 404 && ctx.body == null) {
-        ctx.status = 404;
-        ctx.body = { code: 'NOT_FOUND', message: 'no such route' };
-      } else if (ctx.status === 405 && ctx.body == null) {
-        ctx.status = 405;
-        ctx.body = { code: 'METHOD_NOT_ALLOWED', message: 'method not allowed on this route' };
-      }
-    } catch (e) {
-      if (e instanceof HttpError) {
-        ctx.status = e.status;
-        ctx.body = { code: e.code, message: e.message };
-        return;
-      }
-      log.error('http.request_error', { method: ctx.method, path: ctx.path, error: e as Error });
-      ctx.status = 500;
-      ctx.body = { code: 'INTERNAL', message: 'internal error' };
-    }
-  };
-}
-
-async function readJson(ctx: Context, limit: number): Promise<unknown> {
-  if (!ctx.is('application/json'))
-    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
-  if (Number(ctx.get('Content-Length') || 0) > limit)
-    throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${limit} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${limit} bytes`);
-    chunks.push(chunk);
-  }
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks)));
-  } catch {
-    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
-  }
+/** What a client may learn from an error: the server maps none of its own, so the kit's rules hold. */
+export function publicError(e: unknown): PublicError {
+  return publicErrorOf(e, 'server');
 }
 
 export interface BatchResult {
@@ -123,7 +83,7 @@ export function batchResult(index: number, o: BatchOutcome): BatchResult {
 function telemetryRouter(store: ServerStore, metrics: Metrics, limits: HttpLimits): Router {
   const r = new Router();
   r.post('/v1/telemetry', async (ctx) => {
-    const body = await readJson(ctx, limits.telemetryBodyBytes);
+    const body = await readJsonBody(ctx, limits.telemetryBodyBytes);
     const batches = (body as { batches?: unknown } | null)?.batches;
     if (
       typeof body !== 'object' ||
@@ -219,8 +179,9 @@ export function createApp({ store, log = silentLogger, metrics = serverMetrics()
     await next();
     metrics.inc('ferry_server_requests_total', { method: ctx.method, status: String(ctx.status) });
   });
-  app.use(errors(log));
   const lim = { ...DEFAULT_HTTP_LIMITS, ...limits };
+  app.use(errorMiddleware(log, publicError));
+  app.use(bodyLimit(lim.telemetryBodyBytes));
   for (const router of [telemetryRouter(store, metrics, lim), readRouter(store, metrics)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());

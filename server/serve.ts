@@ -3,11 +3,8 @@
  * mounts the HTTP API, and stops gracefully: no new connections, in-flight
  * ingests finish and are durable, then a checkpoint and the lock is released.
  */
-import { once } from 'node:events';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Logger } from '../platform/log.js';
-import { trackConnections } from '../platform/drain.js';
+import { startHttp, type HttpService, type ServerLimits } from '../platform/http/server.js';
 import { createApp, serverMetrics } from './http.js';
 import { ServerStore } from './store.js';
 import { backendName } from '../core/ed25519.js';
@@ -19,6 +16,8 @@ export interface ServerOptions {
   host: string;
   port: number;
   log: Logger;
+  /** Connection cap and timeouts (platform/http/server.ts has the defaults). */
+  limits?: Partial<ServerLimits>;
 }
 
 export interface RunningServer {
@@ -30,22 +29,22 @@ export interface RunningServer {
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const store = await ServerStore.open(o.dataDir, { log: o.log });
   const metrics = serverMetrics();
-  const server = createServer();
-  const drainer = trackConnections(server);
-  const handler = createApp({ store, log: o.log, metrics }).callback();
-  server.on('request', (req, res) => void handler(req, res));
-  server.keepAliveTimeout = 65_000;
-  server.headersTimeout = 66_000;
-  server.requestTimeout = 10 * 60_000;
-  server.listen({ port: o.port, host: o.host });
+  const app = createApp({ store, log: o.log, metrics }).callback();
+  let http: HttpService;
   try {
-    await once(server, 'listening');
+    http = await startHttp({
+      host: o.host,
+      port: o.port,
+      handler: (req, res) => void app(req, res),
+      log: o.log,
+      metrics: { registry: metrics, prefix: 'ferry_server' },
+      ...(o.limits && { limits: o.limits }),
+    });
   } catch (e) {
     await store.close();
     throw e;
   }
-  const addr = server.address() as AddressInfo;
-  const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  const { url } = http;
   o.log.info('server.started', {
     url,
     data: o.dataDir,
@@ -58,7 +57,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const close = () =>
     (closing ??= (async () => {
       o.log.info('server.stopping', {});
-      await drainer.close(SHUTDOWN_GRACE_MS);
+      await http.close(SHUTDOWN_GRACE_MS);
       await store.close();
       o.log.info('server.stopped', { journalSeq: store.state.journalSeq });
     })());

@@ -118,7 +118,7 @@ describe('POST /v1/enroll', () => {
   it('refuses a stale enrolment and a body over 16 KiB', async () => {
     const a = await newAgent();
     const stale = enrollRequest(a, { ...info, now: () => Date.now() - 3600_000 });
-    expect(await post('/v1/enroll', stale)).toMatchObject({ status: 400, json: { code: 'BAD_ENROLLMENT' } });
+    expect(await post('/v1/enroll', stale)).toMatchObject({ status: 400, json: { code: 'BAD_ENROLMENT' } });
     const big = await post('/v1/enroll', { pad: 'x'.repeat(17 * 1024) });
     expect(big).toMatchObject({ status: 413, json: { code: 'BODY_TOO_LARGE' } });
     expect(await readdir(join(store.dir, 'agents'))).not.toContain(`${a.agentId}.json`);

@@ -157,14 +157,8 @@ export function progressBar(
   };
 }
 
-/** `HOST:PORT` or `[V6]:PORT`, as --listen takes it. */
-export function parseListen(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535)
-    throw new FerryError('USAGE', '--listen must be HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080');
-  return { host: m[1] ?? m[2]!, port };
-}
+/** `HOST:PORT` or `[V6]:PORT`, as --listen takes it: the server kit parses it. */
+export { parseListen } from '../../platform/http/server.js';
 
 /** A long-running command's life: until SIGTERM or SIGINT, then its graceful close. */
 export function untilSignal(

@@ -28,6 +28,7 @@ import {
   type Command,
   type Io,
 } from './common.js';
+import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
 
 /** Opens the data directory; `--trust` and `--site` set it up on first use and must agree later. */
 async function openStore(dataDir: string, trust: string, site: string): Promise<Store> {
@@ -145,9 +146,12 @@ export const mirrorServe: Command = {
     '`ferry server identity --out`, brought with the trust root); a different key than the one pinned\n' +
     'refuses the start. --relay-key (repeatable; `ferry mirror identity --out` of another mirror) limits the\n' +
     'batches this mirror relays to those signed by the mirrors named; without it, any well-formed batch is\n' +
-    'carried. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+    'carried. ' +
+    httpHelp +
+    '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]...',
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... ' +
+    httpUsage,
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
@@ -159,6 +163,7 @@ export const mirrorServe: Command = {
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
+    ...httpOptions,
   },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
@@ -184,6 +189,7 @@ export const mirrorServe: Command = {
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
       ...(serverKey && { serverKeyPath: resolve(serverKey) }),
       ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
+      limits: httpLimits(p),
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;

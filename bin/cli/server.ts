@@ -7,19 +7,23 @@ import { registerMirror } from '../../server/mirrors.js';
 import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
+import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
 import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
 
 export const serverStart: Command = {
   crypto: 'service',
   summary:
     'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
-    '202 once durable) and serves the fleet view. SIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
-  usage: '--data DIR --listen HOST:PORT',
-  options: { data: { type: 'string' }, listen: { type: 'string' } },
+    '202 once durable) and serves the fleet view. ' +
+    httpHelp +
+    '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+  usage: `--data DIR --listen HOST:PORT ${httpUsage}`,
+  options: { data: { type: 'string' }, listen: { type: 'string' }, ...httpOptions },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
-    const server = await startServer({ dataDir: str(p, 'data'), host, port, log });
+    const limits = httpLimits(p);
+    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits });
     await untilSignal(log, 'server.signal', () => server.close());
     return 0;
   },

@@ -31,6 +31,7 @@ import {
 } from '../../core/telemetry.js';
 import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
+import { readJsonBody } from '../../platform/http/server-body.js';
 
 export interface AgentRouteLimits {
   enrollBodyBytes: number;
@@ -58,30 +59,10 @@ export type TelemetryItemCode = Extract<
   'BAD_ENVELOPE' | 'UNKNOWN_AGENT' | 'BAD_SIGNATURE' | 'BAD_HEARTBEAT' | 'REPLAY'
 >;
 
-/** Reads a JSON request body of at most `limit` bytes and parses it strictly (UTF-8, JSON). */
-export async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
-  if (!ctx.is('application/json'))
-    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
-  const declared = Number(ctx.get('Content-Length') || 0);
-  if (declared > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
-    chunks.push(chunk);
-  }
-  try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks)));
-  } catch {
-    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
-  }
-}
-
 function enrollError(e: unknown): never {
   if (isFerryError(e) && e.code === 'SIGNATURE_THRESHOLD')
     throw new HttpError(400, 'BAD_SIGNATURE', 'enrolment is not signed by the key it enrols');
-  if (isFerryError(e)) throw new HttpError(400, 'BAD_ENROLLMENT', e.message);
+  if (isFerryError(e)) throw new HttpError(400, 'BAD_ENROLMENT', e.message);
   throw e;
 }
 
@@ -230,7 +211,7 @@ export function agentsRouter(
       enrollError(e);
     }
     if (Math.abs(Date.parse(payload.at) - now()) > l.enrollSkewMs)
-      throw new HttpError(400, 'BAD_ENROLLMENT', 'enrolment "at" is too far from the mirror clock');
+      throw new HttpError(400, 'BAD_ENROLMENT', 'enrolment "at" is too far from the mirror clock');
     const request: Envelope = {
       payloadType: body.payloadType,
       payload: body.payload,

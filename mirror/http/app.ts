@@ -1,8 +1,9 @@
 /**
- * The mirror's HTTP API as a Koa app (CONVENTIONS 3): error middleware first,
+ * The mirror's HTTP API as a Koa app: the error middleware first,
  * then request accounting, then one router per resource. No listen here; the
  * composition root or a test drives `app.callback()`. No body parser: the two
- * agent POST routes (http/agents.ts) read their bodies raw with their own caps.
+ * agent POST routes (http/agents.ts) read their bodies with the server kit's
+ * readJsonBody, each under its own cap.
  */
 import Router from '@koa/router';
 import Koa from 'koa';
@@ -19,7 +20,8 @@ import {
   type RelayOptions,
 } from './agents.js';
 import { errorMiddleware } from './errors.js';
-import { accounting, bodyLimit, opsRouter } from './ops.js';
+import { accounting, opsRouter } from './ops.js';
+import { bodyLimit } from '../../platform/http/server-body.js';
 import { routers } from './routes.js';
 import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
 

@@ -11,7 +11,9 @@ import type { StateView } from '../snapshot.js';
 import type { Logger } from '../../platform/log.js';
 import type { AgentsStore } from '../agents.js';
 import { acceptAgentTelemetry, type AgentRouteLimits } from './agents.js';
-import { publicError } from './errors.js';
+import { HttpError, publicError } from './errors.js';
+import { parseJsonBody } from '../../platform/http/server-body.js';
+import { logRequestError } from '../../platform/http/server-errors.js';
 import { etagMatches } from './routes.js';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -78,28 +80,20 @@ export function withFastTelemetry(
     req.on('end', () => {
       let body: unknown;
       try {
-        if (size !== declared) throw new Error('length');
-        body = JSON.parse(UTF8.decode(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-      } catch {
-        return reply(400, { code: 'BAD_REQUEST', message: 'request body is not UTF-8 JSON' });
+        if (size !== declared) throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+        body = parseJsonBody(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      } catch (e) {
+        const p = publicError(e);
+        return reply(p.status, p.body);
       }
       acceptAgentTelemetry(agents, body, limits).then(
         (r) => reply(r.status, r.body),
         (e: unknown) => {
-          const { status, body, expected } = publicError(e);
-          if (!expected || status >= 500)
-            log.error('http.request_error', {
-              method: 'POST',
-              path: '/v1/telemetry',
-              status,
-              code: body.code,
-              error: e instanceof Error ? e.message : String(e),
-            });
-          reply(status, body);
+          const p = publicError(e);
+          logRequestError(log, 'POST', '/v1/telemetry', e, p);
+          reply(p.status, p.body);
         },
       );
     });
   };
 }
-
-const UTF8 = new TextDecoder('utf-8', { fatal: true });

@@ -1,10 +1,10 @@
 /** Operator routes: Prometheus metrics, the status page, and request accounting. */
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
-import { HttpError } from './errors.js';
 import type { Metrics } from '../metrics.js';
 import type { StateView } from '../snapshot.js';
 import { renderStatusPage, type TelemetryView } from '../status-page.js';
+import { PAGE_CSP } from '../../platform/web.js';
 
 /** Counts every request by matched route and status, and blob bytes actually sent. */
 export function accounting(metrics: Metrics) {
@@ -20,16 +20,6 @@ export function accounting(metrics: Metrics) {
         ctx.res.once('finish', () => metrics.inc('ferry_mirror_bytes_served_total', {}, length));
       }
     }
-  };
-}
-
-/** Refuses request bodies above `limit` bytes before anything reads them. */
-export function bodyLimit(limit: number) {
-  return async function limitBody(ctx: Context, next: Next): Promise<void> {
-    const declared = Number(ctx.get('Content-Length') || 0);
-    if (declared > limit)
-      throw new HttpError(413, 'BODY_TOO_LARGE', `request bodies are limited to ${limit} bytes`);
-    await next();
   };
 }
 
@@ -50,6 +40,8 @@ export function opsRouter(
   router.get('/', async (ctx) => {
     const snap = await view.current();
     ctx.set('Cache-Control', 'no-store');
+    ctx.set('Content-Security-Policy', PAGE_CSP);
+    ctx.set('X-Content-Type-Options', 'nosniff');
     ctx.type = 'text/html; charset=utf-8';
     ctx.body = renderStatusPage({
       state: snap.state,

@@ -1,0 +1,49 @@
+/**
+ * Request bodies for the HTTP services: an app-wide ceiling checked before any
+ * route runs, and JSON bodies read raw with a per-route cap and parsed
+ * strictly (declared type, UTF-8, JSON). No body parser reads ahead of a
+ * route: a body is read only by the route that wants it, up to its own cap.
+ */
+import type { Context, Next } from 'koa';
+import { HttpError } from './server-errors.js';
+
+/** Refuses request bodies declared above `limit` bytes before anything reads them. */
+export function bodyLimit(limit: number) {
+  return async function limitBody(ctx: Context, next: Next): Promise<void> {
+    const declared = Number(ctx.get('Content-Length') || 0);
+    if (declared > limit)
+      throw new HttpError(413, 'BODY_TOO_LARGE', `request bodies are limited to ${limit} bytes`);
+    await next();
+  };
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Parses a JSON request body's bytes (UTF-8, JSON) or refuses it with 400 BAD_REQUEST. */
+export function parseJsonBody(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(UTF8.decode(bytes));
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+  }
+}
+
+/**
+ * Reads a JSON request body of at most `limit` bytes: 415 unless declared application/json, 413 as
+ * soon as the declared or the received length passes the limit (nothing more is buffered), 400 when
+ * it is not UTF-8 JSON.
+ */
+export async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
+  if (!ctx.is('application/json'))
+    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+  const tooLarge = () => new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
+  if (Number(ctx.get('Content-Length') || 0) > limit) throw tooLarge();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw tooLarge();
+    chunks.push(chunk);
+  }
+  return parseJsonBody(Buffer.concat(chunks, size));
+}

@@ -33,6 +33,8 @@ export async function queueHeartbeat(
   ctx: ReportContext,
   state: AgentState,
   report: ApplyReport,
+  /** More drift the cycle saw beyond managed files (a storage shortage). */
+  extraDrift: JsonObject[] = [],
 ): Promise<void> {
   const counter = state.counter;
   const results: JsonObject[] = report.scripts.map((s) => ({
@@ -50,7 +52,8 @@ export async function queueHeartbeat(
   }));
   const drift: JsonObject[] = report.files
     .filter((f) => f.status !== 'ok')
-    .map((f) => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action }));
+    .map((f): JsonObject => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action }))
+    .concat(extraDrift);
   const now = ctx.now();
   const hb: Heartbeat = {
     type: HEARTBEAT_TYPE,

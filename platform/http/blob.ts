@@ -103,7 +103,8 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
   const log = (o.log ?? silentLogger).child({ blob: sha256 });
   const limits = resolveLimits(o.limits);
   const cached = await stat(final).catch(() => undefined);
-  if (cached?.isFile() && cached.size === size) return { path: final, url: undefined, resumedFrom: size, received: 0 };
+  if (cached?.isFile() && cached.size === size)
+    return { path: final, url: undefined, resumedFrom: size, received: 0 };
   if (cached) await rm(final, { force: true }); // wrong size: not what a verified rename left
 
   const part = join(o.tmpDir, `${sha256}.part`);
@@ -134,7 +135,12 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
         {
           ...(o.retry ?? DEFAULT_RETRY),
           onRetry: (e, attempt, delayMs) =>
-            log.info('blob.retry', { url, attempt, delayMs, error: e instanceof Error ? e.message : String(e) }),
+            log.info('blob.retry', {
+              url,
+              attempt,
+              delayMs,
+              error: e instanceof Error ? e.message : String(e),
+            }),
         },
       );
     try {

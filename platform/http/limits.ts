@@ -30,7 +30,10 @@ export function resolveLimits(l: Partial<ClientLimits> | undefined): ClientLimit
 }
 
 /** Total deadline (ms) for a request that may move `bytes` bytes (body sent plus body received). */
-export function deadlineFor(bytes: number, l: Pick<ClientLimits, 'minDeadlineMs' | 'floorBytesPerSec'>): number {
+export function deadlineFor(
+  bytes: number,
+  l: Pick<ClientLimits, 'minDeadlineMs' | 'floorBytesPerSec'>,
+): number {
   return Math.max(l.minDeadlineMs, Math.ceil((Math.max(0, bytes) * 1000) / l.floorBytesPerSec));
 }
 

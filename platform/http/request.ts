@@ -4,10 +4,15 @@
  * aborting the transport with a coded error. `request` reads small bodies
  * whole, capped; download.ts streams artifact-sized ones.
  */
-import { CodedError } from '../../core/errors.js';
+import { isCodedError, type CodedError } from '../../core/errors.js';
 import { HttpClientError } from './errors.js';
 import { deadlineFor, resolveLimits, type ClientLimits } from './limits.js';
-import { defaultTransport, type ResponseHeaders, type Transport, type TransportResponse } from './transport.js';
+import {
+  defaultTransport,
+  type ResponseHeaders,
+  type Transport,
+  type TransportResponse,
+} from './transport.js';
 
 export interface BaseOptions {
   /** Idle timeout (ms); default limits.idleTimeoutMs. */
@@ -65,7 +70,7 @@ const NETWORK_CODES = new Set([
 
 /** Wraps whatever a socket threw into a coded error; coded errors pass through. */
 export function toClientError(e: unknown, url: string): CodedError {
-  if (e instanceof CodedError) return e;
+  if (isCodedError(e)) return e;
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   const message = e instanceof Error ? e.message : String(e);
   // Anything the socket layer throws is worth another try; the known codes just make that explicit.
@@ -110,7 +115,9 @@ export async function exchange(url: string, o: ExchangeOptions): Promise<Exchang
   const ac = new AbortController();
   const idle = setTimeout(
     () =>
-      ac.abort(new HttpClientError('HTTP_TIMEOUT', `${url}: no progress for ${idleMs} ms`, { retryable: true })),
+      ac.abort(
+        new HttpClientError('HTTP_TIMEOUT', `${url}: no progress for ${idleMs} ms`, { retryable: true }),
+      ),
     idleMs,
   );
   // Not retried against the same source: another try would take as long again. Callers move on.
@@ -127,7 +134,7 @@ export async function exchange(url: string, o: ExchangeOptions): Promise<Exchang
     o.signal?.removeEventListener('abort', cancel);
   };
   const fail = (e: unknown): CodedError =>
-    ac.signal.aborted && ac.signal.reason instanceof CodedError ? ac.signal.reason : toClientError(e, url);
+    ac.signal.aborted && isCodedError(ac.signal.reason) ? ac.signal.reason : toClientError(e, url);
   let res: TransportResponse;
   try {
     res = await (o.transport ?? defaultTransport()).send({

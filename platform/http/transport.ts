@@ -57,7 +57,11 @@ export function nodeTransport(o: NodeTransportOptions = {}): Transport {
       return new Promise<TransportResponse>((resolve, reject) => {
         const headers = { ...r.headers };
         if (r.body !== undefined) headers['content-length'] = String(Buffer.byteLength(r.body));
-        const req = mod.request(r.url, { method: r.method, headers, agent: tls ? agents.https : agents.http });
+        const req = mod.request(r.url, {
+          method: r.method,
+          headers,
+          agent: tls ? agents.https : agents.http,
+        });
         let res: http.IncomingMessage | undefined;
         // Once the head is in, the reader iterates the response: fail it there with the signal's reason.
         const abort = () => (res ?? req).destroy(r.signal.reason as Error);

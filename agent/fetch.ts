@@ -123,22 +123,19 @@ export async function fetchBlob(
   opts: FetchBlobOptions,
 ): Promise<string> {
   const now = opts.now ?? Date.now;
-  const mirrorOf = new Map<string, string>();
-  for (const m of mirrors.candidates(now())) mirrorOf.set(`${m}/v1/blobs/sha256/${blob.sha256}`, m);
   const r = await fetchVerifiedBlob({
     sha256: blob.sha256,
     size: blob.size,
     destDir: join(cacheDir, 'blobs', 'sha256'),
     tmpDir: join(cacheDir, 'tmp'),
-    urls: [...mirrorOf.keys()],
+    mirrors: mirrors.candidates(now()),
     timeoutMs: opts.timeoutMs,
     ...(opts.limits && { limits: opts.limits }),
     ...(opts.retry && { retry: opts.retry }),
     ...(opts.log && { log: opts.log }),
     ...(opts.transport && { transport: opts.transport }),
     ...(opts.onBytes && { onBytes: opts.onBytes }),
-    onOutcome: (url, o) => {
-      const mirror = mirrorOf.get(url)!;
+    onOutcome: (mirror, o) => {
       if (o.kind === 'ok') mirrors.markGood(mirror);
       else if (o.kind === 'bad_bytes' || o.kind === 'failed') mirrors.markBad(mirror, o.code, now());
     },

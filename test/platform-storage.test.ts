@@ -35,7 +35,7 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'ferry-storage-'));
   server = createServer((req, res) => {
     requests.push(req.url ?? '');
-    const body = blobs.get((req.url ?? '').slice(1));
+    const body = blobs.get((req.url ?? '').replace('/v1/blobs/sha256/', ''));
     if (!body) return void res.writeHead(404).end();
     res.writeHead(200, { 'content-length': body.length });
     if (!gate) return void res.end(body);
@@ -95,7 +95,7 @@ describe.skipIf(noTmpfs !== undefined)('a full disk', () => {
         size: big.length,
         destDir: join(disk, 'blobs'),
         tmpDir: join(disk, 'tmp'),
-        urls: [`${base}/${hex}`],
+        mirrors: [base],
         limits: { reserveBytes: 4 * MiB }, // 6 + 4 > 8
       }),
     );
@@ -111,7 +111,7 @@ describe.skipIf(noTmpfs !== undefined)('a full disk', () => {
       size: big.length,
       destDir: join(disk, 'blobs'),
       tmpDir: join(disk, 'tmp'),
-      urls: [`${base}/${hex}`],
+      mirrors: [base],
       limits: { reserveBytes: 256 * 1024 },
     });
     expect(sha256(await readFile(r.path))).toBe(hex);
@@ -129,7 +129,7 @@ describe.skipIf(noTmpfs !== undefined)('a full disk', () => {
       size: blob.length,
       destDir: join(disk, 'blobs'),
       tmpDir: join(disk, 'tmp'),
-      urls: [`${base}/${hex}`],
+      mirrors: [base],
       limits: { reserveBytes: 0 },
       retry: { attempts: 1, baseMs: 1, maxMs: 1, jitter: false },
     });
@@ -153,7 +153,7 @@ describe.skipIf(noTmpfs !== undefined)('a full disk', () => {
       size: blob.length,
       destDir: join(disk, 'blobs'),
       tmpDir: join(disk, 'tmp'),
-      urls: [`${base}/${hex}`],
+      mirrors: [base],
       limits: { reserveBytes: 0 },
     });
     expect(sha256(await readFile(r.path))).toBe(hex);

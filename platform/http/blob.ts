@@ -1,7 +1,8 @@
 /**
- * A content-addressed blob from a list of sources into a directory, verified
+ * A content-addressed blob from a list of mirrors into a directory, verified
  * before it is visible: the one downloader for the agent's cache and for
- * mirrors pulling from peers. It knows URLs, a digest, a size and two
+ * mirrors pulling from peers (both use the mirror API's
+ * `GET /v1/blobs/sha256/<hex>`). It knows base URLs, a digest, a size and two
  * directories, nothing of who calls it.
  *
  *   <destDir>/<sha256>        verified blobs (only ever renamed in)
@@ -52,8 +53,8 @@ export type SourceOutcome =
 export interface VerifiedBlobOptions extends BlobRef {
   destDir: string;
   tmpDir: string;
-  /** The blob's URL at each source, tried in this order. */
-  urls: readonly string[];
+  /** Base URLs of the mirrors to ask, in this order. */
+  mirrors: readonly string[];
   transport?: Transport;
   limits?: Partial<ClientLimits>;
   /** Idle timeout (ms); default limits.idleTimeoutMs. */
@@ -62,13 +63,13 @@ export interface VerifiedBlobOptions extends BlobRef {
   retry?: Omit<RetryOptions, 'retryIf'>;
   log?: Logger;
   onBytes?: DownloadOptions['onBytes'];
-  onOutcome?: (url: string, outcome: SourceOutcome) => void;
+  onOutcome?: (mirror: string, outcome: SourceOutcome) => void;
 }
 
 export interface VerifiedBlob {
   path: string;
-  /** The source that delivered it; undefined when it was already in place. */
-  url: string | undefined;
+  /** The mirror that delivered it; undefined when it was already in place. */
+  mirror: string | undefined;
   resumedFrom: number;
   received: number;
 }
@@ -76,6 +77,11 @@ export interface VerifiedBlob {
 const DEFAULT_RETRY: Omit<RetryOptions, 'retryIf'> = { attempts: 3, baseMs: 200, maxMs: 5_000, jitter: true };
 
 const isBadBytes = (code: string) => code === 'BLOB_DIGEST_MISMATCH' || code === 'BLOB_SIZE_MISMATCH';
+
+/** Where a mirror serves a blob (the same route for agents and peer mirrors). */
+export function blobUrl(mirror: string, sha256: string): string {
+  return `${mirror.replace(/\/+$/, '')}/v1/blobs/sha256/${sha256}`;
+}
 
 const inFlight = new Map<string, Promise<VerifiedBlob>>();
 
@@ -104,14 +110,16 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
   const limits = resolveLimits(o.limits);
   const cached = await stat(final).catch(() => undefined);
   if (cached?.isFile() && cached.size === size)
-    return { path: final, url: undefined, resumedFrom: size, received: 0 };
+    return { path: final, mirror: undefined, resumedFrom: size, received: 0 };
   if (cached) await rm(final, { force: true }); // wrong size: not what a verified rename left
 
   const part = join(o.tmpDir, `${sha256}.part`);
   const what = `sha256:${sha256.slice(0, 16)}… (${size} bytes)`;
   const attempts: BlobAttempt[] = [];
   let made = false;
-  for (const url of o.urls) {
+  for (const base of o.mirrors) {
+    const mirror = base.replace(/\/+$/, '');
+    const url = blobUrl(mirror, sha256);
     // Before any byte, for every source: another process may have taken the space meanwhile.
     await ensureRoom(o.tmpDir, size - (await sizeOf(part)), limits.reserveBytes, what);
     if (!made) {
@@ -136,7 +144,7 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
           ...(o.retry ?? DEFAULT_RETRY),
           onRetry: (e, attempt, delayMs) =>
             log.info('blob.retry', {
-              url,
+              mirror,
               attempt,
               delayMs,
               error: e instanceof Error ? e.message : String(e),
@@ -151,7 +159,7 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
         // A bad prefix kept from another source or an earlier run would make this source look bad:
         // before blaming it, try once more from scratch.
         if (!(e instanceof HttpClientError) || !isBadBytes(e.code) || !e.resumedFrom) throw e;
-        log.warn('blob.resume_mismatch', { url, resumedFrom: e.resumedFrom, code: e.code });
+        log.warn('blob.resume_mismatch', { mirror, resumedFrom: e.resumedFrom, code: e.code });
         await rm(part, { force: true });
         result = await get();
       }
@@ -161,34 +169,39 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
       } catch (e) {
         throw await diskFailure(e, `rename into ${o.destDir}`, o.destDir, 0);
       }
-      o.onOutcome?.(url, { kind: 'ok' });
-      log.info('blob.fetched', { url, size, resumedFrom: result.resumedFrom, received: result.received });
-      return { path: final, url, ...result };
+      o.onOutcome?.(mirror, { kind: 'ok' });
+      log.info('blob.fetched', { mirror, size, resumedFrom: result.resumedFrom, received: result.received });
+      return { path: final, mirror, ...result };
     } catch (e) {
       if (e instanceof StorageFullError) {
         // The disk filled under us: give the space back, so the rest of the node keeps working.
         await rm(part, { force: true });
-        log.error('blob.storage_full', { url, path: e.path, needBytes: e.needBytes, freeBytes: e.freeBytes });
+        log.error('blob.storage_full', {
+          mirror,
+          path: e.path,
+          needBytes: e.needBytes,
+          freeBytes: e.freeBytes,
+        });
         throw e;
       }
       if (!(e instanceof HttpClientError)) throw e; // our own disk (IO_ERROR): no source will do better
-      attempts.push({ url, code: e.code, message: e.message });
+      attempts.push({ mirror, code: e.code, message: e.message });
       if (isBadBytes(e.code)) {
         await rm(part, { force: true });
-        log.warn('blob.bad_bytes', { url, code: e.code, error: e.message });
-        o.onOutcome?.(url, { kind: 'bad_bytes', code: e.code, message: e.message });
+        log.warn('blob.bad_bytes', { mirror, code: e.code, error: e.message });
+        o.onOutcome?.(mirror, { kind: 'bad_bytes', code: e.code, message: e.message });
       } else if (e.code === 'HTTP_STATUS' && !e.retryable) {
-        log.info('blob.not_served', { url, status: e.status });
-        o.onOutcome?.(url, { kind: 'not_served', status: e.status, message: e.message });
+        log.info('blob.not_served', { mirror, status: e.status });
+        o.onOutcome?.(mirror, { kind: 'not_served', status: e.status, message: e.message });
       } else {
-        log.warn('blob.source_failed', { url, code: e.code, error: e.message });
-        o.onOutcome?.(url, { kind: 'failed', code: e.code, message: e.message });
+        log.warn('blob.mirror_failed', { mirror, code: e.code, error: e.message });
+        o.onOutcome?.(mirror, { kind: 'failed', code: e.code, message: e.message });
       }
     }
   }
   throw new BlobFetchError(
     'BLOB_UNAVAILABLE',
-    `no source delivered sha256:${sha256}: ${attempts.map((a) => `${a.url} ${a.code}`).join(', ') || 'no sources'}`,
+    `no mirror delivered sha256:${sha256}: ${attempts.map((a) => `${a.mirror} ${a.code}`).join(', ') || 'none to ask'}`,
     attempts,
   );
 }

@@ -74,12 +74,12 @@ export function isStorageFull(e: unknown): e is StorageFullError {
 export type BlobFetchErrorCode = 'BLOB_UNAVAILABLE' | 'BLOB_REF_INVALID';
 
 export interface BlobAttempt {
-  url: string;
+  mirror: string;
   code: HttpClientErrorCode;
   message: string;
 }
 
-/** Every source was tried and none delivered the blob; `attempts` says what each did. */
+/** Every mirror was tried and none delivered the blob; `attempts` says what each did. */
 export class BlobFetchError extends CodedError<BlobFetchErrorCode> {
   constructor(
     code: BlobFetchErrorCode,

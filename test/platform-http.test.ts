@@ -168,6 +168,16 @@ describe.each(transports)('request over %s', (_name, make) => {
   });
 });
 
+describe('a deadline past what a timer holds', () => {
+  it('is capped, not fired at once (a 200 GB blob at 64 KiB/s is over 2^31 ms)', async () => {
+    const late = await listen((_req, res) => void setTimeout(() => res.writeHead(200).end('ok'), 100));
+    const deadlineMs = deadlineFor(200 * 1024 ** 3, { minDeadlineMs: 30_000, floorBytesPerSec: 64 * 1024 });
+    expect(deadlineMs).toBeGreaterThan(2 ** 31);
+    const r = await request(late, { maxBytes: 10, deadlineMs });
+    expect(r.body.toString()).toBe('ok');
+  });
+});
+
 describe('download deadline', () => {
   it('stops a trickled blob at its deadline, keeps the verified prefix, and is not retried in place', async () => {
     const url = await trickle(blob, 20);

@@ -87,6 +87,9 @@ export function statusError(url: string, status: number): HttpClientError {
   });
 }
 
+/** setTimeout fires at once past 2^31-1 ms (a deadline for a 200 GB blob at 64 KiB/s): cap it there. */
+const timerMs = (ms: number) => Math.min(Math.max(1, ms), 2 ** 31 - 1);
+
 export interface Exchange {
   res: TransportResponse;
   /** Restart the idle timer (call on every body chunk). */
@@ -111,7 +114,8 @@ export interface ExchangeOptions extends BaseOptions {
  */
 export async function exchange(url: string, o: ExchangeOptions): Promise<Exchange> {
   const u = parseUrl(url);
-  const idleMs = o.timeoutMs ?? resolveLimits(o.limits).idleTimeoutMs;
+  const idleMs = timerMs(o.timeoutMs ?? resolveLimits(o.limits).idleTimeoutMs);
+  const deadlineMs = timerMs(o.deadlineMs);
   const ac = new AbortController();
   const idle = setTimeout(
     () =>
@@ -122,8 +126,8 @@ export async function exchange(url: string, o: ExchangeOptions): Promise<Exchang
   );
   // Not retried against the same source: another try would take as long again. Callers move on.
   const total = setTimeout(
-    () => ac.abort(new HttpClientError('HTTP_DEADLINE', `${url}: not done within ${o.deadlineMs} ms`)),
-    o.deadlineMs,
+    () => ac.abort(new HttpClientError('HTTP_DEADLINE', `${url}: not done within ${deadlineMs} ms`)),
+    deadlineMs,
   );
   const cancel = () => ac.abort(new HttpClientError('HTTP_ABORTED', `${url}: cancelled`));
   if (o.signal?.aborted) cancel();

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { importInto, startMirrorAt } from './helpers/agent-proc.js';
 import { buildBundle } from './helpers/fixtures.js';
-import { spawnFerry, type LogLine } from './helpers/mirror-proc.js';
+import { runFerry, spawnFerry, type LogLine } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
 const w = useWorld();
@@ -134,5 +134,21 @@ describe('an agent behind a trickling mirror', () => {
       await fine.close();
       await mirror.stop();
     }
+  });
+
+  it('refuses limits it does not know, naming the key, before touching the state directory', async () => {
+    const state = join(w.dir, 'limits-agent');
+    const args = ['agent', 'poll', '--now', '--state', state, '--trust', w.rootPath, '--site', 'plant-7'];
+    const r = await runFerry([...args, '--mirror', 'http://127.0.0.1:9'], {
+      FERRY_AGENT_HTTP_LIMITS: '{"deadline":5}',
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/FERRY_AGENT_HTTP_LIMITS: unknown key "deadline"/);
+    const zero = await runFerry([...args, '--mirror', 'http://127.0.0.1:9'], {
+      FERRY_AGENT_HTTP_LIMITS: '{"minDeadlineMs":0}',
+    });
+    expect(zero.code).toBe(2);
+    expect(zero.stderr).toMatch(/minDeadlineMs must be an integer of at least 1/);
+    await expect(readFile(join(state, 'state.json'))).rejects.toThrow(/ENOENT/);
   });
 });

@@ -22,7 +22,7 @@ export function undiciTransport(o: UndiciTransportOptions = {}): Transport {
     name: 'undici',
     async send(r) {
       const res = await request(r.url, {
-        method: r.method as 'GET',
+        method: r.method,
         headers: r.headers,
         body: r.body === undefined ? null : r.body,
         dispatcher,

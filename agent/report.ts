@@ -6,7 +6,7 @@
 import { arch, hostname, loadavg, platform } from 'node:os';
 import { serializeEnvelope } from '../core/dsse.js';
 import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '../core/heartbeat.js';
-import { request } from '../platform/http/client.js';
+import { request, type ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { isoUtc } from '../core/time.js';
 import type { ApplyReport } from './apply.js';
@@ -22,6 +22,8 @@ export interface ReportContext {
   now: () => number;
   version: string;
   timeoutMs: number;
+  /** Deadlines of the HTTP client (defaults when absent). */
+  limits?: Partial<ClientLimits>;
 }
 
 /**
@@ -97,6 +99,7 @@ export async function drainOutbox(
           headers: { 'Content-Type': 'application/json' },
           timeoutMs: ctx.timeoutMs,
           maxBytes: 1024 * 1024,
+          ...(ctx.limits && { limits: ctx.limits }),
         });
         const answer = JSON.parse(res.body.toString('utf8') || '{}') as {
           rejected?: { index: number; code: string }[];

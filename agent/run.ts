@@ -214,6 +214,7 @@ export class Agent {
       now: this.now,
       version: this.o.version,
       timeoutMs,
+      ...(limits && { limits }),
     };
     if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first

@@ -109,13 +109,13 @@ describe('an agent behind a trickling mirror', () => {
         { FERRY_AGENT_HTTP_LIMITS: JSON.stringify({ minDeadlineMs: 1500, floorBytesPerSec: 1024 * 1024 }) },
       );
       // Without a total deadline the trickle would take hours: give up on the agent long before.
-      const cut = setTimeout(() => poll.child.kill('SIGKILL'), 20_000);
+      const cut = setTimeout(() => poll.child.kill('SIGKILL'), 40_000);
       const exit = await poll.exited;
       clearTimeout(cut);
       const took = Date.now() - t0;
       expect(exit, poll.stderr()).toEqual({ code: 0, signal: null });
       expect(JSON.parse(poll.stdout())).toMatchObject({ ok: true, sync: { kind: 'updated', sequence: 1 } });
-      expect(took).toBeLessThan(12_000);
+      expect(took).toBeLessThan(20_000); // a loaded CI box, not the trickle: that alone would take minutes
       expect((await readFile(conf)).equals(content)).toBe(true);
 
       const logs = poll

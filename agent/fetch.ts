@@ -1,26 +1,29 @@
 /**
- * The agent's blob fetcher: content-addressed blobs from a list of mirrors
- * into the agent's cache, each verified against the signed digest and size
- * before it is moved into place (CONVENTIONS 9).
+ * The agent's blob fetcher: content-addressed blobs from its mirrors into its
+ * cache, through the shared verified downloader (platform/http/blob.ts), with
+ * the agent's own record of which mirrors are failing.
  *
  *   <cacheDir>/blobs/sha256/<hex>   verified blobs (only ever renamed in)
- *   <cacheDir>/tmp/<hex>.part       the download in progress; resumed across
- *                                   calls and across mirrors (same digest,
- *                                   same bytes, same ETag everywhere)
+ *   <cacheDir>/tmp/<hex>.part       the download in progress
+ *
+ * A mirror that trickles is given up on at its total deadline and the next
+ * one resumes from the verified prefix; a disk too full for the blob stops the
+ * fetch with STORAGE_FULL before a byte is written.
  */
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isSha256Hex } from '../core/encoding.js';
-import { fsyncDir } from '../platform/fsx.js';
 import {
-  download,
-  isHttpClientError,
-  withRetry,
+  backoffMs,
+  fetchVerifiedBlob,
+  type BlobRef,
+  type ClientLimits,
   type DownloadOptions,
-  type HttpClientErrorCode,
   type RetryOptions,
+  type Transport,
 } from '../platform/http/client.js';
-import { silentLogger, type Logger } from '../platform/log.js';
+import type { Logger } from '../platform/log.js';
+
+export { BlobFetchError, StorageFullError, isStorageFull } from '../platform/http/client.js';
+export type { BlobRef } from '../platform/http/client.js';
 
 export interface MirrorSetOptions {
   /** Back-off after the first failure (ms); doubles per repeated failure. */
@@ -60,7 +63,7 @@ export class MirrorSet {
   markBad(url: string, reason: string, now = Date.now()): void {
     const k = this.key(url);
     const failures = (this.health.get(k)?.failures ?? 0) + 1;
-    const delay = Math.min(this.maxMs, this.baseMs * 2 ** (failures - 1));
+    const delay = backoffMs(failures - 1, { baseMs: this.baseMs, maxMs: this.maxMs, jitter: false });
     this.health.set(k, { failures, until: now + delay, reason });
   }
 
@@ -90,155 +93,52 @@ export class MirrorSet {
   }
 }
 
-export interface BlobRef {
-  sha256: string;
-  size: number;
-}
-
 export interface FetchBlobOptions {
   /** Idle timeout per request (ms): connect, head, and between body chunks. */
   timeoutMs: number;
+  /** Deadlines, floor rate, disk reserve; defaults in platform/http/limits.ts. */
+  limits?: Partial<ClientLimits>;
   /** Retries against one mirror before failing over; default 3 tries, 200 ms → 5 s, full jitter. */
   retry?: Omit<RetryOptions, 'retryIf'>;
   log?: Logger;
   now?: () => number;
-  agent?: DownloadOptions['agent'];
+  /** Default: the shared node:http transport (the agent never loads undici). */
+  transport?: Transport;
   onBytes?: DownloadOptions['onBytes'];
 }
-
-export type BlobFetchErrorCode = 'BLOB_UNAVAILABLE' | 'BLOB_REF_INVALID';
-
-/** Every mirror was tried and none delivered the blob; `attempts` says what each did. */
-export class BlobFetchError extends Error {
-  readonly code: BlobFetchErrorCode;
-  readonly attempts: { mirror: string; code: HttpClientErrorCode | 'IO_ERROR'; message: string }[];
-
-  constructor(code: BlobFetchErrorCode, message: string, attempts: BlobFetchError['attempts'] = []) {
-    super(message);
-    this.name = 'BlobFetchError';
-    this.code = code;
-    this.attempts = attempts;
-  }
-}
-
-const DEFAULT_RETRY: Omit<RetryOptions, 'retryIf'> = { attempts: 3, baseMs: 200, maxMs: 5_000, jitter: true };
-
-/** Bad bytes: the mirror is at fault, and the partial file cannot be trusted. */
-const isBadBytes = (code: string) => code === 'BLOB_DIGEST_MISMATCH' || code === 'BLOB_SIZE_MISMATCH';
 
 export function blobCachePath(cacheDir: string, sha256: string): string {
   return join(cacheDir, 'blobs', 'sha256', sha256);
 }
 
-const inFlight = new Map<string, Promise<string>>();
-
 /**
- * Returns the cache path of a verified blob, downloading it first if needed.
- * Concurrent calls for the same blob and cache share one download.
+ * Returns the cache path of a verified blob, downloading it first if needed
+ * (concurrent calls for one blob share one download). A mirror that serves bad
+ * bytes or fails is backed off; one that does not have the blob is not.
  */
-export function fetchBlob(
+export async function fetchBlob(
   mirrors: MirrorSet,
   blob: BlobRef,
   cacheDir: string,
   opts: FetchBlobOptions,
 ): Promise<string> {
-  if (!isSha256Hex(blob.sha256) || !Number.isSafeInteger(blob.size) || blob.size < 0)
-    return Promise.reject(
-      new BlobFetchError(
-        'BLOB_REF_INVALID',
-        `not a blob reference: sha256:${blob.sha256} (${blob.size} bytes)`,
-      ),
-    );
-  const final = blobCachePath(cacheDir, blob.sha256);
-  const running = inFlight.get(final);
-  if (running) return running;
-  const p = fetchBlobOnce(mirrors, blob, cacheDir, final, opts).finally(() => inFlight.delete(final));
-  inFlight.set(final, p);
-  return p;
-}
-
-async function fetchBlobOnce(
-  mirrors: MirrorSet,
-  { sha256, size }: BlobRef,
-  cacheDir: string,
-  final: string,
-  opts: FetchBlobOptions,
-): Promise<string> {
-  const log = (opts.log ?? silentLogger).child({ blob: sha256 });
   const now = opts.now ?? Date.now;
-  const cached = await stat(final).catch(() => undefined);
-  if (cached?.isFile() && cached.size === size) return final;
-  if (cached) await rm(final, { force: true }); // wrong size: not what a verified rename left
-
-  const blobsDir = join(cacheDir, 'blobs', 'sha256');
-  const tmpDir = join(cacheDir, 'tmp');
-  await mkdir(blobsDir, { recursive: true });
-  await mkdir(tmpDir, { recursive: true });
-  const part = join(tmpDir, `${sha256}.part`);
-  const attempts: BlobFetchError['attempts'] = [];
-
-  for (const mirror of mirrors.candidates(now())) {
-    const url = `${mirror}/v1/blobs/sha256/${sha256}`;
-    const get = () =>
-      withRetry(
-        () =>
-          download(url, part, {
-            expectedSize: size,
-            expectedSha256: sha256,
-            timeoutMs: opts.timeoutMs,
-            ...(opts.agent && { agent: opts.agent }),
-            ...(opts.onBytes && { onBytes: opts.onBytes }),
-          }),
-        {
-          ...(opts.retry ?? DEFAULT_RETRY),
-          onRetry: (e, attempt, delayMs) =>
-            log.info('blob.retry', {
-              mirror,
-              attempt,
-              delayMs,
-              error: e instanceof Error ? e.message : String(e),
-            }),
-        },
-      );
-    try {
-      let result;
-      try {
-        result = await get();
-      } catch (e) {
-        // A bad prefix kept from another mirror or an earlier run would make this mirror look bad:
-        // before blaming it, try once more from scratch.
-        if (!isHttpClientError(e) || !isBadBytes(e.code) || !e.resumedFrom) throw e;
-        log.warn('blob.resume_mismatch', { mirror, resumedFrom: e.resumedFrom, code: e.code });
-        await rm(part, { force: true });
-        result = await get();
-      }
-      await rename(part, final);
-      await fsyncDir(blobsDir);
-      mirrors.markGood(mirror);
-      log.info('blob.fetched', { mirror, size, resumedFrom: result.resumedFrom, received: result.received });
-      return final;
-    } catch (e) {
-      const code = isHttpClientError(e) ? e.code : 'IO_ERROR';
-      const message = e instanceof Error ? e.message : String(e);
-      attempts.push({ mirror, code, message });
-      if (isBadBytes(code)) {
-        await rm(part, { force: true });
-        mirrors.markBad(mirror, code, now());
-        log.warn('blob.bad_bytes', { mirror, code, error: message });
-      } else if (isHttpClientError(e) && e.code === 'HTTP_STATUS' && !e.retryable) {
-        // The mirror answered, just not with this blob (404 and the like): no back-off, keep the prefix.
-        log.info('blob.not_served', { mirror, status: e.status });
-      } else if (code === 'IO_ERROR') {
-        throw e; // our own disk, not the mirror: no other mirror will do better
-      } else {
-        mirrors.markBad(mirror, code, now());
-        log.warn('blob.mirror_failed', { mirror, code, error: message });
-      }
-    }
-  }
-  throw new BlobFetchError(
-    'BLOB_UNAVAILABLE',
-    `no mirror delivered sha256:${sha256}: ${attempts.map((a) => `${a.mirror} ${a.code}`).join(', ')}`,
-    attempts,
-  );
+  const r = await fetchVerifiedBlob({
+    sha256: blob.sha256,
+    size: blob.size,
+    destDir: join(cacheDir, 'blobs', 'sha256'),
+    tmpDir: join(cacheDir, 'tmp'),
+    mirrors: mirrors.candidates(now()),
+    timeoutMs: opts.timeoutMs,
+    ...(opts.limits && { limits: opts.limits }),
+    ...(opts.retry && { retry: opts.retry }),
+    ...(opts.log && { log: opts.log }),
+    ...(opts.transport && { transport: opts.transport }),
+    ...(opts.onBytes && { onBytes: opts.onBytes }),
+    onOutcome: (mirror, o) => {
+      if (o.kind === 'ok') mirrors.markGood(mirror);
+      else if (o.kind === 'bad_bytes' || o.kind === 'failed') mirrors.markBad(mirror, o.code, now());
+    },
+  });
+  return r.path;
 }

@@ -29,6 +29,11 @@ export function agentMetrics(): Metrics {
     'Seconds since the last contact with any mirror (0 when connected).',
   );
   m.define('ferry_agent_active_sequence', 'gauge', 'Sequence of the active manifest (0 when none).');
+  m.define(
+    'ferry_agent_storage_full',
+    'gauge',
+    'Whether the last sync found the disk too full for what the manifest needs (1) or not (0).',
+  );
   return m;
 }
 

@@ -6,7 +6,7 @@
 import { arch, hostname, loadavg, platform } from 'node:os';
 import { serializeEnvelope } from '../core/dsse.js';
 import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '../core/heartbeat.js';
-import { request } from '../platform/http/client.js';
+import { request, type ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { isoUtc } from '../core/time.js';
 import type { ApplyReport } from './apply.js';
@@ -22,6 +22,8 @@ export interface ReportContext {
   now: () => number;
   version: string;
   timeoutMs: number;
+  /** Deadlines of the HTTP client (defaults when absent). */
+  limits?: Partial<ClientLimits>;
 }
 
 /**
@@ -33,6 +35,8 @@ export async function queueHeartbeat(
   ctx: ReportContext,
   state: AgentState,
   report: ApplyReport,
+  /** More drift the cycle saw beyond managed files (a storage shortage). */
+  extraDrift: JsonObject[] = [],
 ): Promise<void> {
   const counter = state.counter;
   const results: JsonObject[] = report.scripts.map((s) => ({
@@ -50,7 +54,8 @@ export async function queueHeartbeat(
   }));
   const drift: JsonObject[] = report.files
     .filter((f) => f.status !== 'ok')
-    .map((f) => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action }));
+    .map((f): JsonObject => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action }))
+    .concat(extraDrift);
   const now = ctx.now();
   const hb: Heartbeat = {
     type: HEARTBEAT_TYPE,
@@ -94,6 +99,7 @@ export async function drainOutbox(
           headers: { 'Content-Type': 'application/json' },
           timeoutMs: ctx.timeoutMs,
           maxBytes: 1024 * 1024,
+          ...(ctx.limits && { limits: ctx.limits }),
         });
         const answer = JSON.parse(res.body.toString('utf8') || '{}') as {
           rejected?: { index: number; code: string }[];

@@ -8,6 +8,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
+import type { ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { loadPinnedRoot } from '../core/root.js';
 import { applyOnce, type ApplyReport } from './apply.js';
@@ -17,6 +18,7 @@ import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js'
 import { Outbox } from './outbox.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
+import { readShortage, recordShortage, shortageDrift } from './storage.js';
 import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
 import { installRootOf, limitsFromEnv, UpdateDriver } from './update/driver.js';
 import type { UpdateLimits } from './update/machine.js';
@@ -35,6 +37,8 @@ export interface AgentOptions {
   allowlist?: readonly string[];
   enforceFiles?: boolean;
   timeoutMs?: number;
+  /** HTTP deadlines, floor rate and disk reserve (platform/http/limits.ts), over the defaults. */
+  httpLimits?: Partial<ClientLimits>;
   now?: () => number;
   /** Serve Prometheus metrics on this HOST:PORT, and/or write them to this textfile each cycle. */
   metricsListen?: { host: string; port: number };
@@ -55,6 +59,8 @@ export interface CycleResult {
 }
 
 export const DEFAULT_POLL_SEC = 30;
+
+const reasonOf = (o: SyncOutcome) => ('reason' in o ? o.reason : o.kind);
 
 export async function loadOrInitState(o: AgentOptions): Promise<AgentState> {
   const existing = await readAgentState(o.stateDir);
@@ -155,8 +161,9 @@ export class Agent {
     const t0 = performance.now();
     const onBytes = (_have: number, _total: number, n: number) =>
       m.inc('ferry_agent_bytes_fetched_total', {}, n);
+    const limits = this.o.httpLimits;
     const synced = await syncOnce(
-      { cacheDir, mirrors: this.mirrors, log, now: this.now, timeoutMs, onBytes },
+      { cacheDir, mirrors: this.mirrors, log, now: this.now, timeoutMs, onBytes, ...(limits && { limits }) },
       this.state,
     );
     m.set('ferry_agent_poll_duration_seconds', (performance.now() - t0) / 1000);
@@ -164,6 +171,20 @@ export class Agent {
     if (synced.outcome.kind === 'unreachable' || synced.outcome.kind === 'refused')
       m.inc('ferry_agent_polls_failed_total');
     await this.save(synced.state);
+    // A disk too full for what the manifest needs is recorded and reported (cleared by the next
+    // sync that gets through); the last verified state keeps being applied either way.
+    const full = synced.outcome.kind === 'refused' && synced.outcome.code === 'STORAGE_FULL';
+    const through = synced.outcome.kind === 'updated' || synced.outcome.kind === 'unchanged';
+    const shortage =
+      full || through
+        ? await recordShortage(
+            this.o.stateDir,
+            cacheDir,
+            full ? { message: reasonOf(synced.outcome) } : null,
+            this.now(),
+          )
+        : await readShortage(this.o.stateDir);
+    m.set('ferry_agent_storage_full', shortage ? 1 : 0);
 
     const applied = await applyOnce(
       {
@@ -193,10 +214,11 @@ export class Agent {
       now: this.now,
       version: this.o.version,
       timeoutMs,
+      ...(limits && { limits }),
     };
     if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
-    await queueHeartbeat(rctx, this.state, applied.report);
+    await queueHeartbeat(rctx, this.state, applied.report, shortage ? [shortageDrift(shortage)] : []);
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
 
@@ -216,6 +238,7 @@ export class Agent {
       outbox: this.outbox.size.entries,
       sent,
       disconnectedSec,
+      ...(shortage && { storage: shortage.code }),
     });
     return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
   }

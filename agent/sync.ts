@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { CodedError, isFerryError, type FerryErrorCode } from '../core/errors.js';
-import { request } from '../platform/http/client.js';
+import { isStorageFull, request, type ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import {
   decodeManifest,
@@ -30,6 +30,8 @@ export interface SyncContext {
   log: Logger;
   now: () => number;
   timeoutMs: number;
+  /** Deadlines, floor rate and disk reserve of the HTTP client (defaults when absent). */
+  limits?: Partial<ClientLimits>;
   /** Download progress of blobs (metrics). */
   onBytes?: (have: number, total: number, received: number) => void;
 }
@@ -60,6 +62,14 @@ export async function syncOnce(
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       const reason = (e as Error).message;
+      if (isStorageFull(e)) {
+        // Our own disk, not the mirror: no other mirror will do better; keep the last verified state.
+        ctx.log.error('sync.storage_full', { mirror, reason });
+        return {
+          state: { ...state, lastContactAt: ctx.now(), disconnectedSince: null },
+          outcome: { kind: 'refused', code: e.code, reason },
+        };
+      }
       ctx.mirrors.markBad(mirror, reason, ctx.now());
       if (e instanceof Refusal) {
         // a mirror that serves something that does not verify is skipped for a while
@@ -99,7 +109,11 @@ export class Refusal extends CodedError<FerryErrorCode | RefusalCode> {
 }
 
 async function getJson(url: string, ctx: SyncContext, maxBytes: number): Promise<unknown> {
-  const r = await request(url, { timeoutMs: ctx.timeoutMs, maxBytes });
+  const r = await request(url, {
+    timeoutMs: ctx.timeoutMs,
+    maxBytes,
+    ...(ctx.limits && { limits: ctx.limits }),
+  });
   if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status}`);
   try {
     return JSON.parse(r.body.toString('utf8'));
@@ -142,6 +156,7 @@ async function syncWith(
     timeoutMs: ctx.timeoutMs,
     maxBytes: MAX_MANIFEST_BYTES,
     headers,
+    ...(ctx.limits && { limits: ctx.limits }),
   });
   if (res.status === 304) return { state, outcome: { kind: 'unchanged', mirror } };
   if (res.status === 404) return { state, outcome: { kind: 'unchanged', mirror } }; // the mirror has nothing yet
@@ -169,6 +184,7 @@ async function syncWith(
     fetchBlob(ctx.mirrors, a, ctx.cacheDir, {
       timeoutMs: ctx.timeoutMs,
       log: ctx.log,
+      ...(ctx.limits && { limits: ctx.limits }),
       ...(ctx.onBytes && { onBytes: ctx.onBytes }),
     });
   for (const a of await neededBlobs(manifest, state.groups, fetchOne)) await fetchOne(a);

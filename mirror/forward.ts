@@ -16,8 +16,12 @@
  * never wander between mirrors that have no way home. Each target failing is
  * retried with exponential back-off and jitter; a backlog drains request after
  * request with no pause while the target keeps answering.
+ *
+ * Requests go through the shared client (platform/http) over its undici
+ * transport: an idle timeout and a total deadline per request, a capped answer.
  */
-import { Agent, request } from 'undici';
+import { backoffMs, request } from '../platform/http/client.js';
+import { undiciTransport } from '../platform/http/undici.js';
 import type { Logger } from '../platform/log.js';
 import type { Metrics } from '../platform/metrics.js';
 import { BATCH_TYPE, signBatch, type CarriedBatch, type OwnRecord } from '../core/telemetry.js';
@@ -40,8 +44,14 @@ export interface ForwardOptions {
   /** Per request: records read from the outbox and about that many bytes. */
   maxRecords?: number;
   maxBytes?: number;
+  /** Longest silence while sending or waiting for the answer (ms). */
   requestTimeoutMs?: number;
+  /** Total deadline of one request (ms); default from the bytes sent at the client's floor rate. */
+  requestDeadlineMs?: number;
 }
+
+/** Largest answer read from a receiver (its per-batch results). */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 interface Target {
   url: string;
@@ -95,7 +105,7 @@ export function outboxGauges(m: Metrics, outbox: Outbox): void {
 
 export class Forwarder {
   private readonly targets: Target[];
-  private readonly dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: { timeout: 10_000 } });
+  private readonly transport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
   private stopped = false;
   private loop: Promise<void> | undefined;
   private wakeUp: (() => void) | undefined;
@@ -219,24 +229,25 @@ export class Forwarder {
       if (e.kind === 'batch') batches.push({ envelope: e.envelope, via: [...e.via, identity.id] });
     const started = Date.now();
     try {
-      const res = await request(new URL('/v1/telemetry', target.url), {
+      const res = await request(new URL('/v1/telemetry', target.url).href, {
         method: 'POST',
-        dispatcher: this.dispatcher,
+        transport: this.transport,
         headers: { 'content-type': 'application/json', 'ferry-relay': target.kind },
         body: JSON.stringify({ batches }),
-        headersTimeout: this.o.requestTimeoutMs,
-        bodyTimeout: this.o.requestTimeoutMs,
+        maxBytes: MAX_ANSWER_BYTES,
+        timeoutMs: this.o.requestTimeoutMs,
+        ...(this.opts.requestDeadlineMs !== undefined && { deadlineMs: this.opts.requestDeadlineMs }),
         signal: this.abort.signal,
       });
-      const text = await res.body.text();
-      if (res.statusCode !== 202) {
-        let code = `HTTP_${res.statusCode}`;
+      const text = res.body.toString('utf8');
+      if (res.status !== 202) {
+        let code = `HTTP_${res.status}`;
         try {
           code = (JSON.parse(text) as { code?: string }).code ?? code;
         } catch {
           /* not JSON: keep the status */
         }
-        throw new Error(`${target.kind} answered ${res.statusCode} ${code}`);
+        throw new Error(`${target.kind} answered ${res.status} ${code}`);
       }
       const rejected = finalRejections(text);
       if (rejected.length)
@@ -259,8 +270,12 @@ export class Forwarder {
     } catch (e) {
       if (this.stopped) return;
       target.failures++;
-      const delay = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** (target.failures - 1));
-      target.retryAt = Date.now() + delay * (0.5 + Math.random() * 0.5);
+      const delay = backoffMs(target.failures - 1, {
+        baseMs: this.o.retryBaseMs,
+        maxMs: this.o.retryMaxMs,
+        jitter: 'equal',
+      });
+      target.retryAt = Date.now() + delay;
       target.lastError = e instanceof Error ? e.message : String(e);
       metrics?.inc('ferry_mirror_forward_requests_total', { target: target.kind, result: 'error' });
       log[target.failures === 1 ? 'warn' : 'debug']('forward.failed', {
@@ -281,7 +296,7 @@ export class Forwarder {
     const cut = setTimeout(() => this.abort.abort(), graceMs);
     await this.loop;
     clearTimeout(cut);
-    await this.dispatcher.close().catch(() => undefined);
+    await this.transport.close().catch(() => undefined);
   }
 }
 

@@ -85,7 +85,13 @@ export async function acquireLock(path: string, opts: LockOptions = {}): Promise
   };
   const text = JSON.stringify(body) + '\n';
   const candidate = `${path}.${body.token}.tmp`;
-  await writeFile(candidate, text, { mode: 0o644 });
+  try {
+    await writeFile(candidate, text, { mode: 0o644 });
+  } catch (e) {
+    // A full disk creates the file and then fails the write: remove the empty candidate it leaves.
+    await rm(candidate, { force: true });
+    throw e;
+  }
   try {
     for (;;) {
       try {

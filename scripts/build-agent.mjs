@@ -23,8 +23,11 @@ const version = values.version ?? `${pkg.version}${values.dev ? '-dev' : ''}`;
 if (!/^[0-9A-Za-z.+-]{1,64}$/.test(version)) throw new Error(`--version ${version}: not a version string`);
 const out = resolve(values.out ?? join(REPO, 'dist', 'ferry-agent'));
 
-/** Modules the agent must never carry; reaching one is a build error, not a bigger file. */
-const FORBIDDEN = /^(koa|@koa\/|chokidar|libsodium|sodium-native)/;
+/**
+ * Modules the agent must never carry; reaching one is a build error, not a bigger file. undici is
+ * among them: the agent's HTTP goes over node:http (platform/http/transport.ts, docs/decisions.md).
+ */
+const FORBIDDEN = /^(koa|@koa\/|chokidar|libsodium|sodium-native|undici)/;
 const VERSION_FILE = join(REPO, 'bin', 'version.ts');
 
 const agentOnly = {

@@ -134,7 +134,7 @@ afterAll(async () => {
   await w.cleanup();
 });
 
-describe('core/http download', () => {
+describe('platform/http download', () => {
   it('downloads a whole blob from a real mirror and verifies it', async () => {
     const part = join(await tmp('dl-'), 'x.part');
     const seen: number[] = [];
@@ -247,7 +247,7 @@ describe('core/http download', () => {
   });
 });
 
-describe('core/http request', () => {
+describe('platform/http request', () => {
   it('buffers a small body and refuses one over maxBytes', async () => {
     const ok = await request(`${mirrorA}/healthz`, { timeoutMs: 5_000, maxBytes: 1024 });
     expect(ok.status).toBe(200);

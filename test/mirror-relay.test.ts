@@ -391,6 +391,51 @@ describe('forwarder', () => {
     await agents.close();
   });
 
+  it('gives up on an upstream that trickles its answer at the request deadline and hands the records to a peer', async () => {
+    const store = await newStore();
+    const agents = new AgentsStore(store.dir, store.now);
+    const a = await newAgent();
+    await enrolled(agents, a);
+    await accept(agents, a, [1, 2]);
+    const outbox = await agents.outbox();
+    const identity = await mirrorIdentity(store.dir);
+    let trickled = 0;
+    // reads the request, then answers 202 a byte at a time: never silent long enough for an idle timeout
+    const slow = await listen((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        trickled++;
+        res.writeHead(202, { 'content-type': 'application/json', 'content-length': 1000 });
+        const t = setInterval(() => res.write(' '), 50);
+        res.on('close', () => clearInterval(t));
+      });
+    });
+    const peer = await fakeUpstream();
+    const f = new Forwarder({
+      outbox,
+      identity,
+      site: 'plant-7',
+      upstream: slow,
+      peers: [peer.url],
+      log: quiet,
+      retryBaseMs: 60_000, // once given up, the upstream waits: the peer must take the records
+      lingerMs: 5,
+      requestTimeoutMs: 5_000,
+      requestDeadlineMs: 400,
+    });
+    const t0 = Date.now();
+    f.start();
+    await until(() => outbox.depth === 0);
+    expect(Date.now() - t0).toBeLessThan(4_000);
+    expect(trickled).toBe(1);
+    expect(peer.got.length).toBeGreaterThanOrEqual(1);
+    const up = f.status().targets.find((t) => t.kind === 'upstream')!;
+    expect(up).toMatchObject({ ok: false, failures: 1 });
+    expect(up.lastError).toMatch(/HTTP_DEADLINE|not done within 400 ms/);
+    await f.stop();
+    await agents.close();
+  });
+
   it('passes relayed batches on as signed, adding itself to via', async () => {
     const store = await newStore();
     const agents = new AgentsStore(store.dir, store.now);

@@ -4,6 +4,8 @@ import { FerryError } from '../../core/errors.js';
 import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
 import { readAgentState } from '../../agent/state.js';
+import { readShortage } from '../../agent/storage.js';
+import { freeBytes, parseLimits, type ClientLimits } from '../../platform/http/client.js';
 import { installRootOf } from '../../agent/update/driver.js';
 import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
@@ -15,8 +17,20 @@ const mirrorsOf = (p: Parsed) =>
     .map((m) => m.trim())
     .filter(Boolean);
 
+/** $FERRY_AGENT_HTTP_LIMITS: JSON over the HTTP client's defaults (deadlines, floor rate, disk reserve). */
+export function httpLimitsFromEnv(env = process.env): Partial<ClientLimits> | undefined {
+  const text = env.FERRY_AGENT_HTTP_LIMITS;
+  if (!text) return undefined;
+  try {
+    return parseLimits(text);
+  } catch (e) {
+    throw new FerryError('USAGE', `FERRY_AGENT_HTTP_LIMITS: ${(e as Error).message}`);
+  }
+}
+
 function agentFrom(p: Parsed, persistMirrors = true): Agent {
   const allow = list(p, 'allow-interpreter', false);
+  const httpLimits = httpLimitsFromEnv();
   return new Agent({
     stateDir: str(p, 'state'),
     mirrors: mirrorsOf(p),
@@ -33,6 +47,7 @@ function agentFrom(p: Parsed, persistMirrors = true): Agent {
     ...(str(p, 'metrics-file', false) && { metricsFile: str(p, 'metrics-file') }),
     ...(str(p, 'install-root', false) && { installRoot: str(p, 'install-root') }),
     ...(p.values['update-soak'] !== undefined && { updateLimits: { soakMs: int(p, 'update-soak') * 1000 } }),
+    ...(httpLimits && { httpLimits }),
   });
 }
 
@@ -122,7 +137,11 @@ export const agentRun: Command = {
     'Self-update: --install-root DIR holds versions/<v>/ferry-agent and the current symlink (default\n' +
     '$FERRY_AGENT_INSTALL_ROOT, else the root this binary was started from as <root>/current/ferry-agent);\n' +
     '--update-soak SEC is how long a new version must keep running after its health check before it is\n' +
-    'committed (default 600). Config keys installRoot, updateSoak.',
+    'committed (default 600). Config keys installRoot, updateSoak.\n' +
+    'Downloads: every request has a total deadline of max(30 s, size / 64 KiB/s), after which the next\n' +
+    'mirror resumes it; a blob is fetched only when its size plus a 32 MiB reserve fits on the disk\n' +
+    '(else STORAGE_FULL, reported by status and heartbeats). $FERRY_AGENT_HTTP_LIMITS (JSON: idleTimeoutMs,\n' +
+    'minDeadlineMs, floorBytesPerSec, reserveBytes) changes these.',
   usage:
     '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC]',
   options: RUN_OPTIONS,
@@ -192,7 +211,8 @@ export const agentPoll: Command = {
 
 export const agentStatus: Command = {
   summary:
-    'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs.',
+    'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs,\n' +
+    'free space in the state directory and a standing storage shortage (STORAGE_FULL) if any.',
   usage: '--state DIR [--json]',
   options: { state: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -203,6 +223,7 @@ export const agentStatus: Command = {
       /^\d{16}\./.test(n),
     ).length;
     const now = Date.now();
+    const shortage = await readShortage(dir);
     const view = {
       agentId: s.agentId,
       site: s.site,
@@ -213,6 +234,14 @@ export const agentStatus: Command = {
       disconnectedSec: s.disconnectedSince === null ? 0 : Math.round((now - s.disconnectedSince) / 1000),
       outbox,
       scripts: s.scripts,
+      storage: {
+        freeBytes: await freeBytes(dir).catch(() => null),
+        shortage: shortage && {
+          ...shortage,
+          since: new Date(shortage.since).toISOString(),
+          at: new Date(shortage.at).toISOString(),
+        },
+      },
     };
     if (p.json) printJson(io, { ok: true, ...view });
     else {
@@ -224,6 +253,13 @@ export const agentStatus: Command = {
         `last contact: ${view.lastContactAt ?? 'never'}${view.disconnectedSec ? `, cut off for ${humanSeconds(view.disconnectedSec)}` : ''}`,
       );
       io.out(`outbox: ${outbox} entr${outbox === 1 ? 'y' : 'ies'} waiting`);
+      const free =
+        view.storage.freeBytes === null ? 'unknown' : `${(view.storage.freeBytes / 1048576).toFixed(1)} MiB`;
+      io.out(
+        shortage
+          ? `storage: ${shortage.code} since ${view.storage.shortage!.since}: ${shortage.message}`
+          : `storage: ok, ${free} free`,
+      );
       for (const [name, r] of Object.entries(s.scripts)) {
         io.out(
           `script ${name}: last run ${new Date(r.lastRunAt).toISOString()}, exit ${r.lastExit ?? 'none'}`,

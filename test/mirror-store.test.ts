@@ -343,7 +343,7 @@ describe('mirror store: opening and concurrency', () => {
     for (const r of results) expect(r.ok || r.code === 'SEQUENCE_ROLLBACK').toBe(true);
     const s = await store.readState();
     expect(s.active?.sequence).toBe(4);
-    expect(s.publishers['acme-ops']?.sequence).toBe(4);
+    expect(s.mark?.sequence).toBe(4);
     expect(s.imports.length + s.quarantine.length).toBe(4);
     await expectConsistent(store);
   });

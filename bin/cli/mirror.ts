@@ -86,14 +86,15 @@ export const mirrorStatus: Command = {
     const root = store.trustedRoot(state);
     const telemetry = await telemetryStatus(dataDir);
     if (p.json) {
-      const { site, active, pending, publishers, quarantine, imports } = state;
+      const { site, active, pending, mark, signedTime, quarantine, imports } = state;
       printJson(io, {
         ok: true,
         site,
         rootVersion: root.payload.version,
         active,
         pending,
-        publishers,
+        mark,
+        signedTime: signedTime > 0 ? new Date(signedTime).toISOString() : null,
         quarantine,
         imports,
         telemetry,

@@ -18,7 +18,7 @@ import {
   type RootPayload,
   type TrustedRoot,
 } from '../../core/root.js';
-import { resolveExpiry } from '../../core/time.js';
+import { isoUtc, resolveExpiry } from '../../core/time.js';
 import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
 
 async function loadKeys(paths: string[]): Promise<(PublicKey | PrivateKey)[]> {
@@ -42,6 +42,7 @@ function report(io: Io, json: boolean, out: string, payload: RootPayload, signer
       ok: true,
       out,
       version: payload.version,
+      ...(payload.created !== undefined && { created: payload.created }),
       expires: payload.expires,
       roles: payload.roles,
       signatures: signers,
@@ -81,9 +82,11 @@ export const trustInit: Command = {
     const rootKeys = await loadKeys(list(p, 'root-key'));
     const bundleKeys = await loadKeys(list(p, 'bundle-key'));
     const out = str(p, 'out');
+    const now = Date.now();
     const payload = buildRootPayload({
       version: 1,
-      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      created: isoUtc(now), // signed time: agents and mirrors never trust a clock earlier than this
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', now),
       rootKeys,
       rootThreshold: int(p, 'root-threshold', 1),
       bundleKeys,
@@ -120,9 +123,11 @@ export const trustRotate: Command = {
       }));
     const rootPaths = list(p, 'root-key', false);
     const bundlePaths = list(p, 'bundle-key', false);
+    const now = Date.now();
     const payload = buildRootPayload({
       version: old.payload.version + 1,
-      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      created: isoUtc(now), // signed time: agents and mirrors never trust a clock earlier than this
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', now),
       rootKeys: rootPaths.length ? await loadKeys(rootPaths) : carried('root'),
       rootThreshold: int(p, 'root-threshold', old.payload.roles.root.threshold),
       bundleKeys: bundlePaths.length ? await loadKeys(bundlePaths) : carried('bundle'),

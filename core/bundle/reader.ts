@@ -12,7 +12,6 @@ import {
 import {
   decideFreshness,
   initialFreshness,
-  rootRefusal,
   type Freshness,
   type FreshnessPolicy,
   type FreshnessVerdict,
@@ -281,9 +280,6 @@ function verifyHead(
     roots.map((x) => x.env),
   );
   const f = opts.freshness ?? initialFreshness();
-  // the root is judged before the manifest's signatures: an expired root authorises nothing
-  const rootExpired = rootRefusal(f, root.payload, clock);
-  if (rootExpired) throw new FerryError(rootExpired.code, rootExpired.reason);
   const checked = verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, root.roles.bundle, 'manifest');
   const manifest = decodeManifest(checked.body);
   const verdict = decideFreshness(

@@ -240,6 +240,16 @@ describe('mirror import: every refusal leaves the store as it was', () => {
       },
     },
     { name: 'a lower sequence', code: 'SEQUENCE_ROLLBACK', make: () => path(1, 'older') },
+    {
+      name: 'sequence 1 naming a new publisher (one sequence space)',
+      code: 'SEQUENCE_ROLLBACK',
+      make: () => path(1, 'newpub', { spec: { publisher: 'new-ops' } }),
+    },
+    {
+      name: 'the held sequence naming a new publisher, other content',
+      code: 'EQUIVOCATION',
+      make: () => path(2, 'newpub2', { spec: { publisher: 'new-ops' } }),
+    },
     { name: 'the same sequence with other content', code: 'EQUIVOCATION', make: () => path(2, 'twin') },
     {
       name: 'a bundle for another site',

@@ -26,7 +26,8 @@ describe('agent state.json written before one sequence space', () => {
       artifacts: [{ name: 'conf', kind: 'file', content: 'release 21\n' }],
       spec: { sequence: 21 },
     });
-    const payload21 = sha256(Buffer.from(JSON.parse(b21.envelopeBytes.toString('utf8')).payload, 'base64'));
+    const env21 = JSON.parse(b21.envelopeBytes.toString('utf8')) as { payload: string };
+    const payload21 = sha256(Buffer.from(env21.payload, 'base64'));
     const fresh = initialState({
       site: 'plant-7',
       groups: [],

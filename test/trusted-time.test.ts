@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { serializeEnvelope } from '../core/dsse.js';
 import { isoUtc } from '../core/time.js';
+import { applyOnce } from '../agent/apply.js';
 import { MirrorSet } from '../agent/fetch.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from '../agent/state.js';
 import { syncOnce } from '../agent/sync.js';
@@ -99,6 +100,23 @@ describe('agent: a clock wrong for one poll is forgotten once it is right', () =
     const kept = (await readAgentState(stateDir))!;
     expect(kept.active?.sequence).toBe(1);
     expect(kept.trust.signedTime).toBe(Date.parse(m1.manifest.created));
+    // apply keeps running it and reports the expiry while the clock is ahead, and not once it is right
+    const applyAt = async (clock: number) =>
+      (
+        await applyOnce(
+          {
+            cacheDir: join(stateDir, 'cache'),
+            log,
+            now: () => clock,
+            allowlist: ['sh'],
+            enforceFiles: false,
+            bootAt: now,
+          },
+          kept,
+        )
+      ).report;
+    expect(await applyAt(now + 200 * DAY)).toMatchObject({ sequence: 1, expired: true });
+    expect(await applyAt(now)).toMatchObject({ sequence: 1, expired: false });
 
     // a fresh release arrives; the clock is right again
     const m2 = await bundleFile(2);

@@ -67,6 +67,10 @@ export const mirrorImport: Command = {
           io.out(
             `${r.file}: ${r.publisher} sequence ${r.sequence} ${what}${r.changed ? '' : ' (already imported)'}`,
           );
+          for (const x of r.revoked)
+            io.out(
+              `  retired ${x.publisher} sequence ${x.sequence}: the adopted root no longer authorises its signers`,
+            );
         } else io.err(`ferry: ${r.code}: ${r.file}: ${r.message}`);
       }
     }

@@ -1,17 +1,18 @@
 /**
- * An agent state.json from before the one sequence space: a mark per publisher
- * and `highestTime`, which mixed the agent's own clock readings into time
- * evidence. Read by the current agent, the marks become the single highest
- * mark and the clock reading is dropped, so an agent whose clock was once
- * wrongly ahead takes fresh releases again after the upgrade — proved with
- * a real `ferry agent poll --now` against a real `ferry mirror serve`.
+ * State files from before the one sequence space, read by real `ferry`
+ * processes. The agent's kept a mark per publisher and `highestTime`, which
+ * mixed its own clock readings into time evidence: the marks become the single
+ * highest mark and the clock reading is dropped, so an agent whose clock was
+ * once wrongly ahead takes fresh releases again after the upgrade. The
+ * mirror's kept a mark per publisher: the single highest mark now stops a new
+ * publisher label from starting its own count below it.
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { initialState, readAgentState } from '../agent/state.js';
 import { importInto, startMirrorAt } from './helpers/agent-proc.js';
-import { buildBundle, ferry } from './helpers/fixtures.js';
+import { buildBundle, ferry, snapshotDir } from './helpers/fixtures.js';
 import { sha256 } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
@@ -74,5 +75,54 @@ describe('agent state.json written before one sequence space', () => {
     expect(after.trust.mark).toMatchObject({ sequence: 22, signers: [w.bundleKey.keyid] });
     expect(after.trust.signedTime).toBe(Date.parse(b22.manifest.created));
     await mirror.stop();
+  });
+});
+
+describe('mirror state.json written before one sequence space', () => {
+  it('migrates per-publisher marks to the highest: a new publisher label cannot roll sequence 21 back', async () => {
+    const data = join(w.dir, 'old-mirror');
+    const b21 = await buildBundle(w, join(w.dir, 'm21.ferry'), {
+      artifacts: [{ name: 'conf', kind: 'file', content: 'mirror release 21\n' }],
+      spec: { sequence: 21 },
+    });
+    await importInto(data, b21.volumes[0]!.path, w.rootPath);
+    // rewrite state.json as the old mirror kept it: one mark per publisher, no time memory
+    const statePath = join(data, 'state.json');
+    const now = JSON.parse(await readFile(statePath, 'utf8')) as Record<string, unknown> & {
+      mark: { sequence: number; payloadDigest: string };
+    };
+    const { mark } = now;
+    const old: Record<string, unknown> = {
+      ...now,
+      publishers: {
+        'acme-ops': { sequence: mark.sequence, payloadDigest: mark.payloadDigest },
+        'new-ops': { sequence: 1, payloadDigest: 'b'.repeat(64) },
+      },
+    };
+    delete old.mark;
+    delete old.signedTime;
+    await writeFile(statePath, JSON.stringify(old, null, 2));
+
+    // validly signed, new publisher label, sequence 2: the old mirror would have made it active
+    const b2 = await buildBundle(w, join(w.dir, 'm2-new-ops.ferry'), {
+      artifacts: [{ name: 'conf', kind: 'file', content: 'rollback\n' }],
+      spec: { sequence: 2, publisher: 'new-ops' },
+    });
+    const view = async () => ({
+      blobs: await snapshotDir(join(data, 'blobs')),
+      manifests: await snapshotDir(join(data, 'manifests')),
+      active: (JSON.parse(await readFile(statePath, 'utf8')) as { active: unknown }).active,
+    });
+    const before = await view();
+    const r = await ferry(['mirror', 'import', b2.volumes[0]!.path, '--data', data, '--json']);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, results: [{ code: 'SEQUENCE_ROLLBACK' }] });
+    expect(await view()).toEqual(before);
+
+    const status = await ferry(['mirror', 'status', '--data', data, '--json']);
+    expect(JSON.parse(status.stdout)).toMatchObject({
+      active: { sequence: 21 },
+      mark: { sequence: 21, payloadDigest: mark.payloadDigest, signers: null },
+    });
   });
 });

@@ -19,7 +19,7 @@ import {
   type Manifest,
 } from '../core/manifest.js';
 import { trustStoredChain, walkRootChain, MAX_ROOT_BYTES, type TrustedRoot } from '../core/root.js';
-import { decideFreshness, observeRoot, rootRefusal } from '../core/freshness.js';
+import { decideFreshness, rootRefusal, underRoot } from '../core/freshness.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
 import type { AgentState } from './state.js';
@@ -132,10 +132,10 @@ async function syncWith(
     if (isFerryError(e)) throw new Refusal(e.code, e.message);
     throw e;
   }
-  // Expiry of the root is judged against trusted time (the clock, or later signed time seen).
+  // Expiry of the root is judged against trusted time (the clock, or later signed time seen that still holds).
   const expired = rootRefusal(state.trust, trusted.payload, ctx.now());
   if (expired) throw new Refusal(expired.code, expired.reason);
-  state = { ...state, roots, trust: observeRoot(state.trust, trusted.payload) };
+  state = { ...state, roots, trust: underRoot(state.trust, trusted.payload) };
   if (adopted) state = revokeActive(ctx, state, trusted, mirror);
 
   // 2. Manifest, conditional on what we already hold.

@@ -11,6 +11,7 @@ import {
   observeRoot,
   rootRefusal,
   trustedTime,
+  underRoot,
   type Candidate,
   type Freshness,
   type FreshnessPolicy,
@@ -277,6 +278,22 @@ const rows: Row[] = [
     { kind: 'accept' },
   ],
   [
+    'a stolen key pushed signed time far ahead: after recovery that time no longer counts',
+    held([K], T0 + 3000 * DAY),
+    cand(1, { signers: [L] }),
+    root([L], 1, { created: iso(T0) }),
+    keep(),
+    { kind: 'accept', next: { mark: { sequence: 1, payloadDigest: 'd1', signers: [L] }, signedTime: T0 } },
+  ],
+  [
+    'while the key still binds, the far-ahead signed time it vouched for stands',
+    held([K], T0 + 3000 * DAY),
+    cand(6),
+    root(),
+    keep(),
+    { kind: 'refuse', code: 'ROOT_EXPIRED' },
+  ],
+  [
     'recovery never lets an expired manifest in',
     held([K]),
     cand(1, { signers: [L], expires: T0 + DAY / 2 }),
@@ -323,6 +340,15 @@ describe('the freshness rule', () => {
       keep(T0),
     );
     expect(v.kind === 'refuse' && v.reason).toMatch(/local clock is behind signed time/);
+  });
+
+  it('what still holds under a root: all of it while the mark binds, nothing of it once the mark does not', () => {
+    const f = held([K], T0 + 50 * DAY);
+    expect(underRoot(f, root([K, L], 1, { created: iso(T0) }))).toEqual(f);
+    expect(underRoot(f, root([K, L], 1, { created: iso(T0 + 60 * DAY) })).signedTime).toBe(T0 + 60 * DAY);
+    expect(underRoot(f, root([L], 1, { created: iso(T0) }))).toEqual({ mark: null, signedTime: T0 });
+    expect(underRoot(f, root([L], 1))).toEqual({ mark: null, signedTime: 0 });
+    expect(underRoot(held(null, T0 + 50 * DAY), root([L]))).toEqual(held(null, T0 + 50 * DAY));
   });
 
   it('trusted time is the latest of the clock, the signed time seen and the root created', () => {

@@ -85,6 +85,18 @@ export type FreshnessVerdict =
 
 const at = (iso: string | undefined): number => (iso === undefined ? 0 : (parseIsoUtc(iso) ?? 0));
 
+/**
+ * What of `f` still holds under `root`: while the mark binds, everything, plus
+ * the root's `created`. Once the mark no longer binds, neither the mark nor
+ * the signed time seen with it counts any more (a stolen key that signed a
+ * `created` far in the future must not keep the site's time there after
+ * recovery): signed time restarts from the root's own `created`.
+ */
+export function underRoot(f: Freshness, root: Pick<FreshnessRoot, 'created' | 'roles'>): Freshness {
+  if (f.mark !== null && !markBinds(f.mark, root)) return { mark: null, signedTime: at(root.created) };
+  return observeRoot(f, root);
+}
+
 /** Folds a root's signed `created` time into what was seen (after the root is adopted). */
 export function observeRoot(f: Freshness, root: Pick<FreshnessRoot, 'created'>): Freshness {
   const t = at(root.created);
@@ -114,10 +126,11 @@ export function rootRefusal(
   root: FreshnessRoot,
   clock: number,
 ): { code: 'ROOT_EXPIRED'; reason: string } | undefined {
-  if (at(root.expires) > trustedTime(f, clock, root)) return undefined;
+  const held = underRoot(f, root);
+  if (at(root.expires) > trustedTime(held, clock)) return undefined;
   return {
     code: 'ROOT_EXPIRED',
-    reason: `trusted root v${root.version} expired at ${root.expires}${behind(f, clock)}`,
+    reason: `trusted root v${root.version} expired at ${root.expires}${behind(held, clock)}`,
   };
 }
 
@@ -134,14 +147,15 @@ export function decideFreshness(
     code,
     reason,
   });
-  const rootBad = rootRefusal(f, root, policy.clock);
+  const held = underRoot(f, root);
+  const rootBad = rootRefusal(held, root, policy.clock);
   if (rootBad) return refuse(rootBad.code, rootBad.reason);
   if (policy.site !== undefined && !m.sites.includes('*') && !m.sites.includes(policy.site))
     return refuse('SITE_MISMATCH', `manifest is for site(s) ${m.sites.join(', ')}, not ${policy.site}`);
 
-  const now = trustedTime(f, policy.clock, root);
+  const now = trustedTime(held, policy.clock);
   const expired = at(m.expires) <= now;
-  const mark = f.mark !== null && markBinds(f.mark, root) ? f.mark : null;
+  const mark = held.mark; // underRoot dropped a mark that no longer binds
   if (mark && m.sequence < mark.sequence)
     return refuse(
       'SEQUENCE_ROLLBACK',
@@ -156,20 +170,20 @@ export function decideFreshness(
     if (expired && policy.acceptedExpired === 'refuse')
       return refuse(
         'MANIFEST_EXPIRED',
-        `manifest sequence ${m.sequence} expired at ${m.expires}${behind(f, policy.clock)}`,
+        `manifest sequence ${m.sequence} expired at ${m.expires}${behind(held, policy.clock)}`,
       );
-    return { kind: 'same', expired, next: observeRoot(f, root) };
+    return { kind: 'same', expired, next: held };
   }
   if (expired)
     return refuse(
       'MANIFEST_EXPIRED',
-      `manifest sequence ${m.sequence} expired at ${m.expires}${behind(f, policy.clock)}`,
+      `manifest sequence ${m.sequence} expired at ${m.expires}${behind(held, policy.clock)}`,
     );
   return {
     kind: 'accept',
     next: {
       mark: { sequence: m.sequence, payloadDigest: c.payloadDigest, signers: [...c.signers].sort() },
-      signedTime: Math.max(f.signedTime, at(m.created), at(root.created)),
+      signedTime: Math.max(held.signedTime, at(m.created)),
     },
   };
 }

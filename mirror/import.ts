@@ -106,7 +106,8 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
     const adopted = adoptRoots(state, contents);
     state = adopted.state;
     const revoked = adopted.versions.length > 0 ? await revokedBy(store, state, root) : [];
-    state = observe(retire(state, revoked), verdict.next);
+    // the verdict's memory is authoritative: after a recovery it drops the mark and the time it vouched for
+    state = { ...retire(state, revoked), mark: verdict.next.mark, signedTime: verdict.next.signedTime };
     const ref: ManifestRef = {
       publisher: contents.manifest.publisher,
       sequence: contents.manifest.sequence,

@@ -4,20 +4,26 @@
  * dir served by `ferry mirror serve`, and `ferry agent poll --now` against it.
  *
  * The story: key K signs a bundle at sequence 2^53-1, the highest there is, so
- * no honest bundle could ever follow it. The root owner rotates the root to a
+ * no honest bundle could ever follow it, and dated 400 days ahead, so by the
+ * signed time it vouches for the trust root itself has expired. The root owner rotates the root to a
  * bundle role without K and ships it inside the next honest bundle (sequence 1,
- * signed by L). The mark K set stops binding, what K alone signed stops being
- * served, and the honest bundle is accepted, served and applied.
+ * signed by L). The mark K set stops binding, and the time it vouched for with
+ * it; what K alone signed stops being served, and the honest bundle is
+ * accepted, served and applied.
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { createBundle } from '../bundler/create.js';
+import { resolveSpec } from '../bundler/spec.js';
+import { loadPrivateKey } from '../platform/keyfile.js';
 import { ferry, snapshotDir, type RunResult } from './helpers/fixtures.js';
 import { startMirrorProc, type MirrorProc } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
 const w = useWorld();
 const MAX = Number.MAX_SAFE_INTEGER; // 2^53-1
+const DAY = 86_400_000;
 
 const ok = (r: RunResult, what: string): RunResult => {
   if (r.code !== 0) throw new Error(`${what} failed (${r.code}): ${r.stdout}${r.stderr}`);
@@ -76,6 +82,27 @@ async function bundle(
     `bundle create s${sequence}`,
   );
   return json<{ volumes: { path: string }[] }>(r).volumes.map((v) => v.path);
+}
+
+/** A bundle made as if `ahead` ms from now (its signed `created`), through the library: the CLI stamps the real time. */
+async function futureBundle(d: Dirs, sequence: number, key: string, ahead: number): Promise<string> {
+  const at = join(d.dir, `spec-${++n}`);
+  await mkdir(at, { recursive: true });
+  await writeFile(join(at, 'payload'), 'compromised\n');
+  const spec = await resolveSpec(
+    {
+      publisher: 'acme-ops',
+      sequence,
+      expires: '30d',
+      sites: ['plant-7'],
+      artifacts: [{ name: 'payload', kind: 'file', version: '1', path: 'payload' }],
+    },
+    at,
+    Date.now() + ahead,
+  );
+  const out = join(d.dir, `b${n}-s${sequence}-future.ferry`);
+  const r = await createBundle(spec, out, { signers: [await loadPrivateKey(join(d.keys, `${key}.key`))] });
+  return r.volumes[0]!.path;
 }
 
 interface ImportOut {
@@ -166,18 +193,21 @@ describe('recovery after a bundle-key compromise', () => {
       'trust init',
     );
 
-    // K, stolen, signs the highest sequence there is; mirror and agent take it as the real thing would be taken
-    const [evil] = await bundle(d, MAX, 'K', { payload: 'compromised\n' });
-    expect(await mirrorImport(d, evil!, root1)).toMatchObject({ ok: true, sequence: MAX, status: 'active' });
+    // K, stolen, signs the highest sequence there is, created 400 days from now (past root v1's expiry);
+    // mirror and agent take it as the real thing would be taken
+    const evil = await futureBundle(d, MAX, 'K', 400 * DAY);
+    expect(await mirrorImport(d, evil, root1)).toMatchObject({ ok: true, sequence: MAX, status: 'active' });
     const mirror = await startMirrorProc({ data: d.data });
     expect(await served(mirror)).toEqual({ status: 200, sequence: MAX });
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sync: { kind: 'updated' }, sequence: MAX });
 
-    // without a new root, nothing can follow it: an honest sequence 1 is a rollback and changes nothing
+    // without a new root, the site is stranded: by the signed time K vouched for, root v1 has expired
+    // (and sequence 1 would be a rollback anyway); the refusal changes nothing
     const [stuck] = await bundle(d, 1, 'K', { payload: 'honest but stuck\n' });
     const before = await storeView(d.data);
-    expect(await mirrorImport(d, stuck!)).toMatchObject({ ok: false, code: 'SEQUENCE_ROLLBACK' });
+    expect(await mirrorImport(d, stuck!)).toMatchObject({ ok: false, code: 'ROOT_EXPIRED' });
     expect(await storeView(d.data)).toEqual(before);
+    expect(await poll(d, mirror, root1)).toMatchObject({ exit: 1, code: 'ROOT_EXPIRED', sequence: MAX });
 
     // the root owner rotates K out (L in) and ships root v2 in the honest bundle, in two volumes
     ok(

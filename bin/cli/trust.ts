@@ -72,7 +72,8 @@ const ROOT_OPTIONS = {
 export const trustInit: Command = {
   summary:
     'Creates version 1 of a trust root. Root keys given as private .key files sign it; it must meet\n' +
-    'its own root threshold. Bundle keys may be .pub or .key files.',
+    'its own root threshold. Bundle keys may be .pub or .key files. The root records when it was made\n' +
+    '(signed `created`): agents and mirrors never judge expiry by a clock earlier than that.',
   usage:
     '--root-key K... --root-threshold N --bundle-key PUB... --bundle-threshold M --expires 365d --out root.json [--json]',
   options: {
@@ -104,7 +105,8 @@ export const trustRotate: Command = {
   summary:
     'Creates root v(N+1) from v(N). It must be signed by a threshold of the old root keys AND a\n' +
     'threshold of its own; give every private key that signs with --sign-key. Keys and thresholds not\n' +
-    'given are carried over.',
+    'given are carried over. A --bundle-key list without a stolen key is the way back from its compromise:\n' +
+    'what that key alone signed stops binding once sites adopt the new root (carry it with bundle create --root).',
   usage:
     '--from root.json --sign-key K... [--root-key K...] [--root-threshold N] [--bundle-key K...] [--bundle-threshold M] [--expires 365d] --out root2.json [--json]',
   options: {

@@ -7,6 +7,7 @@
 import { access } from 'node:fs/promises';
 import type { Logger } from '../platform/log.js';
 import type { Artifact } from '../core/manifest.js';
+import { trustedTime } from '../core/freshness.js';
 import { parseIsoUtc } from '../core/time.js';
 import { desiredState } from './desired.js';
 import { blobCachePath } from './fetch.js';
@@ -68,7 +69,7 @@ export async function applyOnce(
   const desired = await desiredState(manifest, state.groups, cached);
   const now = ctx.now();
   // An expired manifest is never newly applied, but what it set up keeps running (last known good).
-  const expired = parseIsoUtc(manifest.expires)! <= Math.max(now, state.trust.highestTime);
+  const expired = parseIsoUtc(manifest.expires)! <= trustedTime(state.trust, now);
 
   const digests = new Map(desired.scripts.map((s) => [s.entry.script, s.artifact.sha256]));
   const due = dueScripts(

@@ -5,9 +5,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { parseEnvelope } from '../core/dsse.js';
+import { decodeBase64Strict } from '../core/encoding.js';
 import { FerryError } from '../core/errors.js';
+import { initialFreshness, type Freshness } from '../core/freshness.js';
+import { parseIsoUtc } from '../core/time.js';
 import { writeFileAtomic } from '../platform/fsx.js';
-import { initialTrust, type TrustState } from './decide.js';
 
 export interface ActiveManifest {
   publisher: string;
@@ -32,7 +35,11 @@ export interface AgentState {
   agentId: string | null;
   /** Trusted root envelopes, exact bytes in base64: the pinned one first, each the next version. */
   roots: string[];
-  trust: TrustState;
+  /**
+   * The one sequence mark (with the keys that signed it) and the latest signed
+   * time seen (core/freshness.ts). Never a reading of the local clock.
+   */
+  trust: Freshness;
   active: ActiveManifest | null;
   /** ETag of the manifest last fetched, for If-None-Match. */
   etag: string | null;
@@ -60,7 +67,7 @@ export function initialState(o: {
     mirrors: o.mirrors,
     agentId: null,
     roots: [o.pinnedRoot.toString('base64')],
-    trust: initialTrust(),
+    trust: initialFreshness(),
     active: null,
     etag: null,
     scripts: {},
@@ -84,10 +91,16 @@ export function assertAgentState(v: unknown): asserts v is AgentState {
   if (v.agentId !== null && typeof v.agentId !== 'string') throw bad('agentId');
   if (!isStrArr(v.roots) || v.roots.length === 0) throw bad('roots');
   const t = v.trust;
-  if (!isObj(t) || !isNum(t.highestTime) || !isObj(t.publishers)) throw bad('trust');
-  for (const p of Object.values(t.publishers)) {
-    if (!isObj(p) || !isNum(p.sequence) || typeof p.payloadDigest !== 'string') throw bad('trust.publishers');
-  }
+  if (!isObj(t) || !isNum(t.signedTime)) throw bad('trust');
+  const m = t.mark;
+  if (
+    m !== null &&
+    (!isObj(m) ||
+      !isNum(m.sequence) ||
+      typeof m.payloadDigest !== 'string' ||
+      (m.signers !== null && !isStrArr(m.signers)))
+  )
+    throw bad('trust.mark');
   const a = v.active;
   if (
     a !== null &&
@@ -120,8 +133,42 @@ export async function readAgentState(dir: string): Promise<AgentState | undefine
   } catch (e) {
     throw new FerryError('IO_ERROR', 'agent state: state.json is not valid JSON', { cause: e });
   }
+  v = migrate(v);
   assertAgentState(v);
   return v;
+}
+
+/**
+ * A state.json written before the one sequence space kept a mark per
+ * publisher and `highestTime`, which mixed the agent's own clock readings into
+ * time evidence (one poll with the clock in the future made every fresh
+ * manifest expired). The single mark becomes the highest of the per-publisher
+ * marks (signers unknown: it binds until the next accepted manifest); the
+ * signed time is recovered from the active manifest's `created`, the only
+ * signed time the old file still holds, and `highestTime` is dropped.
+ */
+function migrate(v: unknown): unknown {
+  if (!isObj(v) || !isObj(v.trust) || !('publishers' in v.trust)) return v;
+  const { publishers } = v.trust;
+  if (!isObj(publishers)) throw bad('trust.publishers');
+  let mark: Freshness['mark'] = null;
+  for (const p of Object.values(publishers)) {
+    if (!isObj(p) || !isNum(p.sequence) || typeof p.payloadDigest !== 'string') throw bad('trust.publishers');
+    if (mark === null || p.sequence > mark.sequence)
+      mark = { sequence: p.sequence, payloadDigest: p.payloadDigest, signers: null };
+  }
+  return { ...v, trust: { mark, signedTime: activeCreated(v.active) } };
+}
+
+function activeCreated(active: unknown): number {
+  if (!isObj(active) || typeof active.envelope !== 'string') return 0;
+  try {
+    const env = parseEnvelope(decodeBase64Strict(active.envelope, 'active'), 'active manifest');
+    const payload = JSON.parse(decodeBase64Strict(env.payload, 'active payload').toString('utf8')) as unknown;
+    return (isObj(payload) && parseIsoUtc(payload.created)) || 0;
+  } catch {
+    return 0;
+  }
 }
 
 export async function writeAgentState(dir: string, state: AgentState): Promise<void> {

@@ -18,8 +18,8 @@ import {
   type Artifact,
   type Manifest,
 } from '../core/manifest.js';
-import { assertRootNotExpired, trustStoredChain, walkRootChain, MAX_ROOT_BYTES } from '../core/root.js';
-import { decideManifest, type RefusalCode } from './decide.js';
+import { trustStoredChain, walkRootChain, MAX_ROOT_BYTES, type TrustedRoot } from '../core/root.js';
+import { decideFreshness, rootRefusal, underRoot } from '../core/freshness.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
 import type { AgentState } from './state.js';
@@ -98,9 +98,9 @@ export async function syncOnce(
  * A mirror served something that does not verify or is not acceptable. Coded like every other refusal;
  * `state` is what the agent learnt before refusing (a root adopted, a sequence seen), kept even so.
  */
-export class Refusal extends CodedError<FerryErrorCode | RefusalCode> {
+export class Refusal extends CodedError<FerryErrorCode> {
   constructor(
-    code: FerryErrorCode | RefusalCode,
+    code: FerryErrorCode,
     message: string,
     readonly state?: AgentState,
   ) {
@@ -132,10 +132,12 @@ async function syncWith(
   const served = await getJson(`${mirror}/v1/root`, ctx, 64 * MAX_ROOT_BYTES);
   if (!Array.isArray(served)) throw new Refusal('ROOT_INVALID', 'mirror /v1/root is not a list');
   let roots = state.roots;
+  let adopted = false;
   try {
     const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root'));
     const walked = walkRootChain(trusted, envs);
     if (walked.adopted.length > 0) {
+      adopted = true;
       roots = [
         ...roots,
         ...walked.adopted.map((r) => Buffer.from(serializeEnvelope(r.envelope)).toString('base64')),
@@ -143,12 +145,15 @@ async function syncWith(
       ctx.log.info('sync.root_adopted', { mirror, versions: walked.adopted.map((r) => r.payload.version) });
     }
     trusted = walked.root;
-    assertRootNotExpired(trusted, ctx.now());
   } catch (e) {
     if (isFerryError(e)) throw new Refusal(e.code, e.message);
     throw e;
   }
-  state = { ...state, roots };
+  // Expiry of the root is judged against trusted time (the clock, or later signed time seen that still holds).
+  const expired = rootRefusal(state.trust, trusted.payload, ctx.now());
+  if (expired) throw new Refusal(expired.code, expired.reason);
+  state = { ...state, roots, trust: underRoot(state.trust, trusted.payload) };
+  if (adopted) state = revokeActive(ctx, state, trusted, mirror);
 
   // 2. Manifest, conditional on what we already hold.
   const headers: Record<string, string> = state.active && state.etag ? { 'If-None-Match': state.etag } : {};
@@ -163,21 +168,27 @@ async function syncWith(
   if (res.status !== 200) throw new Error(`${mirror}/v1/manifest: HTTP ${res.status}`);
   let manifest: Manifest;
   let payloadDigest: string;
+  let signers: string[];
   try {
     const env = parseEnvelope(res.body, 'manifest envelope');
-    const { body } = verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, trusted.roles.bundle, 'manifest');
-    manifest = decodeManifest(body);
-    payloadDigest = sha256(body);
+    const checked = verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, trusted.roles.bundle, 'manifest');
+    manifest = decodeManifest(checked.body);
+    payloadDigest = sha256(checked.body);
+    signers = checked.signers;
   } catch (e) {
     if (isFerryError(e)) throw new Refusal(e.code, e.message, state);
     throw e;
   }
-  const decision = decideManifest(state.trust, manifest, payloadDigest, { site: state.site, now: ctx.now() });
+  // What is already running keeps running once expired (reported by apply); nothing expired is newly applied.
+  const decision = decideFreshness(state.trust, { manifest, payloadDigest, signers }, trusted.payload, {
+    site: state.site,
+    clock: ctx.now(),
+    acceptedExpired: 'keep',
+  });
   const etag = typeof res.headers.etag === 'string' ? res.headers.etag : null;
-  if (decision.kind === 'refuse')
-    throw new Refusal(decision.code, decision.reason, { ...state, trust: decision.trust });
+  if (decision.kind === 'refuse') throw new Refusal(decision.code, decision.reason, state);
   if (decision.kind === 'same')
-    return { state: { ...state, trust: decision.trust, etag }, outcome: { kind: 'unchanged', mirror } };
+    return { state: { ...state, trust: decision.next, etag }, outcome: { kind: 'unchanged', mirror } };
 
   // 3. Blobs this agent needs; the manifest becomes active only when all are verified in the cache.
   const fetchOne = (a: Artifact) =>
@@ -190,7 +201,7 @@ async function syncWith(
   for (const a of await neededBlobs(manifest, state.groups, fetchOne)) await fetchOne(a);
   const next: AgentState = {
     ...state,
-    trust: decision.trust,
+    trust: decision.next,
     etag,
     active: {
       publisher: manifest.publisher,
@@ -201,6 +212,31 @@ async function syncWith(
   };
   ctx.log.info('sync.updated', { mirror, publisher: manifest.publisher, sequence: manifest.sequence });
   return { state: next, outcome: { kind: 'updated', sequence: manifest.sequence, mirror } };
+}
+
+/**
+ * After adopting a root: an active manifest whose signatures no longer meet
+ * the new bundle threshold (signed only by keys the root removed) stops being
+ * applied. The mark it set no longer binds either (core/freshness.ts), so the
+ * next honest manifest under the new root is accepted whatever its sequence.
+ */
+function revokeActive(ctx: SyncContext, state: AgentState, root: TrustedRoot, mirror: string): AgentState {
+  if (!state.active) return state;
+  try {
+    const env = parseEnvelope(decodeBase64Strict(state.active.envelope, 'active'), 'active manifest');
+    verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, root.roles.bundle, 'active manifest');
+    return state;
+  } catch (e) {
+    if (!isFerryError(e)) throw e;
+    ctx.log.warn('sync.active_revoked', {
+      mirror,
+      sequence: state.active.sequence,
+      rootVersion: root.payload.version,
+      code: e.code,
+      reason: e.message,
+    });
+    return { ...state, active: null, etag: null };
+  }
 }
 
 /** The active manifest as verified when it was accepted. */

@@ -26,6 +26,9 @@ export type FerryErrorCode =
   | 'MANIFEST_EXPIRED'
   | 'MANIFEST_TOO_LARGE'
   | 'SITE_MISMATCH'
+  // freshness (core/freshness.ts): one sequence space per site trust root
+  | 'SEQUENCE_ROLLBACK'
+  | 'EQUIVOCATION'
   // bundle container
   | 'TAR_INVALID'
   | 'TAR_TRUNCATED'

@@ -6,7 +6,9 @@ import { parseEnvelope, serializeEnvelope } from './dsse.js';
 import { loadPrivateKey, loadPublicKey, type PrivateKey } from '../platform/keyfile.js';
 import {
   assertRootNotExpired,
+  buildRootPayload,
   loadPinnedRoot,
+  signRoot,
   trustPinnedRoot,
   verifyNextRoot,
   walkRootChain,
@@ -139,6 +141,23 @@ describe('trust root', () => {
     expect(() => assertRootNotExpired(old, Date.now() + 5000)).toThrowError(code('ROOT_EXPIRED'));
   });
 
+  it('carries an optional signed created time (evidence for trusted time)', () => {
+    const payload = buildRootPayload({
+      version: 1,
+      created: '2026-11-22T10:00:00Z',
+      expires: isoUtc(Date.now() + 86_400_000),
+      rootKeys: [k.r1!],
+      rootThreshold: 1,
+      bundleKeys: [k.b1!],
+      bundleThreshold: 1,
+    });
+    const root = trustPinnedRoot(signRoot(payload, [k.r1!]));
+    expect(root.payload.created).toBe('2026-11-22T10:00:00Z');
+    expect(
+      trustPinnedRoot(makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!] })).payload.created,
+    ).toBe(undefined);
+  });
+
   it('refuses root documents with inconsistent keys or roles', () => {
     const env = makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!] });
     type Doc = Omit<RootPayload, 'type'> & { type: string };
@@ -159,6 +178,8 @@ describe('trust root', () => {
         p.keys['ab'.repeat(32)] = p.keys[id]!;
       }),
       mutate((p) => (p.type = 'ferry.root/v2')),
+      mutate((p) => (p.created = 'yesterday')),
+      mutate((p) => (p.created = '2026-11-22T10:00:00+01:00')),
     ];
     for (const e of bad) expect(() => trustPinnedRoot(e)).toThrowError(code('ROOT_INVALID'));
   });

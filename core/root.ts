@@ -10,6 +10,7 @@ import {
   type Signer,
 } from './dsse.js';
 import { parseIsoUtc } from './time.js';
+import { initialFreshness, rootRefusal } from './freshness.js';
 import type { PublicKey } from './keys.js';
 
 export const ROOT_PAYLOAD_TYPE = 'application/vnd.ferry.root+json';
@@ -20,6 +21,8 @@ export type RoleName = 'root' | 'bundle';
 export interface RootPayload {
   type: 'ferry.root/v1';
   version: number;
+  /** When the root was made (signed time: evidence for trusted time). Optional; older roots lack it. */
+  created?: string;
   expires: string;
   keys: Record<string, { type: 'ed25519'; public: string }>;
   roles: Record<RoleName, { keyids: string[]; threshold: number }>;
@@ -46,6 +49,8 @@ export function assertRootPayload(v: unknown): asserts v is RootPayload {
   if (!Number.isSafeInteger(v.version) || (v.version as number) < 1)
     throw bad('version must be a positive integer');
   if (parseIsoUtc(v.expires) === undefined) throw bad('expires must be an ISO UTC time');
+  if (v.created !== undefined && parseIsoUtc(v.created) === undefined)
+    throw bad('created must be an ISO UTC time');
   if (!isObject(v.keys)) throw bad('keys must be an object');
   for (const [keyid, k] of Object.entries(v.keys)) {
     if (!isObject(k) || k.type !== 'ed25519' || typeof k.public !== 'string')
@@ -171,17 +176,16 @@ export function walkRootChain(
   return { root: current, adopted };
 }
 
-export function assertRootNotExpired(root: TrustedRoot, now: number): void {
-  if (parseIsoUtc(root.payload.expires)! <= now) {
-    throw new FerryError(
-      'ROOT_EXPIRED',
-      `trusted root v${root.payload.version} expired at ${root.payload.expires}`,
-    );
-  }
+/** ROOT_EXPIRED unless `root` is unexpired at `time` (pass trusted time, core/freshness.ts). */
+export function assertRootNotExpired(root: TrustedRoot, time: number): void {
+  const refused = rootRefusal(initialFreshness(), root.payload, time);
+  if (refused) throw new FerryError(refused.code, refused.reason);
 }
 
 export interface RootSpec {
   version: number;
+  /** ISO UTC time the root is made; recorded as the root's signed `created`. */
+  created?: string;
   expires: string;
   rootKeys: readonly PublicKey[];
   rootThreshold: number;
@@ -196,6 +200,7 @@ export function buildRootPayload(spec: RootSpec): RootPayload {
   const payload: RootPayload = {
     type: 'ferry.root/v1',
     version: spec.version,
+    ...(spec.created !== undefined && { created: spec.created }),
     expires: spec.expires,
     keys,
     roles: {

@@ -2,10 +2,12 @@
  * Imports one bundle file into the store: the I/O driver around the pure
  * decisions in state.ts. Order of events, all under the store's lock:
  *
- *   read + verify (signatures, root chain, every blob's digest), blobs to tmp/
- *   → adopt any newer root the bundle carries
- *   → decide (site, expiry, sequence, equivocation)
+ *   read + verify (root chain, signatures, the freshness rule of
+ *   core/freshness.ts: site, sequence, equivocation, expiry against trusted
+ *   time, all before the first blob), every blob's digest, blobs to tmp/
  *   → on refusal: discard tmp/, record quarantine, nothing else changes
+ *   → adopt any newer root the bundle carries; retire the active and pending
+ *     manifests that no longer verify under it (signed only by removed keys)
  *   → write the manifest, move blobs into place, activate what is complete
  *   → write state.json (the commit point), drop manifests no longer needed
  *
@@ -18,13 +20,21 @@ import { fileSource } from '../platform/fsx.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { FerryError, isFerryError } from '../core/errors.js';
 import { isoUtc } from '../core/time.js';
-import { isMirrorError, refusalOf, type RefusalCode } from './errors.js';
+import { parseEnvelope, verifyEnvelope } from '../core/dsse.js';
+import { observeRoot, trustedTime } from '../core/freshness.js';
+import { MANIFEST_PAYLOAD_TYPE } from '../core/manifest.js';
+import type { TrustedRoot } from '../core/root.js';
+import { isMirrorError, refusalOf, type QuarantineCode } from './errors.js';
 import {
   accept,
   activate,
   decide,
+  freshnessOf,
+  observe,
   recordImport,
   recordQuarantine,
+  retire,
+  storedRef,
   type ManifestRef,
   type MirrorState,
 } from './state.js';
@@ -45,12 +55,14 @@ export interface ImportAccepted {
   /** Blobs the manifest names that the store still lacks. */
   missing: string[];
   adoptedRoots: number[];
+  /** Manifests retired because the adopted root no longer authorises their signers. */
+  revoked: { publisher: string; sequence: number }[];
 }
 
 export interface ImportRefused {
   ok: false;
   file: string;
-  code: RefusalCode;
+  code: QuarantineCode;
   message: string;
 }
 
@@ -69,7 +81,7 @@ export function importBundle(store: Store, path: string): Promise<ImportResult> 
 }
 
 async function importLocked(store: Store, file: string): Promise<ImportResult> {
-  const now = store.now();
+  const clock = store.now();
   let state = await store.readState();
   const stage = store.stage();
   try {
@@ -78,17 +90,24 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
       contents = await readBundle(fileSource(file), {
         trusted: store.trustedRoot(state),
         site: state.site,
-        now,
+        now: clock,
+        freshness: freshnessOf(state),
+        acceptedExpired: 'refuse',
         openBlob: stage.openBlob,
       });
     } catch (e) {
       const r = refusalOf(e);
       if (!r) throw operational(e, file);
-      return await quarantine(store, state, file, now, r);
+      return await quarantine(store, state, file, clock, r);
     }
     crashPoint('staged');
+    const verdict = contents.verdict!;
+    const root = contents.root!;
     const adopted = adoptRoots(state, contents);
     state = adopted.state;
+    const revoked = adopted.versions.length > 0 ? await revokedBy(store, state, root) : [];
+    // the verdict's memory is authoritative: after a recovery it drops the mark and the time it vouched for
+    state = { ...retire(state, revoked), mark: verdict.next.mark, signedTime: verdict.next.signedTime };
     const ref: ManifestRef = {
       publisher: contents.manifest.publisher,
       sequence: contents.manifest.sequence,
@@ -96,31 +115,25 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
       payloadDigest: sha256(decodeBase64Strict(contents.envelope.payload, 'manifest payload')),
       expires: contents.manifest.expires,
     };
-    const decision = decide(state, contents.manifest, ref, now, state.site);
-    if (decision.kind === 'refuse') {
-      await stage.discard();
-      return await quarantine(store, state, file, now, { code: decision.code, message: decision.reason });
-    }
+    const decision = decide(state, verdict, ref);
     let stored = ref;
     if (decision.kind === 'accept') {
       await store.writeManifest(ref, contents.envelopeBytes);
       crashPoint('manifest-written');
-      state = accept(state, ref);
+      state = accept(state, ref, verdict.next);
     } else {
-      stored =
-        [state.active, ...state.pending].find(
-          (r) => r !== null && r.publisher === ref.publisher && r.sequence === ref.sequence,
-        ) ?? ref;
+      stored = storedRef(state, ref);
     }
     const blobsAdded = decision.kind === 'known' && decision.where === 'retired' ? [] : await stage.publish();
     crashPoint('blobs-published');
+    const now = trustedTime(freshnessOf(state), clock, root.payload);
     const step = activate(state, await completeSet(store, state), now);
     state = step.state;
     const status = statusOf(state, stored);
     const missing = status === 'pending' ? await store.missingBlobs(stored) : [];
     state = recordImport(state, {
       file,
-      at: isoUtc(now),
+      at: isoUtc(clock),
       publisher: ref.publisher,
       sequence: ref.sequence,
       status,
@@ -129,7 +142,9 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
     crashPoint('before-state-write');
     await store.writeState(state);
     crashPoint('after-state-write');
-    for (const r of step.retired) await store.removeManifest(r);
+    const keep = store.manifestPath(stored);
+    for (const r of [...revoked, ...step.retired])
+      if (store.manifestPath(r) !== keep) await store.removeManifest(r);
     return {
       ok: true,
       file,
@@ -145,13 +160,29 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
       blobsAdded,
       missing,
       adoptedRoots: adopted.versions,
+      revoked: revoked.map((r) => ({ publisher: r.publisher, sequence: r.sequence })),
     };
   } finally {
     await stage.discard();
   }
 }
 
-/** Appends the root envelopes the reader walked to (exact bytes, oldest first). */
+/** The active and pending manifests whose signatures no longer meet `root`'s bundle threshold. */
+async function revokedBy(store: Store, state: MirrorState, root: TrustedRoot): Promise<ManifestRef[]> {
+  const out: ManifestRef[] = [];
+  for (const r of [...(state.active ? [state.active] : []), ...state.pending]) {
+    try {
+      const env = parseEnvelope(await store.readManifestBytes(r), 'stored manifest');
+      verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, root.roles.bundle, 'stored manifest');
+    } catch (e) {
+      if (!isFerryError(e)) throw e;
+      out.push(r);
+    }
+  }
+  return out;
+}
+
+/** Appends the root envelopes the reader walked to (exact bytes, oldest first) and their signed time. */
 function adoptRoots(
   state: MirrorState,
   contents: BundleContents,
@@ -163,7 +194,10 @@ function adoptRoots(
     if (!entry) throw new FerryError('ROOT_INVALID', `root v${v} was adopted but its bytes are missing`);
     roots.push(entry.bytes.toString('base64'));
   }
-  return { state: { ...state, roots }, versions: contents.adoptedRoots };
+  return {
+    state: observe({ ...state, roots }, observeRoot(freshnessOf(state), contents.root!.payload)),
+    versions: contents.adoptedRoots,
+  };
 }
 
 /** Envelope digests of pending manifests whose blobs the store now holds in full. */
@@ -174,8 +208,7 @@ async function completeSet(store: Store, state: MirrorState): Promise<Set<string
 }
 
 function statusOf(state: MirrorState, ref: ManifestRef): ImportAccepted['status'] {
-  const same = (r: ManifestRef | null) =>
-    r !== null && r.publisher === ref.publisher && r.sequence === ref.sequence;
+  const same = (r: ManifestRef | null) => r !== null && r.digest === ref.digest;
   if (same(state.active)) return 'active';
   if (state.pending.some(same)) return 'pending';
   return 'retired';
@@ -187,7 +220,7 @@ async function quarantine(
   state: MirrorState,
   file: string,
   now: number,
-  r: { code: RefusalCode; message: string },
+  r: { code: QuarantineCode; message: string },
 ): Promise<ImportRefused> {
   await store.writeState(
     recordQuarantine(state, { file, code: r.code, message: r.message, at: isoUtc(now) }),

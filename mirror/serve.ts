@@ -133,6 +133,13 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         changed: r.changed,
         missing: r.missing.length,
       });
+      for (const x of r.revoked)
+        log.warn('import.revoked', {
+          file: r.file,
+          publisher: x.publisher,
+          sequence: x.sequence,
+          reason: 'the adopted root no longer authorises its signers',
+        });
     } else {
       metrics.inc('ferry_mirror_refusals_total', { code: r.code });
       log.warn('import.refused', { file: r.file, code: r.code, reason: r.message });

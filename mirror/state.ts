@@ -1,15 +1,16 @@
 /**
- * The mirror's trusted state and the pure decisions over it: whether a
- * verified manifest may be accepted, and which accepted manifest becomes
- * active once its blobs are held. No I/O here; the import driver reads,
- * verifies and persists (CONVENTIONS 2).
+ * The mirror's trusted state and the pure steps over it: what the freshness
+ * verdict (core/freshness.ts) means for the store, and which accepted
+ * manifest becomes active once its blobs are held. No I/O here; the import
+ * driver reads, verifies and persists.
  */
-import type { Manifest } from '../core/manifest.js';
+import type { Freshness, FreshnessVerdict, SequenceMark } from '../core/freshness.js';
 import { parseIsoUtc } from '../core/time.js';
-import type { RefusalCode } from './errors.js';
+import type { QuarantineCode } from './errors.js';
 
 /** One accepted manifest, as the store knows it. */
 export interface ManifestRef {
+  /** A label: with the sequence it names the stored envelope file, and nothing more. */
   publisher: string;
   sequence: number;
   /** SHA-256 of the exact envelope bytes: the stored manifest's identity (and ETag). */
@@ -19,15 +20,9 @@ export interface ManifestRef {
   expires: string;
 }
 
-/** The highest sequence accepted from a publisher, and what it said. */
-export interface PublisherMark {
-  sequence: number;
-  payloadDigest: string;
-}
-
 export interface QuarantineRecord {
   file: string;
-  code: RefusalCode;
+  code: QuarantineCode;
   message: string;
   at: string;
 }
@@ -49,7 +44,10 @@ export interface MirrorState {
   active: ManifestRef | null;
   /** Accepted manifests still waiting for blobs (volumes in any order, deltas). */
   pending: ManifestRef[];
-  publishers: Record<string, PublisherMark>;
+  /** The one sequence mark for everything the site's root authorises (core/freshness.ts). */
+  mark: SequenceMark | null;
+  /** Latest signed time seen (manifest and root `created`), ms: the mirror's memory of time. */
+  signedTime: number;
   quarantine: QuarantineRecord[];
   imports: ImportRecord[];
 }
@@ -59,65 +57,53 @@ export const MAX_IMPORT_RECORDS = 200;
 
 export type Decision =
   | { kind: 'accept' }
-  /** Same publisher, sequence and signed payload as before: idempotent, nothing to decide. */
-  | { kind: 'known'; where: 'active' | 'pending' | 'retired' }
-  | { kind: 'refuse'; code: RefusalCode; reason: string };
+  /** The manifest the mark already names (volumes, re-imports, an added signature). */
+  | { kind: 'known'; where: 'active' | 'pending' | 'retired' };
+
+/** The mirror's memory, as core/freshness.ts takes it. */
+export const freshnessOf = (s: MirrorState): Freshness => ({ mark: s.mark, signedTime: s.signedTime });
 
 const sameManifest = (a: ManifestRef, b: ManifestRef) =>
-  a.publisher === b.publisher && a.sequence === b.sequence;
+  a.sequence === b.sequence && a.payloadDigest === b.payloadDigest;
 
-/** Decides whether a verified manifest may enter the store. */
+/** What a non-refusing freshness verdict means for the store. */
 export function decide(
   state: MirrorState,
-  manifest: Pick<Manifest, 'sites' | 'expires'>,
+  verdict: Exclude<FreshnessVerdict, { kind: 'refuse' }>,
   ref: ManifestRef,
-  now: number,
-  site: string,
 ): Decision {
-  if (!manifest.sites.includes('*') && !manifest.sites.includes(site)) {
-    return {
-      kind: 'refuse',
-      code: 'SITE_MISMATCH',
-      reason: `bundle is for site(s) ${manifest.sites.join(', ')}, not ${site}`,
-    };
-  }
-  if ((parseIsoUtc(manifest.expires) ?? 0) <= now) {
-    return {
-      kind: 'refuse',
-      code: 'MANIFEST_EXPIRED',
-      reason: `manifest sequence ${ref.sequence} expired at ${manifest.expires}`,
-    };
-  }
-  const mark = state.publishers[ref.publisher];
-  if (mark === undefined || ref.sequence > mark.sequence) return { kind: 'accept' };
-  if (ref.sequence < mark.sequence) {
-    return {
-      kind: 'refuse',
-      code: 'SEQUENCE_ROLLBACK',
-      reason: `${ref.publisher} sequence ${ref.sequence} is below sequence ${mark.sequence} this mirror already accepted`,
-    };
-  }
-  if (ref.payloadDigest !== mark.payloadDigest) {
-    return {
-      kind: 'refuse',
-      code: 'EQUIVOCATION',
-      reason: `${ref.publisher} sequence ${ref.sequence} differs from the manifest with the same sequence this mirror already accepted`,
-    };
-  }
+  if (verdict.kind === 'accept') return { kind: 'accept' };
   if (state.active && sameManifest(state.active, ref)) return { kind: 'known', where: 'active' };
   if (state.pending.some((p) => sameManifest(p, ref))) return { kind: 'known', where: 'pending' };
   return { kind: 'known', where: 'retired' };
 }
 
-/** Records an accepted manifest as pending and raises its publisher's mark. */
-export function accept(state: MirrorState, ref: ManifestRef): MirrorState {
+/** The stored ref a known manifest refers to. */
+export function storedRef(state: MirrorState, ref: ManifestRef): ManifestRef {
+  return [state.active, ...state.pending].find((r) => r !== null && sameManifest(r, ref)) ?? ref;
+}
+
+/** Records an accepted manifest as pending and moves the mark (and signed time) to it. */
+export function accept(state: MirrorState, ref: ManifestRef, next: Freshness): MirrorState {
+  return { ...state, pending: [...state.pending, ref], mark: next.mark, signedTime: next.signedTime };
+}
+
+/** Folds signed time seen (a same verdict, an adopted root) into the state; it only moves forward. */
+export function observe(state: MirrorState, f: Freshness): MirrorState {
+  return f.signedTime > state.signedTime ? { ...state, signedTime: f.signedTime } : state;
+}
+
+/**
+ * Drops the active and pending manifests that no longer verify under a newly
+ * adopted root (signed only by bundle keys it removed): they stop being served.
+ */
+export function retire(state: MirrorState, revoked: readonly ManifestRef[]): MirrorState {
+  if (revoked.length === 0) return state;
+  const gone = (r: ManifestRef) => revoked.some((x) => x.digest === r.digest);
   return {
     ...state,
-    pending: [...state.pending, ref],
-    publishers: {
-      ...state.publishers,
-      [ref.publisher]: { sequence: ref.sequence, payloadDigest: ref.payloadDigest },
-    },
+    active: state.active && gone(state.active) ? null : state.active,
+    pending: state.pending.filter((p) => !gone(p)),
   };
 }
 
@@ -130,37 +116,30 @@ export interface Activation {
 }
 
 /**
- * Activates the newest pending manifest whose blobs are all held. A pending
- * manifest that expired before its last blob arrived is never newly applied;
- * pending manifests below a newly active one can never activate and are retired.
+ * Activates the latest-accepted pending manifest whose blobs are all held.
+ * Acceptance order is sequence order in the one sequence space, except after
+ * a key-compromise recovery, when what was accepted last is what the new root
+ * vouches for. Time is trusted time (core/freshness.ts): a pending manifest
+ * that expired before its last blob arrived is never newly applied, and the
+ * pending manifests accepted before the one activated can never activate.
  */
 export function activate(state: MirrorState, complete: ReadonlySet<string>, now: number): Activation {
   const retired: ManifestRef[] = [];
-  let pending: ManifestRef[] = [];
+  const live: ManifestRef[] = [];
   for (const p of state.pending) {
     if ((parseIsoUtc(p.expires) ?? 0) <= now) retired.push(p);
-    else pending.push(p);
+    else live.push(p);
   }
-  let active = state.active;
-  let activated: ManifestRef | null = null;
-  const ready = pending.filter((p) => complete.has(p.digest)).sort((a, b) => a.sequence - b.sequence);
-  for (const p of ready) {
-    if (active && active.publisher === p.publisher && active.sequence >= p.sequence) continue;
-    if (active) retired.push(active);
-    active = p;
-    activated = p;
-  }
-  if (active) {
-    const a = active;
-    const keep: ManifestRef[] = [];
-    for (const p of pending) {
-      if (sameManifest(p, a)) continue;
-      if (p.publisher === a.publisher && p.sequence < a.sequence) retired.push(p);
-      else keep.push(p);
-    }
-    pending = keep;
-  }
-  return { state: { ...state, active, pending }, activated, retired };
+  const last = live.findLastIndex((p) => complete.has(p.digest));
+  if (last < 0) return { state: { ...state, pending: live }, activated: null, retired };
+  const activated = live[last]!;
+  if (state.active) retired.push(state.active);
+  retired.push(...live.slice(0, last));
+  return {
+    state: { ...state, active: activated, pending: live.slice(last + 1) },
+    activated,
+    retired,
+  };
 }
 
 export function recordQuarantine(state: MirrorState, rec: QuarantineRecord): MirrorState {

@@ -9,6 +9,7 @@ import { isSha256Hex } from '../core/encoding.js';
 import { writeFileAtomic } from '../platform/fsx.js';
 import { parseIsoUtc } from '../core/time.js';
 import { MirrorError } from './errors.js';
+import type { SequenceMark } from '../core/freshness.js';
 import type { ManifestRef, MirrorState } from './state.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -36,6 +37,13 @@ function assertRef(v: unknown, field: string): asserts v is ManifestRef {
   if (parseIsoUtc(v.expires) === undefined) throw bad(`${field}.expires`, 'is not an ISO UTC time');
 }
 
+function assertMark(v: unknown, field: string): asserts v is SequenceMark {
+  if (!isObject(v) || !Number.isSafeInteger(v.sequence) || !isSha256Hex(v.payloadDigest))
+    throw bad(field, 'must be {sequence, payloadDigest, signers}');
+  if (v.signers !== null && !(Array.isArray(v.signers) && v.signers.every(isSha256Hex)))
+    throw bad(`${field}.signers`, 'must be null or a list of keyids');
+}
+
 function assertArray(v: unknown, field: string): asserts v is unknown[] {
   if (!Array.isArray(v)) throw bad(field, 'is not an array');
 }
@@ -52,12 +60,9 @@ export function assertMirrorState(v: unknown): asserts v is MirrorState {
   if (v.active !== null) assertRef(v.active, 'active');
   assertArray(v.pending, 'pending');
   for (const [i, p] of v.pending.entries()) assertRef(p, `pending[${i}]`);
-  if (!isObject(v.publishers)) throw bad('publishers', 'is not an object');
-  for (const [name, m] of Object.entries(v.publishers)) {
-    if (!NAME.test(name)) throw bad('publishers', `has an invalid name ${JSON.stringify(name)}`);
-    if (!isObject(m) || !Number.isSafeInteger(m.sequence) || !isSha256Hex(m.payloadDigest))
-      throw bad(`publishers.${name}`, 'must be {sequence, payloadDigest}');
-  }
+  if (v.mark !== null) assertMark(v.mark, 'mark');
+  if (!Number.isSafeInteger(v.signedTime) || (v.signedTime as number) < 0)
+    throw bad('signedTime', 'is not a time in ms');
   assertArray(v.quarantine, 'quarantine');
   for (const [i, q] of v.quarantine.entries())
     if (
@@ -77,8 +82,29 @@ export function parseMirrorState(text: string): MirrorState {
   } catch (e) {
     throw new MirrorError('STORE_INVALID', 'state.json is not valid JSON', { cause: e });
   }
+  v = migrate(v);
   assertMirrorState(v);
   return v;
+}
+
+/**
+ * A state.json written before the one sequence space kept a mark per
+ * publisher and no time memory. The single mark becomes the highest of them
+ * (its signers unknown, so it binds until the next accepted manifest); the
+ * signed time starts at zero and grows with the next import.
+ */
+function migrate(v: unknown): unknown {
+  if (!isObject(v) || !('publishers' in v) || 'mark' in v) return v;
+  const { publishers, ...rest } = v;
+  if (!isObject(publishers)) throw bad('publishers', 'is not an object');
+  let mark: SequenceMark | null = null;
+  for (const [name, m] of Object.entries(publishers)) {
+    assertMark({ ...(isObject(m) ? m : {}), signers: null }, `publishers.${name}`);
+    const seq = (m as { sequence: number }).sequence;
+    if (mark === null || seq > mark.sequence)
+      mark = { sequence: seq, payloadDigest: (m as { payloadDigest: string }).payloadDigest, signers: null };
+  }
+  return { ...rest, mark, signedTime: 0 };
 }
 
 export function initialState(site: string, rootBytes: Uint8Array): MirrorState {
@@ -88,7 +114,8 @@ export function initialState(site: string, rootBytes: Uint8Array): MirrorState {
     roots: [Buffer.from(rootBytes).toString('base64')],
     active: null,
     pending: [],
-    publishers: {},
+    mark: null,
+    signedTime: 0,
     quarantine: [],
     imports: [],
   };

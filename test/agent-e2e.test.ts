@@ -346,14 +346,14 @@ describe('ferry agent poll --now against a hostile mirror', () => {
         roots: unknown;
         etag: unknown;
         scripts: unknown;
-        trust: { publishers: unknown };
+        trust: unknown;
       };
       return {
         active: s.active,
         roots: s.roots,
         etag: s.etag,
         scripts: s.scripts,
-        publishers: s.trust.publishers,
+        trust: s.trust, // the one sequence mark and the signed time seen
       };
     };
     const files = async () => ({
@@ -373,6 +373,12 @@ describe('ferry agent poll --now against a hostile mirror', () => {
     const day = 86_400_000;
     const cases: [string, string | Buffer, string][] = [
       ['sequence 1, genuinely signed', b1.envelopeBytes, 'SEQUENCE_ROLLBACK'],
+      // one sequence space: a new publisher label does not start a new count
+      [
+        'sequence 1 naming a new publisher',
+        craft({ publisher: 'new-ops', sequence: 1 }),
+        'SEQUENCE_ROLLBACK',
+      ],
       [
         'expired sequence 3',
         craft({ sequence: 3, created: isoUtc(Date.now() - 2 * day), expires: isoUtc(Date.now() - day) }),

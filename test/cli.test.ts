@@ -51,6 +51,7 @@ describe('ferry keys and trust', () => {
     const d = join(w.dir, 'trust');
     for (const n of ['a', 'b', 'c', 'rel'])
       expect((await ferry(['keys', 'generate', '--out', d, '--name', n])).code).toBe(0);
+    const startedAt = Math.floor(Date.now() / 1000) * 1000;
     const init = await ferry([
       'trust',
       'init',
@@ -72,6 +73,10 @@ describe('ferry keys and trust', () => {
     ]);
     expect(init.code, init.stderr).toBe(0);
     expect(json(init.stdout)).toMatchObject({ version: 1, signatures: 2 });
+    // the root carries its signed creation time: evidence of time for agents and mirrors
+    const created = Date.parse(String(json(init.stdout).created));
+    expect(created).toBeGreaterThanOrEqual(startedAt);
+    expect(created).toBeLessThanOrEqual(Date.now());
     const refused = await ferry([
       'trust',
       'rotate',

@@ -31,7 +31,7 @@ describe('every coded error extends CodedError', () => {
     ['FileError', new FileError('FILE_PATH_REFUSED', 'm'), 'FILE_PATH_REFUSED'],
     ['Refusal', new Refusal('SEQUENCE_ROLLBACK', 'm'), 'SEQUENCE_ROLLBACK'],
     ['HttpError', new HttpError(400, 'BAD_ENROLMENT', 'm'), 'BAD_ENROLMENT'],
-    ['MirrorError', new MirrorError('EQUIVOCATION', 'm'), 'EQUIVOCATION'],
+    ['MirrorError', new MirrorError('STORE_MISMATCH', 'm'), 'STORE_MISMATCH'],
     ['ServerError', new ServerError('UNKNOWN_MIRROR', 'm'), 'UNKNOWN_MIRROR'],
     ['PlatformError', new PlatformError('STORE_LOCKED', 'm'), 'STORE_LOCKED'],
     ['TelemetryError', new TelemetryError('LOOP', 'm'), 'LOOP'],

@@ -240,6 +240,16 @@ describe('mirror import: every refusal leaves the store as it was', () => {
       },
     },
     { name: 'a lower sequence', code: 'SEQUENCE_ROLLBACK', make: () => path(1, 'older') },
+    {
+      name: 'sequence 1 naming a new publisher (one sequence space)',
+      code: 'SEQUENCE_ROLLBACK',
+      make: () => path(1, 'newpub', { spec: { publisher: 'new-ops' } }),
+    },
+    {
+      name: 'the held sequence naming a new publisher, other content',
+      code: 'EQUIVOCATION',
+      make: () => path(2, 'newpub2', { spec: { publisher: 'new-ops' } }),
+    },
     { name: 'the same sequence with other content', code: 'EQUIVOCATION', make: () => path(2, 'twin') },
     {
       name: 'a bundle for another site',
@@ -343,7 +353,7 @@ describe('mirror store: opening and concurrency', () => {
     for (const r of results) expect(r.ok || r.code === 'SEQUENCE_ROLLBACK').toBe(true);
     const s = await store.readState();
     expect(s.active?.sequence).toBe(4);
-    expect(s.publishers['acme-ops']?.sequence).toBe(4);
+    expect(s.mark?.sequence).toBe(4);
     expect(s.imports.length + s.quarantine.length).toBe(4);
     await expectConsistent(store);
   });

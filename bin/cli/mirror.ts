@@ -68,6 +68,10 @@ export const mirrorImport: Command = {
           io.out(
             `${r.file}: ${r.publisher} sequence ${r.sequence} ${what}${r.changed ? '' : ' (already imported)'}`,
           );
+          for (const x of r.revoked)
+            io.out(
+              `  retired ${x.publisher} sequence ${x.sequence}: the adopted root no longer authorises its signers`,
+            );
         } else io.err(`ferry: ${r.code}: ${r.file}: ${r.message}`);
       }
     }
@@ -87,14 +91,15 @@ export const mirrorStatus: Command = {
     const root = store.trustedRoot(state);
     const telemetry = await telemetryStatus(dataDir);
     if (p.json) {
-      const { site, active, pending, publishers, quarantine, imports } = state;
+      const { site, active, pending, mark, signedTime, quarantine, imports } = state;
       printJson(io, {
         ok: true,
         site,
         rootVersion: root.payload.version,
         active,
         pending,
-        publishers,
+        mark,
+        signedTime: signedTime > 0 ? new Date(signedTime).toISOString() : null,
         quarantine,
         imports,
         telemetry,

@@ -18,7 +18,7 @@ import {
   type RootPayload,
   type TrustedRoot,
 } from '../../core/root.js';
-import { resolveExpiry } from '../../core/time.js';
+import { isoUtc, resolveExpiry } from '../../core/time.js';
 import { int, jsonOption, list, printJson, str, type Command, type Io } from './common.js';
 
 async function loadKeys(paths: string[]): Promise<(PublicKey | PrivateKey)[]> {
@@ -42,6 +42,7 @@ function report(io: Io, json: boolean, out: string, payload: RootPayload, signer
       ok: true,
       out,
       version: payload.version,
+      ...(payload.created !== undefined && { created: payload.created }),
       expires: payload.expires,
       roles: payload.roles,
       signatures: signers,
@@ -71,7 +72,8 @@ const ROOT_OPTIONS = {
 export const trustInit: Command = {
   summary:
     'Creates version 1 of a trust root. Root keys given as private .key files sign it; it must meet\n' +
-    'its own root threshold. Bundle keys may be .pub or .key files.',
+    'its own root threshold. Bundle keys may be .pub or .key files. The root records when it was made\n' +
+    '(signed `created`): agents and mirrors never judge expiry by a clock earlier than that.',
   usage:
     '--root-key K... --root-threshold N --bundle-key PUB... --bundle-threshold M --expires 365d --out root.json [--json]',
   options: {
@@ -81,9 +83,11 @@ export const trustInit: Command = {
     const rootKeys = await loadKeys(list(p, 'root-key'));
     const bundleKeys = await loadKeys(list(p, 'bundle-key'));
     const out = str(p, 'out');
+    const now = Date.now();
     const payload = buildRootPayload({
       version: 1,
-      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      created: isoUtc(now), // signed time: agents and mirrors never trust a clock earlier than this
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', now),
       rootKeys,
       rootThreshold: int(p, 'root-threshold', 1),
       bundleKeys,
@@ -101,7 +105,8 @@ export const trustRotate: Command = {
   summary:
     'Creates root v(N+1) from v(N). It must be signed by a threshold of the old root keys AND a\n' +
     'threshold of its own; give every private key that signs with --sign-key. Keys and thresholds not\n' +
-    'given are carried over.',
+    'given are carried over. A --bundle-key list without a stolen key is the way back from its compromise:\n' +
+    'what that key alone signed stops binding once sites adopt the new root (carry it with bundle create --root).',
   usage:
     '--from root.json --sign-key K... [--root-key K...] [--root-threshold N] [--bundle-key K...] [--bundle-threshold M] [--expires 365d] --out root2.json [--json]',
   options: {
@@ -120,9 +125,11 @@ export const trustRotate: Command = {
       }));
     const rootPaths = list(p, 'root-key', false);
     const bundlePaths = list(p, 'bundle-key', false);
+    const now = Date.now();
     const payload = buildRootPayload({
       version: old.payload.version + 1,
-      expires: resolveExpiry(str(p, 'expires', false) || '365d', Date.now()),
+      created: isoUtc(now), // signed time: agents and mirrors never trust a clock earlier than this
+      expires: resolveExpiry(str(p, 'expires', false) || '365d', now),
       rootKeys: rootPaths.length ? await loadKeys(rootPaths) : carried('root'),
       rootThreshold: int(p, 'root-threshold', old.payload.roles.root.threshold),
       bundleKeys: bundlePaths.length ? await loadKeys(bundlePaths) : carried('bundle'),

@@ -5,21 +5,22 @@ import { parseEnvelope, verifyEnvelope, type Envelope } from '../dsse.js';
 import {
   decodeManifest,
   manifestBlobs,
-  siteAllowed,
   MANIFEST_PAYLOAD_TYPE,
   MAX_MANIFEST_BYTES,
   type Manifest,
 } from '../manifest.js';
 import {
-  assertRootNotExpired,
-  peekRootPayload,
-  walkRootChain,
-  MAX_ROOT_BYTES,
-  type TrustedRoot,
-} from '../root.js';
-import { parseIsoUtc } from '../time.js';
+  decideFreshness,
+  initialFreshness,
+  type Freshness,
+  type FreshnessPolicy,
+  type FreshnessVerdict,
+} from '../freshness.js';
+import { peekRootPayload, walkRootChain, MAX_ROOT_BYTES, type TrustedRoot } from '../root.js';
 import { BLOCK, decodeHeader, hostileNameReason, isZeroBlock, paddingFor } from './tar.js';
 import { PullReader } from './pull.js';
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 export const MANIFEST_ENTRY = 'manifest.dsse.json';
 const ROOT_ENTRY = /^root\/([1-9][0-9]{0,8})\.root\.json$/;
@@ -39,9 +40,14 @@ export interface BlobSink {
 export interface ReadBundleOptions {
   /** The pinned root. Absent only for `inspect`, which checks structure and digests but not signatures. */
   trusted?: TrustedRoot;
+  /** The local clock (ms); expiry is judged against max(this, the latest signed time in `freshness`). */
   now?: number;
   /** When set, a manifest not meant for this site is refused. */
   site?: string;
+  /** What the caller accepted before (mark and signed time); none for a stateless verify. */
+  freshness?: Freshness;
+  /** How an already-accepted manifest that has expired is answered (core/freshness.ts); default refuse. */
+  acceptedExpired?: FreshnessPolicy['acceptedExpired'];
   maxManifestBytes?: number;
   maxRootBytes?: number;
   maxRootEntries?: number;
@@ -60,6 +66,8 @@ export interface BundleContents {
   threshold?: number;
   /** The root the manifest was verified under (after any rotation). */
   root?: TrustedRoot;
+  /** The freshness verdict (core/freshness.ts) when signatures were checked; refusals are thrown. */
+  verdict?: Exclude<FreshnessVerdict, { kind: 'refuse' }>;
   /** Root envelopes the bundle carries, by version, exact bytes. */
   rootEntries: { version: number; bytes: Buffer }[];
   /** Versions newly adopted from the bundle's chain, oldest first. */
@@ -114,9 +122,7 @@ async function readEntries(r: PullReader, opts: ReadBundleOptions): Promise<Bund
 
   const finishHead = () => {
     if (!envelope) throw new FerryError('TAR_INVALID', 'bundle has no manifest');
-    head = opts.trusted
-      ? verifyHead(envelope, rootEntries, opts.trusted, now, opts.site)
-      : peekHead(envelope);
+    head = opts.trusted ? verifyHead(envelope, rootEntries, opts.trusted, now, opts) : peekHead(envelope);
     expected = manifestBlobs(head.manifest);
     phase = 'blobs';
   };
@@ -257,31 +263,36 @@ async function readBlob(r: PullReader, digest: string, size: number, opts: ReadB
   if (sink) await sink.commit();
 }
 
-type Head = Pick<BundleContents, 'manifest' | 'verified' | 'signers' | 'threshold' | 'root' | 'adoptedRoots'>;
+type Head = Pick<
+  BundleContents,
+  'manifest' | 'verified' | 'signers' | 'threshold' | 'root' | 'adoptedRoots' | 'verdict'
+>;
 
 function verifyHead(
   env: Envelope,
   roots: { env: Envelope }[],
   trusted: TrustedRoot,
-  now: number,
-  site?: string,
+  clock: number,
+  opts: ReadBundleOptions,
 ): Head {
   const { root, adopted } = walkRootChain(
     trusted,
     roots.map((x) => x.env),
   );
-  assertRootNotExpired(root, now);
+  const f = opts.freshness ?? initialFreshness();
   const checked = verifyEnvelope(env, MANIFEST_PAYLOAD_TYPE, root.roles.bundle, 'manifest');
   const manifest = decodeManifest(checked.body);
-  if (parseIsoUtc(manifest.expires)! <= now) {
-    throw new FerryError(
-      'MANIFEST_EXPIRED',
-      `manifest sequence ${manifest.sequence} expired at ${manifest.expires}`,
-    );
-  }
-  if (site !== undefined && !siteAllowed(manifest, site)) {
-    throw new FerryError('SITE_MISMATCH', `bundle is for site(s) ${manifest.sites.join(', ')}, not ${site}`);
-  }
+  const verdict = decideFreshness(
+    f,
+    { manifest, payloadDigest: sha256(checked.body), signers: checked.signers },
+    root.payload,
+    {
+      clock,
+      acceptedExpired: opts.acceptedExpired ?? 'refuse',
+      ...(opts.site !== undefined && { site: opts.site }),
+    },
+  );
+  if (verdict.kind === 'refuse') throw new FerryError(verdict.code, verdict.reason);
   return {
     manifest,
     verified: true,
@@ -289,6 +300,7 @@ function verifyHead(
     threshold: root.roles.bundle.threshold,
     root,
     adoptedRoots: adopted.map((a) => a.payload.version),
+    verdict,
   };
 }
 

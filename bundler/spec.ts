@@ -3,6 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
 import { assertManifest, type Artifact, type ArtifactKind, type Manifest } from '../core/manifest.js';
 import { isoUtc, resolveExpiry } from '../core/time.js';
+import { inputFileError, statInputFile } from '../platform/fsx.js';
 
 /** One artifact as the operator's spec names it: a path instead of digest and size. */
 export interface SpecArtifact {
@@ -30,13 +31,13 @@ const bad = (m: string) => new FerryError('SPEC_INVALID', `spec: ${m}`);
 
 export async function loadSpec(specPath: string, now: number): Promise<LoadedSpec> {
   let text: string;
+  // NOT_FOUND, NOT_A_FILE or IO_ERROR, naming the path
+  if ((await statInputFile(specPath, 'a bundle spec (JSON) file')) > MAX_SPEC_BYTES)
+    throw bad(`file is larger than ${MAX_SPEC_BYTES} bytes`);
   try {
-    const st = await stat(specPath);
-    if (st.size > MAX_SPEC_BYTES) throw bad(`file is larger than ${MAX_SPEC_BYTES} bytes`);
     text = await readFile(specPath, 'utf8');
   } catch (e) {
-    if (e instanceof FerryError) throw e;
-    throw new FerryError('IO_ERROR', `cannot read spec ${specPath}: ${(e as Error).message}`, { cause: e });
+    throw inputFileError(specPath, e, 'a bundle spec (JSON) file');
   }
   let v: unknown;
   try {

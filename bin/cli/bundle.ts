@@ -43,17 +43,19 @@ export const bundleCreate: Command = {
     ...jsonOption,
   },
   async run(p, io) {
-    const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
     const out = str(p, 'out');
     const volumeSize = p.values['volume-size'] ? parseSize(str(p, 'volume-size'), 'volume-size') : undefined;
     const bases = list(p, 'base', false);
+    // where the bundle goes and what it is based on are checked before any key or spec is read
+    await checkOutPath(out);
+    for (const b of bases) await checkBundleFile(b);
+    const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
     const roots = await Promise.all(
       list(p, 'root', false).map(async (path) => {
         const bytes = await readFile(path);
         return { version: peekRootPayload(parseEnvelope(bytes, path)).version, bytes };
       }),
     );
-    await checkOutPath(out);
     const spec = await loadSpec(str(p, 'spec'), Date.now());
     const baseBlobs = bases.length > 0 ? await baseDigests(bases) : undefined;
     const bar = progressBar(p.json ? { ...io, isTTY: false } : io, 'bundling');
@@ -92,10 +94,7 @@ export const bundleCreate: Command = {
 /** Blobs the site already has: every blob any base file (a bundle or any of its volumes) carries. */
 async function baseDigests(paths: string[]): Promise<Set<string>> {
   const all = new Set<string>();
-  for (const path of paths) {
-    await checkBundleFile(path);
-    for (const d of await blobDigestsIn(path)) all.add(d);
-  }
+  for (const path of paths) for (const d of await blobDigestsIn(path)) all.add(d);
   return all;
 }
 

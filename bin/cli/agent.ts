@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
 import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
+import { readPolicyProblems } from '../../agent/problems.js';
 import { readAgentState } from '../../agent/state.js';
 import { installRootOf } from '../../agent/update/driver.js';
 import { manualRollback } from '../../agent/update/rollback.js';
@@ -192,7 +193,8 @@ export const agentPoll: Command = {
 
 export const agentStatus: Command = {
   summary:
-    'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs.',
+    'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs,\n' +
+    'and problems in the signed policies it runs under (each with its code; they are also logged and reported home).',
   usage: '--state DIR [--json]',
   options: { state: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -203,6 +205,7 @@ export const agentStatus: Command = {
       /^\d{16}\./.test(n),
     ).length;
     const now = Date.now();
+    const problems = (await readPolicyProblems(dir))?.problems ?? [];
     const view = {
       agentId: s.agentId,
       site: s.site,
@@ -213,6 +216,7 @@ export const agentStatus: Command = {
       disconnectedSec: s.disconnectedSince === null ? 0 : Math.round((now - s.disconnectedSince) / 1000),
       outbox,
       scripts: s.scripts,
+      policyProblems: problems,
     };
     if (p.json) printJson(io, { ok: true, ...view });
     else {
@@ -229,6 +233,7 @@ export const agentStatus: Command = {
           `script ${name}: last run ${new Date(r.lastRunAt).toISOString()}, exit ${r.lastExit ?? 'none'}`,
         );
       }
+      for (const pr of problems) io.out(`policy problem: ${pr.code}: ${pr.message}`);
     }
     return 0;
   },

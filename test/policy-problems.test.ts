@@ -7,10 +7,12 @@
  * code, shows it in `ferry agent status` (and --json), carries it home in
  * every heartbeat while it lasts, and still runs what the valid policies say.
  */
+import { writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { encodeHead } from '../bundler/create.js';
+import { createBundle, encodeHead } from '../bundler/create.js';
+import { resolveSpec } from '../bundler/spec.js';
 import { blobEntryName } from '../core/bundle/reader.js';
 import { encodeHeader, paddingFor } from '../core/bundle/tar.js';
 import { serializeEnvelope, signEnvelope } from '../core/dsse.js';
@@ -126,6 +128,38 @@ describe('ferry bundle create refuses a policy an agent would drop', () => {
       expect(await snapshotDir(dir)).toEqual(before); // no bundle, no volume, no temp file
     });
   }
+
+  it('a policy file changed after it was checked (same size) is refused before anything is signed', async () => {
+    const dir = join(w.dir, 'create-race');
+    const checkedDoc = policy(tickEvery('every 10s'));
+    const swapped = checkedDoc.replace('every 10s', 'every 05s'); // same length, not a schedule agents take
+    const specPath = await writeSpec(join(dir, 'src'), {}, [
+      ...BASE,
+      { name: 'baseline', kind: 'policy', content: checkedDoc },
+    ]);
+    const spec = await resolveSpec(
+      JSON.parse(await readFile(specPath, 'utf8')),
+      join(dir, 'src'),
+      Date.now(),
+    );
+    await mkdir(join(dir, 'out'));
+    let swappedYet = false;
+    const attempt = createBundle(spec, join(dir, 'out', 'b.ferry'), {
+      signers: [w.bundleKey],
+      // called while the first artifact is copied: after the check, before the policy is read again
+      onProgress: () => {
+        if (swappedYet) return;
+        swappedYet = true;
+        writeFileSync(join(dir, 'src', 'art', 'baseline'), swapped);
+      },
+    });
+    await expect(attempt).rejects.toMatchObject({
+      code: 'IO_ERROR',
+      message: /changed after it was checked/,
+    });
+    expect(swappedYet).toBe(true);
+    expect(await snapshotDir(join(dir, 'out'))).toEqual({});
+  });
 
   it('a valid policy naming the spec\u2019s script and file is signed', async () => {
     const dir = join(w.dir, 'create-ok');

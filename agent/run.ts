@@ -19,7 +19,9 @@ import { recordPolicyProblems } from './problems.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
 import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
-import { installRootOf, limitsFromEnv, UpdateDriver } from './update/driver.js';
+import { UpdateDriver } from './update/driver.js';
+import { limitsFromEnv } from './update/limits.js';
+import { installRootOf } from './update/install.js';
 import type { UpdateLimits } from './update/machine.js';
 import { queueUpdateReports } from './update/report.js';
 

@@ -5,7 +5,7 @@ import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
 import { readPolicyProblems } from '../../agent/problems.js';
 import { readAgentState } from '../../agent/state.js';
-import { installRootOf } from '../../agent/update/driver.js';
+import { installRootOf } from '../../agent/update/install.js';
 import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
 import { humanSeconds, int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';

@@ -22,6 +22,8 @@ export interface LoadedSpec {
 }
 
 const MAX_SPEC_BYTES = 1024 * 1024;
+/** What an artifact entry of a spec may say; anything else is a typo to refuse, not to ignore. */
+const ARTIFACT_FIELDS = new Set(['name', 'kind', 'version', 'platform', 'interpreter', 'path']);
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -68,6 +70,8 @@ export async function resolveSpec(v: unknown, baseDir: string, now: number): Pro
   const artifacts: Artifact[] = [];
   for (const [i, a] of (v.artifacts as unknown[]).entries()) {
     if (!isObject(a)) throw bad(`artifacts[${i}] is not an object`);
+    for (const k of Object.keys(a))
+      if (!ARTIFACT_FIELDS.has(k)) throw bad(`artifacts[${i}] has unknown field ${JSON.stringify(k)}`);
     if (typeof a.path !== 'string' || a.path === '') throw bad(`artifacts[${i}].path must name a file`);
     const path = resolve(baseDir, a.path);
     let size: number;

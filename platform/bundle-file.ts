@@ -19,7 +19,7 @@ const FIRST_NAME = Buffer.from(`${MANIFEST_ENTRY}\0`, 'latin1');
 export async function checkBundleFile(path: string): Promise<number> {
   const size = await statInputFile(path, EXPECTED);
   const head = Buffer.alloc(BLOCK);
-  let got = 0;
+  let got: number;
   try {
     const fh = await open(path, 'r');
     try {

@@ -30,7 +30,7 @@ function ferryOnTty(args: string[], cwd: string): Promise<{ code: number; output
       { cwd, maxBuffer: 16 * 1024 * 1024, env: { ...process.env, TERM: 'dumb' } },
       (err, stdout) => {
         const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-        if (err && typeof err.code !== 'number') reject(err);
+        if (err && typeof err.code !== 'number') reject(new Error(err.message));
         else resolve({ code, output: stdout.replace(/\r\n/g, '\n') });
       },
     );

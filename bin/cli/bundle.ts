@@ -30,7 +30,9 @@ export const bundleCreate: Command = {
   summary:
     'Builds a signed bundle from a spec (paths relative to the spec file). Each --key signs the manifest.\n' +
     '--volume-size splits the bundle into self-verifying volumes; --base omits blobs an older bundle carries;\n' +
-    '--root adds a root envelope so that sites can walk a rotation.',
+    '--root adds a root envelope so that sites can walk a rotation. Every policy is checked as agents check\n' +
+    'it, and must name only scripts and files the spec carries: otherwise POLICY_INVALID (or POLICY_TOO_LARGE)\n' +
+    'names the policy, field and reason, and nothing is written. Spec format: docs/spec-format.md.',
   usage:
     '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry]... [--root ROOT.json]... [--json]',
   options: {
@@ -58,7 +60,7 @@ export const bundleCreate: Command = {
     );
     const spec = await loadSpec(str(p, 'spec'), Date.now());
     const baseBlobs = bases.length > 0 ? await baseDigests(bases) : undefined;
-    const bar = progressBar(p.json ? { ...io, isTTY: false } : io, 'bundling');
+    const bar = progressBar(io, 'bundling', { quiet: p.json });
     const r = await withProgress(bar, () =>
       createBundle(spec, out, {
         signers,
@@ -199,7 +201,7 @@ export const bundleInspect: Command = {
   async run(p, io) {
     const file = p.positionals[0]!;
     const size = await checkBundleFile(file);
-    const bar = progressBar(p.json ? { ...io, isTTY: false } : io, 'reading');
+    const bar = progressBar(io, 'reading', { quiet: p.json });
     const c = await withProgress(bar, () =>
       readBundle(fileSource(file), { onProgress: (bytes) => bar.update(bytes, size) }),
     );
@@ -222,7 +224,7 @@ export const bundleVerify: Command = {
     const trusted = await readRootFile(str(p, 'trust'));
     const site = str(p, 'site', false) || undefined;
     const size = await checkBundleFile(file);
-    const bar = progressBar(p.json ? { ...io, isTTY: false } : io, 'verifying');
+    const bar = progressBar(io, 'verifying', { quiet: p.json });
     let c: BundleContents;
     try {
       c = await withProgress(bar, () =>

@@ -147,8 +147,13 @@ const silentProgress: Progress = { update: () => undefined, end: () => undefined
  * A progress line on stderr when it is a TTY and the work is large (at least `minTotal` bytes);
  * silent otherwise. Whatever is printed after `end` starts on a line of its own.
  */
-export function progressBar(io: Io, label: string, minTotal = 64 * 1024 * 1024): Progress {
-  if (!io.isTTY) return silentProgress;
+export function progressBar(
+  io: Io,
+  label: string,
+  opts: { quiet?: boolean; minTotal?: number } = {},
+): Progress {
+  const minTotal = opts.minTotal ?? 64 * 1024 * 1024;
+  if (!io.isTTY || opts.quiet) return silentProgress;
   let last = 0;
   let shown: { done: number; total: number } | undefined;
   let ended = false;

@@ -64,7 +64,7 @@ export const mirrorImport: Command = {
     const store = await openStore(str(p, 'data'), str(p, 'trust', false), str(p, 'site', false));
     const results = [];
     for (const [i, file] of p.positionals.entries()) {
-      const bar = progressBar(p.json ? { ...io, isTTY: false } : io, 'importing');
+      const bar = progressBar(io, 'importing', { quiet: p.json });
       const onProgress = (bytes: number) => bar.update(bytes, sizes[i]!);
       results.push(await withProgress(bar, () => importBundle(store, file, { onProgress })));
     }

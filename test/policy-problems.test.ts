@@ -312,9 +312,9 @@ describe('an agent meeting a bad signed policy (bundle made by an older bundler)
       expect.objectContaining({ policy: 'fast', code: 'POLICY_INVALID' }),
       expect.objectContaining({ policy: 'dangling', code: 'POLICY_INVALID' }),
     ]);
-    const human = await runFerry(['agent', 'status', '--state', state]);
-    expect(human.stdout).toMatch(/^policy problem: POLICY_INVALID: policy fast: scripts\[0\]\.schedule /m);
-    expect(human.stdout).toMatch(/^policy problem: POLICY_INVALID: policy dangling: files\[0\]\.artifact /m);
+    const status = await runFerry(['agent', 'status', '--state', state]);
+    expect(status.stdout).toMatch(/^policy problem: POLICY_INVALID: policy fast: scripts\[0\]\.schedule /m);
+    expect(status.stdout).toMatch(/^policy problem: POLICY_INVALID: policy dangling: files\[0\]\.artifact /m);
     expect(await readFile(marker, 'utf8')).toBe('ran\n');
 
     // a fixed bundle (the bundler's own, checked) clears them everywhere
@@ -337,6 +337,23 @@ describe('an agent meeting a bad signed policy (bundle made by an older bundler)
     });
     expect((later.at(-1)!.payload.drift as DriftEntry[]).filter((d) => d.policy)).toEqual([]);
     await agent.stop();
+
+    // with no agent running, `agent poll --now` runs the cycle itself and says what it met
+    const again = join(dir, 'old-bundler-3.ferry');
+    await writeUncheckedBundle(again, 3, [
+      { name: 'tick', kind: 'script', content: SCRIPT },
+      { name: 'fast', kind: 'policy', content: fast },
+    ]);
+    await importInto(data, again, w.rootPath);
+    const poll = await runFerry(['agent', 'poll', '--now', '--state', state, '--json']);
+    expect(poll.code, poll.stderr).toBe(0);
+    const polled = JSON.parse(poll.stdout) as { sequence: number; policyProblems: DriftEntry[] };
+    expect(polled.sequence).toBe(3);
+    expect(polled.policyProblems).toEqual([
+      expect.objectContaining({ policy: 'fast', code: 'POLICY_INVALID' }),
+    ]);
+    const human = await runFerry(['agent', 'poll', '--now', '--state', state]);
+    expect(human.stderr).toMatch(/^ferry: POLICY_INVALID: policy fast: scripts\[0\]\.schedule /m);
     await mirror.stop();
   }, 90_000);
 });

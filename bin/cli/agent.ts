@@ -177,6 +177,7 @@ export const agentPoll: Command = {
         refused: s.refused?.code ?? null,
       })),
       drift: r.apply.files.filter((f) => f.status !== 'ok'),
+      policyProblems: r.apply.problems,
       sent: r.sent,
     };
     const refusal = r.sync.kind === 'refused' ? { code: r.sync.code, message: r.sync.reason } : {};
@@ -185,6 +186,7 @@ export const agentPoll: Command = {
       io.out(
         `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
       );
+    if (!p.json) for (const pr of r.apply.problems) io.err(`ferry: ${pr.code}: ${pr.message}`);
     if (r.sync.kind === 'refused' && !p.json) io.err(`ferry: ${r.sync.code}: ${r.sync.reason}`);
     // a refused update is a failure the operator must act on (exit 1); the running state is unchanged
     return r.sync.kind === 'refused' ? 1 : 0;

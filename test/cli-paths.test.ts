@@ -154,6 +154,19 @@ describe('a path that is not a bundle', () => {
   });
 });
 
+describe('a trust root that is not there', () => {
+  it('bundle verify --trust names it with NOT_FOUND or NOT_A_FILE', async () => {
+    const dir = await paths();
+    const missing = await ferry(['bundle', 'verify', 'notes.ferry', '--trust', 'no-root.json'], { cwd: dir });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe('ferry: NOT_FOUND: no-root.json does not exist\n');
+    const isDir = await ferry(['bundle', 'verify', 'notes.ferry', '--trust', 'a-directory'], { cwd: dir });
+    expect(isDir.stderr).toBe(
+      'ferry: NOT_A_FILE: a-directory is a directory; expected a trust root (root.json)\n',
+    );
+  });
+});
+
 describe('group help', () => {
   it('shows every summary whole, wrapped, for every group', async () => {
     const top = await ferry(['--help']);

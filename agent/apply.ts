@@ -9,7 +9,7 @@ import type { Logger } from '../platform/log.js';
 import type { Artifact } from '../core/manifest.js';
 import { trustedTime } from '../core/freshness.js';
 import { parseIsoUtc } from '../core/time.js';
-import { desiredState } from './desired.js';
+import { desiredState, type PolicyProblem } from './desired.js';
 import { blobCachePath } from './fetch.js';
 import { placementKey, reconcileFiles, type FileReport } from './files.js';
 import { dueScripts } from './schedule.js';
@@ -50,7 +50,7 @@ export interface ApplyReport {
   expired: boolean;
   scripts: ScriptReport[];
   files: FileReport[];
-  problems: { policy: string; message: string }[];
+  problems: PolicyProblem[];
   pollIntervalSec?: number;
 }
 

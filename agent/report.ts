@@ -26,6 +26,9 @@ export interface ReportContext {
   limits?: Partial<ClientLimits>;
 }
 
+/** Policy problems carried per heartbeat (a hostile policy could name thousands of missing artifacts). */
+const MAX_REPORTED_PROBLEMS = 100;
+
 /**
  * Queues one signed heartbeat with counter `state.counter`, carrying the
  * results of this cycle (results make it undroppable). The caller persists the
@@ -52,10 +55,20 @@ export async function queueHeartbeat(
     truncated: s.truncated || s.stdout.length > 4096 || s.stderr.length > 4096,
     ...(s.refused && { refused: { code: s.refused.code, message: s.refused.message } }),
   }));
-  const drift: JsonObject[] = report.files
-    .filter((f) => f.status !== 'ok')
-    .map((f): JsonObject => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action }))
-    .concat(extraDrift);
+  // A signed policy the agent cannot follow is a difference between desired and actual state too: it
+  // travels as drift (`{policy, …}`, beside files' `{path, …}`), which every mirror and server accept.
+  const drift: JsonObject[] = [
+    ...report.files
+      .filter((f) => f.status !== 'ok')
+      .map((f) => ({ path: f.path, artifact: f.artifact, status: f.status, action: f.action })),
+    ...report.problems.slice(0, MAX_REPORTED_PROBLEMS).map((p) => ({
+      policy: p.policy,
+      sha256: p.sha256,
+      code: p.code,
+      message: p.message.slice(0, 1024),
+    })),
+    ...extraDrift,
+  ];
   const now = ctx.now();
   const hb: Heartbeat = {
     type: HEARTBEAT_TYPE,

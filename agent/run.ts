@@ -16,11 +16,14 @@ import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
 import { Outbox } from './outbox.js';
+import { recordPolicyProblems } from './problems.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
 import { readShortage, recordShortage, shortageDrift } from './storage.js';
 import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
-import { installRootOf, limitsFromEnv, UpdateDriver } from './update/driver.js';
+import { UpdateDriver } from './update/driver.js';
+import { limitsFromEnv } from './update/limits.js';
+import { installRootOf } from './update/install.js';
 import type { UpdateLimits } from './update/machine.js';
 import { queueUpdateReports } from './update/report.js';
 
@@ -198,6 +201,11 @@ export class Agent {
       this.state,
     );
     await this.save(applied.state);
+    try {
+      await recordPolicyProblems(this.o.stateDir, applied.report.problems, log, this.now());
+    } catch (e) {
+      log.warn('policy.problems_unrecorded', { error: e }); // still logged and reported home
+    }
     if (applied.report.pollIntervalSec && this.o.pollIntervalSec === undefined) {
       this.pollIntervalSec = applied.report.pollIntervalSec;
     }
@@ -235,6 +243,7 @@ export class Agent {
       sequence: this.state.active?.sequence ?? null,
       scripts: applied.report.scripts.length,
       drift: applied.report.files.filter((f) => f.status !== 'ok').length,
+      policyProblems: applied.report.problems.length,
       outbox: this.outbox.size.entries,
       sent,
       disconnectedSec,

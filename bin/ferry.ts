@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { runCommand, stdio, useServiceCrypto, type Command, type Io } from './cli/common.js';
+import { runCommand, stdio, useServiceCrypto, wrapText, type Command, type Io } from './cli/common.js';
 import { createLogger } from '../platform/log.js';
 import { useLibsodium } from '../core/ed25519.js';
 import { VERSION } from './version.js';
@@ -54,6 +54,9 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
 };
 
+/** Columns group help wraps summaries at. */
+const HELP_WIDTH = 100;
+
 async function help(io: Io): Promise<void> {
   io.out(
     `ferry ${VERSION} — signed software delivery into air-gapped networks\n\nUsage: ferry <group> <command> [options]\n`,
@@ -79,8 +82,10 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   const cmd = cmds && name !== undefined ? cmds[name] : undefined;
   if (!cmds || !cmd) {
     if (cmds && (name === undefined || name === '--help' || name === '-h')) {
+      // whole summaries, re-wrapped: a summary is never cut off mid-sentence
       for (const [n, c] of Object.entries(cmds))
-        io.out(`ferry ${group} ${n} ${c.usage}\n    ${c.summary.split('\n')[0]}`);
+        io.out(`ferry ${group} ${n} ${c.usage}\n${wrapText(c.summary, HELP_WIDTH, '    ')}\n`);
+      io.out(`Each command takes --help for its options.`);
       return name === undefined ? 2 : 0;
     }
     io.err(`ferry: USAGE: unknown command ${[group, name].filter(Boolean).join(' ')} (see ferry --help)`);

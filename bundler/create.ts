@@ -8,6 +8,7 @@ import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
 import { blobEntryName, MANIFEST_ENTRY, rootEntryName } from '../core/bundle/reader.js';
+import { checkPolicies } from './policies.js';
 import type { LoadedSpec } from './spec.js';
 import { BLOCK, encodeHeader, paddingFor } from '../core/bundle/tar.js';
 
@@ -74,7 +75,8 @@ export function volumePath(out: string, index: number, count: number): string {
 }
 
 /**
- * Writes a bundle (or its volumes) in one read of each artifact: the manifest
+ * Writes a bundle (or its volumes) in one read of each artifact (policies are
+ * read once more before anything is written, to be checked): the manifest
  * entry's space is reserved up front, each artifact is hashed while it is
  * written, its header is written once its digest is known, and the signed
  * manifest fills the reserved space last. Output appears only by rename.
@@ -87,6 +89,8 @@ export async function createBundle(
   if (opts.signers.length === 0)
     throw new FerryError('USAGE', 'at least one --key is needed to sign the bundle');
   const { manifest, sources } = spec;
+  // every policy validates and names only what this bundle carries, or nothing is written
+  const policies = await checkPolicies(spec);
   const roots = [...(opts.roots ?? [])].sort((a, b) => a.version - b.version);
   const envLen = envelopeLength(manifest, opts.signers);
   const headBytes =
@@ -116,6 +120,12 @@ export async function createBundle(
           done += n;
           opts.onProgress?.(done, total);
         });
+        const checked = policies.get(src.artifact.name);
+        if (src.artifact.kind === 'policy' && checked !== digest)
+          throw new FerryError(
+            'IO_ERROR',
+            `${src.path} changed after it was checked; run bundle create again`,
+          );
         src.artifact.sha256 = digest;
         if (written.has(digest) || opts.baseBlobs?.has(digest)) {
           if (opts.baseBlobs?.has(digest)) omitted.add(digest);

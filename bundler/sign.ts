@@ -6,6 +6,7 @@ import { createWriteStream } from 'node:fs';
 import { FerryError } from '../core/errors.js';
 import { addSignature, countSigners, parseEnvelope, serializeEnvelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
+import { checkBundleFile } from '../platform/bundle-file.js';
 import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MAX_MANIFEST_BYTES } from '../core/manifest.js';
 import type { PrivateKey } from '../platform/keyfile.js';
@@ -21,6 +22,7 @@ export async function signBundle(
   path: string,
   key: PrivateKey,
 ): Promise<{ keyid: string; signatures: number }> {
+  await checkBundleFile(path);
   const fh = await open(path, 'r');
   let headerBlock: Buffer;
   let envBytes: Buffer;

@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { FerryError } from '../core/errors.js';
 import { assertManifest, type Artifact, type ArtifactKind, type Manifest } from '../core/manifest.js';
 import { isoUtc, resolveExpiry } from '../core/time.js';
-import { decodePolicy, MAX_POLICY_BYTES, PolicyError } from '../core/policy.js';
+import { inputFileError, statInputFile } from '../platform/fsx.js';
 
 /** One artifact as the operator's spec names it: a path instead of digest and size. */
 export interface SpecArtifact {
@@ -22,6 +22,8 @@ export interface LoadedSpec {
 }
 
 const MAX_SPEC_BYTES = 1024 * 1024;
+/** What an artifact entry of a spec may say; anything else is a typo to refuse, not to ignore. */
+const ARTIFACT_FIELDS = new Set(['name', 'kind', 'version', 'platform', 'interpreter', 'path']);
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -31,13 +33,13 @@ const bad = (m: string) => new FerryError('SPEC_INVALID', `spec: ${m}`);
 
 export async function loadSpec(specPath: string, now: number): Promise<LoadedSpec> {
   let text: string;
+  // NOT_FOUND, NOT_A_FILE or IO_ERROR, naming the path
+  if ((await statInputFile(specPath, 'a bundle spec (JSON) file')) > MAX_SPEC_BYTES)
+    throw bad(`file is larger than ${MAX_SPEC_BYTES} bytes`);
   try {
-    const st = await stat(specPath);
-    if (st.size > MAX_SPEC_BYTES) throw bad(`file is larger than ${MAX_SPEC_BYTES} bytes`);
     text = await readFile(specPath, 'utf8');
   } catch (e) {
-    if (e instanceof FerryError) throw e;
-    throw new FerryError('IO_ERROR', `cannot read spec ${specPath}: ${(e as Error).message}`, { cause: e });
+    throw inputFileError(specPath, e, 'a bundle spec (JSON) file');
   }
   let v: unknown;
   try {
@@ -45,30 +47,7 @@ export async function loadSpec(specPath: string, now: number): Promise<LoadedSpe
   } catch (e) {
     throw new FerryError('SPEC_INVALID', `spec: ${specPath} is not valid JSON`, { cause: e });
   }
-  const spec = await resolveSpec(v, dirname(resolve(specPath)), now);
-  await checkPolicies(spec);
-  return spec;
-}
-
-/**
- * A policy artifact the agents would refuse is refused before it is signed, with the agents' own code
- * (POLICY_INVALID, POLICY_TOO_LARGE) and the artifact named.
- */
-async function checkPolicies(spec: LoadedSpec): Promise<void> {
-  for (const { artifact, path } of spec.sources) {
-    if (artifact.kind !== 'policy') continue;
-    if (artifact.size > MAX_POLICY_BYTES)
-      throw new PolicyError(
-        'POLICY_TOO_LARGE',
-        `artifact ${artifact.name}: larger than ${MAX_POLICY_BYTES} bytes`,
-      );
-    try {
-      decodePolicy(await readFile(path));
-    } catch (e) {
-      if (e instanceof PolicyError) throw new PolicyError(e.code, `artifact ${artifact.name}: ${e.message}`);
-      throw e;
-    }
-  }
+  return resolveSpec(v, dirname(resolve(specPath)), now);
 }
 
 export async function resolveSpec(v: unknown, baseDir: string, now: number): Promise<LoadedSpec> {
@@ -91,6 +70,8 @@ export async function resolveSpec(v: unknown, baseDir: string, now: number): Pro
   const artifacts: Artifact[] = [];
   for (const [i, a] of (v.artifacts as unknown[]).entries()) {
     if (!isObject(a)) throw bad(`artifacts[${i}] is not an object`);
+    for (const k of Object.keys(a))
+      if (!ARTIFACT_FIELDS.has(k)) throw bad(`artifacts[${i}] has unknown field ${JSON.stringify(k)}`);
     if (typeof a.path !== 'string' || a.path === '') throw bad(`artifacts[${i}].path must name a file`);
     const path = resolve(baseDir, a.path);
     let size: number;

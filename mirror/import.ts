@@ -75,12 +75,17 @@ const crashPoint = (phase: string): void => {
   if (process.env.FERRY_CRASH_AT === phase) process.kill(process.pid, 'SIGKILL');
 };
 
-/** Imports a bundle (or one volume of it). Refusals are returned, not thrown; I/O failures throw. */
-export function importBundle(store: Store, path: string): Promise<ImportResult> {
-  return store.exclusive(() => importLocked(store, resolve(path)));
+export interface ImportOptions {
+  /** Bytes of the file read so far (for a progress line). */
+  onProgress?: (bytes: number) => void;
 }
 
-async function importLocked(store: Store, file: string): Promise<ImportResult> {
+/** Imports a bundle (or one volume of it). Refusals are returned, not thrown; I/O failures throw. */
+export function importBundle(store: Store, path: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  return store.exclusive(() => importLocked(store, resolve(path), opts));
+}
+
+async function importLocked(store: Store, file: string, opts: ImportOptions): Promise<ImportResult> {
   const clock = store.now();
   let state = await store.readState();
   const stage = store.stage();
@@ -94,6 +99,7 @@ async function importLocked(store: Store, file: string): Promise<ImportResult> {
         freshness: freshnessOf(state),
         acceptedExpired: 'refuse',
         openBlob: stage.openBlob,
+        ...(opts.onProgress && { onProgress: opts.onProgress }),
       });
     } catch (e) {
       const r = refusalOf(e);

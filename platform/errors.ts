@@ -9,7 +9,16 @@ export type PlatformErrorCode =
   /** Another process holds a data directory's lock for longer than the wait allows. */
   | 'STORE_LOCKED'
   /** A service was asked to serve TLS, which the HTTP server kit does not do yet. */
-  | 'TLS_NOT_IMPLEMENTED';
+  | 'TLS_NOT_IMPLEMENTED'
+
+  /** A path the operator named does not exist (the message names it). */
+  | 'NOT_FOUND'
+  /** A path names a directory or a device where a regular file was expected (the message says which). */
+  | 'NOT_A_FILE'
+  /** A file exists but does not start with a ferry bundle's manifest entry. */
+  | 'NOT_A_BUNDLE'
+  /** Any other failure to read a named path (permissions, I/O); the message names path and cause. */
+  | 'IO_ERROR';
 
 export class PlatformError extends CodedError<PlatformErrorCode> {}
 

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { constants, createReadStream } from 'node:fs';
-import { link, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { link, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FerryError } from '../core/errors.js';
+import { PlatformError } from './errors.js';
 
 /** fsync a directory so that a rename inside it survives power loss. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -81,7 +82,60 @@ export async function withAtomicFile<T>(
   }
 }
 
-/** A file as a stream of large chunks, for the reader. */
-export function fileSource(path: string): AsyncIterable<Buffer> {
-  return createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>;
+/**
+ * Why a path the operator named cannot be read as a regular file, as a coded
+ * error naming the path: NOT_FOUND, NOT_A_FILE (`expected` says what should be
+ * there), or IO_ERROR for anything else (permissions, I/O).
+ */
+export function inputFileError(path: string, e: unknown, expected = 'a regular file'): PlatformError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return new PlatformError('NOT_FOUND', `${path} does not exist`, { cause: e });
+  if (code === 'ENOTDIR')
+    return new PlatformError('NOT_FOUND', `${path} does not exist (a parent is not a directory)`, {
+      cause: e,
+    });
+  if (code === 'EISDIR')
+    return new PlatformError('NOT_A_FILE', `${path} is a directory; expected ${expected}`, { cause: e });
+  const why =
+    code === 'EACCES' || code === 'EPERM' ? 'permission denied' : ((e as Error).message ?? String(e));
+  return new PlatformError('IO_ERROR', `cannot read ${path}: ${why}`, { cause: e });
+}
+
+/** Checks that `path` is a regular file and returns its size; refuses with inputFileError's codes. */
+export async function statInputFile(path: string, expected = 'a regular file'): Promise<number> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (e) {
+    throw inputFileError(path, e, expected);
+  }
+  if (st.isDirectory()) throw new PlatformError('NOT_A_FILE', `${path} is a directory; expected ${expected}`);
+  if (!st.isFile())
+    throw new PlatformError('NOT_A_FILE', `${path} is not a regular file; expected ${expected}`);
+  return st.size;
+}
+
+/**
+ * A file as a stream of large chunks, for the reader. Nothing is opened until
+ * the first chunk is asked for, and a file that cannot be opened or read fails
+ * that request with inputFileError's codes: no stream is left to emit an error
+ * nobody listens to.
+ */
+export async function* fileSource(path: string): AsyncGenerator<Buffer, void, undefined> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    throw inputFileError(path, e);
+  }
+  try {
+    const stream = fh.createReadStream({ highWaterMark: 1024 * 1024, autoClose: false });
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) yield chunk;
+    } catch (e) {
+      throw inputFileError(path, e);
+    }
+  } finally {
+    await fh.close();
+  }
 }

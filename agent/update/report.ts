@@ -7,7 +7,7 @@ import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '
 import { isoUtc } from '../../core/time.js';
 import type { ReportContext } from '../report.js';
 import type { AgentState } from '../state.js';
-import type { UpdateReport } from './driver.js';
+import type { UpdateReport } from './update-file.js';
 
 /** Queues one heartbeat with counter `state.counter` (reserved and persisted by the caller). */
 export async function queueUpdateReports(

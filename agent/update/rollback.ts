@@ -5,12 +5,12 @@
  * atomically; a crash in between is finished by the next start (the machine sees
  * the rolled-back version start and switches `current` again).
  */
-import { readFile, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
+import { readFile, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { FerryError } from '../../core/errors.js';
-import { fsyncDir, writeFileAtomic } from '../../platform/fsx.js';
-import type { UpdateFile } from './driver.js';
+import { pointCurrentAt, versionBinary } from './install.js';
 import { badVersionKey } from './policy.js';
+import { readUpdateFile, writeUpdateFile, type UpdateFile } from './update-file.js';
 
 export interface ManualRollback {
   /** The version `current` pointed at. */
@@ -36,13 +36,7 @@ export async function manualRollback(o: {
   markBad: boolean;
   now: number;
 }): Promise<ManualRollback> {
-  const file = await readFile(join(o.stateDir, 'update.json'), 'utf8').then(
-    (t) => JSON.parse(t) as UpdateFile,
-    (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined;
-      throw e;
-    },
-  );
+  const file = await readUpdateFile(o.stateDir);
   const m = file?.machine;
   if (!file || !m || m.phase === 'idle' || m.phase === 'rolled-back' || !m.version || !m.previous)
     throw new FerryError(
@@ -61,7 +55,7 @@ export async function manualRollback(o: {
       'CURRENT_MISMATCH',
       `${join(o.installRoot, 'current')} points at ${link ?? 'nothing'}, not the committed ${from}`,
     );
-  const prevBin = join(o.installRoot, 'versions', to, 'ferry-agent');
+  const prevBin = versionBinary(o.installRoot, to);
   if (!(await stat(prevBin).catch(() => undefined))?.isFile())
     throw new FerryError(
       'NO_PREVIOUS_VERSION',
@@ -91,11 +85,7 @@ export async function manualRollback(o: {
       { outcome: 'rolled-back', phase: 'committed', version: from, reason, at: o.now },
     ],
   };
-  await writeFileAtomic(join(o.stateDir, 'update.json'), JSON.stringify(next) + '\n', { mode: 0o600 });
-  const tmp = join(o.installRoot, 'current.tmp');
-  await rm(tmp, { force: true });
-  await symlink(join('versions', to), tmp);
-  await rename(tmp, join(o.installRoot, 'current'));
-  await fsyncDir(o.installRoot);
+  await writeUpdateFile(o.stateDir, next);
+  await pointCurrentAt(o.installRoot, to);
   return { from, to, markedBad: o.markBad, reason };
 }

@@ -3,10 +3,11 @@ import { join, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
 import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
+import { readPolicyProblems } from '../../agent/problems.js';
 import { readAgentState } from '../../agent/state.js';
 import { readShortage } from '../../agent/storage.js';
 import { freeBytes, parseLimits, type ClientLimits } from '../../platform/http/client.js';
-import { installRootOf } from '../../agent/update/driver.js';
+import { installRootOf } from '../../agent/update/install.js';
 import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
 import { humanSeconds, int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
@@ -195,6 +196,7 @@ export const agentPoll: Command = {
         refused: s.refused?.code ?? null,
       })),
       drift: r.apply.files.filter((f) => f.status !== 'ok'),
+      policyProblems: r.apply.problems,
       sent: r.sent,
     };
     const refusal = r.sync.kind === 'refused' ? { code: r.sync.code, message: r.sync.reason } : {};
@@ -203,6 +205,7 @@ export const agentPoll: Command = {
       io.out(
         `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
       );
+    if (!p.json) for (const pr of r.apply.problems) io.err(`ferry: ${pr.code}: ${pr.message}`);
     if (r.sync.kind === 'refused' && !p.json) io.err(`ferry: ${r.sync.code}: ${r.sync.reason}`);
     // a refused update is a failure the operator must act on (exit 1); the running state is unchanged
     return r.sync.kind === 'refused' ? 1 : 0;
@@ -212,7 +215,8 @@ export const agentPoll: Command = {
 export const agentStatus: Command = {
   summary:
     'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs,\n' +
-    'free space in the state directory and a standing storage shortage (STORAGE_FULL) if any.',
+    'free space in the state directory and a standing storage shortage (STORAGE_FULL) if any,\n' +
+    'and problems in the signed policies it runs under (each with its code; they are also logged and reported home).',
   usage: '--state DIR [--json]',
   options: { state: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -224,6 +228,7 @@ export const agentStatus: Command = {
     ).length;
     const now = Date.now();
     const shortage = await readShortage(dir);
+    const problems = (await readPolicyProblems(dir))?.problems ?? [];
     const view = {
       agentId: s.agentId,
       site: s.site,
@@ -242,6 +247,7 @@ export const agentStatus: Command = {
           at: new Date(shortage.at).toISOString(),
         },
       },
+      policyProblems: problems,
     };
     if (p.json) printJson(io, { ok: true, ...view });
     else {
@@ -265,6 +271,7 @@ export const agentStatus: Command = {
           `script ${name}: last run ${new Date(r.lastRunAt).toISOString()}, exit ${r.lastExit ?? 'none'}`,
         );
       }
+      for (const pr of problems) io.out(`policy problem: ${pr.code}: ${pr.message}`);
     }
     return 0;
   },

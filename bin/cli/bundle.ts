@@ -1,4 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
 import { loadPrivateKey } from '../../platform/keyfile.js';
 import { peekRootPayload } from '../../core/root.js';
@@ -6,7 +7,9 @@ import { parseEnvelope } from '../../core/dsse.js';
 import { createBundle } from '../../bundler/create.js';
 import { blobDigestsIn } from '../../bundler/entries.js';
 import { readBundle, type BundleContents } from '../../core/bundle/reader.js';
-import { fileSource } from '../../platform/fsx.js';
+import { checkBundleFile } from '../../platform/bundle-file.js';
+import { fileSource, inputFileError } from '../../platform/fsx.js';
+import { PlatformError } from '../../platform/errors.js';
 import { signBundle } from '../../bundler/sign.js';
 import { loadSpec } from '../../bundler/spec.js';
 import { readRootFile } from './trust.js';
@@ -18,6 +21,7 @@ import {
   printJson,
   progressBar,
   str,
+  withProgress,
   type Command,
   type Io,
 } from './common.js';
@@ -26,7 +30,9 @@ export const bundleCreate: Command = {
   summary:
     'Builds a signed bundle from a spec (paths relative to the spec file). Each --key signs the manifest.\n' +
     '--volume-size splits the bundle into self-verifying volumes; --base omits blobs an older bundle carries;\n' +
-    '--root adds a root envelope so that sites can walk a rotation.',
+    '--root adds a root envelope so that sites can walk a rotation. Every policy is checked as agents check\n' +
+    'it, and must name only scripts and files the spec carries: otherwise POLICY_INVALID (or POLICY_TOO_LARGE)\n' +
+    'names the policy, field and reason, and nothing is written. Spec format: docs/spec-format.md.',
   usage:
     '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry]... [--root ROOT.json]... [--json]',
   options: {
@@ -39,10 +45,13 @@ export const bundleCreate: Command = {
     ...jsonOption,
   },
   async run(p, io) {
-    const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
     const out = str(p, 'out');
     const volumeSize = p.values['volume-size'] ? parseSize(str(p, 'volume-size'), 'volume-size') : undefined;
     const bases = list(p, 'base', false);
+    // where the bundle goes and what it is based on are checked before any key or spec is read
+    await checkOutPath(out);
+    for (const b of bases) await checkBundleFile(b);
+    const signers = await Promise.all(list(p, 'key').map((k) => loadPrivateKey(k)));
     const roots = await Promise.all(
       list(p, 'root', false).map(async (path) => {
         const bytes = await readFile(path);
@@ -50,13 +59,17 @@ export const bundleCreate: Command = {
       }),
     );
     const spec = await loadSpec(str(p, 'spec'), Date.now());
-    const r = await createBundle(spec, out, {
-      signers,
-      roots,
-      ...(volumeSize !== undefined && { volumeSize }),
-      ...(bases.length > 0 && { baseBlobs: await baseDigests(bases) }),
-      onProgress: p.json ? undefined : progressBar(io, 'bundling'),
-    });
+    const baseBlobs = bases.length > 0 ? await baseDigests(bases) : undefined;
+    const bar = progressBar(io, 'bundling', { quiet: p.json });
+    const r = await withProgress(bar, () =>
+      createBundle(spec, out, {
+        signers,
+        roots,
+        ...(volumeSize !== undefined && { volumeSize }),
+        ...(baseBlobs && { baseBlobs }),
+        onProgress: (done, total) => bar.update(done, total),
+      }),
+    );
     if (p.json) {
       printJson(io, {
         ok: true,
@@ -85,6 +98,21 @@ async function baseDigests(paths: string[]): Promise<Set<string>> {
   const all = new Set<string>();
   for (const path of paths) for (const d of await blobDigestsIn(path)) all.add(d);
   return all;
+}
+
+/** --out names a file to create in a directory that exists: refused before any work is done. */
+async function checkOutPath(out: string): Promise<void> {
+  const st = await stat(out).catch(() => undefined);
+  if (st?.isDirectory())
+    throw new PlatformError(
+      'NOT_A_FILE',
+      `--out ${out} is a directory; expected a .ferry file path to write`,
+    );
+  const dir = dirname(resolve(out));
+  const d = await stat(dir).catch((e: unknown) => {
+    throw inputFileError(dir, e, 'a directory');
+  });
+  if (!d.isDirectory()) throw new PlatformError('NOT_A_FILE', `--out ${out}: ${dir} is not a directory`);
 }
 
 export const bundleSign: Command = {
@@ -172,7 +200,11 @@ export const bundleInspect: Command = {
   positionals: { min: 1, max: 1 },
   async run(p, io) {
     const file = p.positionals[0]!;
-    const c = await readBundle(fileSource(file));
+    const size = await checkBundleFile(file);
+    const bar = progressBar(io, 'reading', { quiet: p.json });
+    const c = await withProgress(bar, () =>
+      readBundle(fileSource(file), { onProgress: (bytes) => bar.update(bytes, size) }),
+    );
     if (p.json) printJson(io, { ok: true, ...reportJson(file, c) });
     else printHuman(io, file, c);
     return 0;
@@ -191,13 +223,17 @@ export const bundleVerify: Command = {
     const file = p.positionals[0]!;
     const trusted = await readRootFile(str(p, 'trust'));
     const site = str(p, 'site', false) || undefined;
+    const size = await checkBundleFile(file);
+    const bar = progressBar(io, 'verifying', { quiet: p.json });
     let c: BundleContents;
     try {
-      c = await readBundle(fileSource(file), {
-        trusted,
-        ...(site && { site }),
-        onProgress: p.json ? undefined : progressTracker(io, (await stat(file)).size),
-      });
+      c = await withProgress(bar, () =>
+        readBundle(fileSource(file), {
+          trusted,
+          ...(site && { site }),
+          onProgress: (bytes) => bar.update(bytes, size),
+        }),
+      );
     } catch (e) {
       if (e instanceof FerryError) throw new FerryError(e.code, `${file}: ${e.message}`, { cause: e });
       throw e;
@@ -210,9 +246,3 @@ export const bundleVerify: Command = {
     return 0;
   },
 };
-
-function progressTracker(io: Io, total: number): ((bytes: number) => void) | undefined {
-  if (!io.isTTY) return undefined;
-  const bar = progressBar(io, 'verifying');
-  return (bytes) => bar(bytes, total);
-}

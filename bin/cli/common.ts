@@ -134,27 +134,81 @@ export function printJson(io: Io, value: unknown): void {
 
 export { humanBytes, humanSeconds } from '../../core/units.js';
 
-/** A progress line on a TTY for large work; silent otherwise. */
+/** A progress line: `update` as work is done, `end` once when it stops. */
+export interface Progress {
+  update(done: number, total: number): void;
+  /** Ends the line: at 100 % when the work succeeded, where it stood when it failed. */
+  end(ok: boolean): void;
+}
+
+const silentProgress: Progress = { update: () => undefined, end: () => undefined };
+
+/**
+ * A progress line on stderr when it is a TTY and the work is large (at least `minTotal` bytes);
+ * silent otherwise. Whatever is printed after `end` starts on a line of its own.
+ */
 export function progressBar(
   io: Io,
   label: string,
-  minTotal = 64 * 1024 * 1024,
-): (done: number, total: number) => void {
-  if (!io.isTTY) return () => undefined;
+  opts: { quiet?: boolean; minTotal?: number } = {},
+): Progress {
+  const minTotal = opts.minTotal ?? 64 * 1024 * 1024;
+  if (!io.isTTY || opts.quiet) return silentProgress;
   let last = 0;
-  return (done, total) => {
-    if (total < minTotal) return;
-    const now = Date.now();
-    if (now - last < 100 && done < total) return;
-    last = now;
-    const pct = total ? Math.floor((done / total) * 100) : 100;
+  let shown: { done: number; total: number } | undefined;
+  let ended = false;
+  const draw = (done: number, total: number) => {
+    const pct = total ? Math.min(100, Math.floor((done / total) * 100)) : 100;
     const width = 30;
     const fill = Math.round((pct / 100) * width);
     process.stderr.write(
       `\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${humanBytes(done)}/${humanBytes(total)}`,
     );
-    if (done >= total) process.stderr.write('\n');
+    shown = { done, total };
   };
+  return {
+    update(done, total) {
+      if (ended || total < minTotal) return;
+      const now = Date.now();
+      if (now - last < 100 && shown) return;
+      last = now;
+      draw(done, total);
+    },
+    end(ok) {
+      if (ended) return;
+      ended = true;
+      if (!shown) return;
+      if (ok) draw(shown.total, shown.total);
+      process.stderr.write('\n');
+    },
+  };
+}
+
+/** Runs `work` with a progress line that is ended however the work ends. */
+export async function withProgress<T>(progress: Progress, work: () => Promise<T>): Promise<T> {
+  try {
+    const r = await work();
+    progress.end(true);
+    return r;
+  } catch (e) {
+    progress.end(false);
+    throw e;
+  }
+}
+
+/** Joins a hard-wrapped text into one paragraph and wraps it at `width` columns after `indent`. */
+export function wrapText(text: string, width: number, indent: string): string {
+  const words = text.split(/\s+/).filter(Boolean);
+  const lines: string[] = [];
+  let line = '';
+  for (const w of words) {
+    if (line && indent.length + line.length + 1 + w.length > width) {
+      lines.push(indent + line);
+      line = w;
+    } else line = line ? `${line} ${w}` : w;
+  }
+  if (line) lines.push(indent + line);
+  return lines.join('\n');
 }
 
 /** `HOST:PORT` or `[V6]:PORT`, as --listen takes it: the server kit parses it. */

@@ -9,6 +9,7 @@ import { applyAck, exportTelemetry, pinnedServerKeyId, readAckFile } from '../..
 import { MirrorError } from '../../mirror/errors.js';
 import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
 import { acquireLock } from '../../platform/lock.js';
+import { checkBundleFile } from '../../platform/bundle-file.js';
 import { isLockedError } from '../../platform/errors.js';
 import { Outbox, type OutboxFigures } from '../../mirror/outbox.js';
 import { createLogger } from '../../platform/log.js';
@@ -23,8 +24,10 @@ import {
   list,
   parseListen,
   printJson,
+  progressBar,
   str,
   untilSignal,
+  withProgress,
   type Command,
   type Io,
 } from './common.js';
@@ -50,14 +53,22 @@ export const mirrorImport: Command = {
     'Imports bundle files (or volumes) into a mirror data directory: verified in one pass against the\n' +
     "mirror's pinned root and site, blobs stored by digest, the manifest activated once every blob it names\n" +
     'is held. Refusals change nothing but the quarantine record. Safe to run while the mirror serves.\n' +
-    '--trust and --site set up a new data directory (otherwise the ones it recorded are used).',
+    '--trust and --site set up a new data directory (otherwise the ones it recorded are used).\n' +
+    'A path that is missing, a directory or not a bundle is refused (NOT_FOUND, NOT_A_FILE, NOT_A_BUNDLE)\n' +
+    'before anything is imported. On a terminal a large bundle shows a progress line.',
   usage: 'FILE.ferry... --data DIR [--trust root.json --site S] [--json]',
   options: { data: { type: 'string' }, trust: { type: 'string' }, site: { type: 'string' }, ...jsonOption },
   positionals: { min: 1, max: 1000 },
   async run(p, io) {
+    const sizes: number[] = [];
+    for (const file of p.positionals) sizes.push(await checkBundleFile(file));
     const store = await openStore(str(p, 'data'), str(p, 'trust', false), str(p, 'site', false));
     const results = [];
-    for (const file of p.positionals) results.push(await importBundle(store, file));
+    for (const [i, file] of p.positionals.entries()) {
+      const bar = progressBar(io, 'importing', { quiet: p.json });
+      const onProgress = (bytes: number) => bar.update(bytes, sizes[i]!);
+      results.push(await withProgress(bar, () => importBundle(store, file, { onProgress })));
+    }
     const refused = results.filter((r) => !r.ok).length;
     if (p.json) printJson(io, { ok: refused === 0, results });
     else {

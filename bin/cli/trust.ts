@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { serializeEnvelope } from '../../core/dsse.js';
-import { FerryError } from '../../core/errors.js';
-import { writeFileAtomic } from '../../platform/fsx.js';
+import { inputFileError, writeFileAtomic } from '../../platform/fsx.js';
 import {
   isPrivate,
   loadAnyKey,
@@ -30,7 +29,7 @@ export async function readRootFile(path: string): Promise<TrustedRoot> {
   try {
     bytes = await readFile(path);
   } catch (e) {
-    throw new FerryError('IO_ERROR', `cannot read trust root ${path}: ${(e as Error).message}`, { cause: e });
+    throw inputFileError(path, e, 'a trust root (root.json)'); // NOT_FOUND, NOT_A_FILE or IO_ERROR
   }
   return loadPinnedRoot(bytes);
 }

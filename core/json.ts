@@ -197,7 +197,8 @@ class Parser {
       }
     }
     // Escapes can spell lone surrogates; raw text cannot (checked once for the whole input).
-    if (escaped && SURROGATE.test(out) && LONE_SURROGATE.test(out)) this.fail('lone surrogate in string', start);
+    if (escaped && SURROGATE.test(out) && LONE_SURROGATE.test(out))
+      this.fail('lone surrogate in string', start);
     return out;
   }
 

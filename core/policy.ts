@@ -5,6 +5,8 @@
  * `decodePolicy` has validated them; every refusal names the bad field.
  */
 import { posix } from 'node:path';
+import { CodedError } from './errors.js';
+import { JsonError, parseJsonStrict } from './json.js';
 
 export const POLICY_TYPE = 'ferry.policy/v1';
 /** Hard limit on a policy document. */
@@ -16,15 +18,10 @@ export const MIN_INTERVAL_MS = 10_000;
 
 export type PolicyErrorCode = 'POLICY_INVALID' | 'POLICY_TOO_LARGE';
 
-export class PolicyError extends Error {
-  readonly code: PolicyErrorCode;
+export class PolicyError extends CodedError<PolicyErrorCode> {}
 
-  constructor(code: PolicyErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'PolicyError';
-    this.code = code;
-  }
-}
+/** Deepest nesting a policy has: document → scripts → entry → args. */
+const POLICY_DEPTH = 4;
 
 export type Schedule = { kind: 'once' } | { kind: 'boot' } | { kind: 'every'; intervalMs: number };
 
@@ -220,9 +217,12 @@ export function decodePolicy(body: Uint8Array): Policy {
     throw new PolicyError('POLICY_TOO_LARGE', `policy: document is larger than ${MAX_POLICY_BYTES} bytes`);
   let v: unknown;
   try {
-    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+    v = parseJsonStrict(body, { maxBytes: MAX_POLICY_BYTES, maxDepth: POLICY_DEPTH });
   } catch (e) {
-    throw new PolicyError('POLICY_INVALID', 'policy: document is not valid UTF-8 JSON', { cause: e });
+    if (!(e instanceof JsonError)) throw e;
+    throw new PolicyError('POLICY_INVALID', `policy: document is not strict UTF-8 JSON: ${e.message}`, {
+      cause: e,
+    });
   }
   assertPolicy(v);
   return normalizePolicy(v);

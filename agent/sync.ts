@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { isFerryError } from '../core/errors.js';
+import { JsonError, parseJsonStrict } from '../core/json.js';
 import { request } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import {
@@ -18,7 +19,13 @@ import {
   type Artifact,
   type Manifest,
 } from '../core/manifest.js';
-import { assertRootNotExpired, trustStoredChain, walkRootChain, MAX_ROOT_BYTES } from '../core/root.js';
+import {
+  assertRootNotExpired,
+  trustStoredChain,
+  walkRootChain,
+  MAX_ROOT_BYTES,
+  MAX_ROOT_CHAIN_BYTES,
+} from '../core/root.js';
 import { decideManifest } from './decide.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
@@ -95,13 +102,15 @@ class Refusal extends Error {
   }
 }
 
-async function getJson(url: string, ctx: SyncContext, maxBytes: number): Promise<unknown> {
+/** A capped GET whose body is strict JSON (core/json.ts) no deeper than `maxDepth`. */
+async function getJson(url: string, ctx: SyncContext, maxBytes: number, maxDepth: number): Promise<unknown> {
   const r = await request(url, { timeoutMs: ctx.timeoutMs, maxBytes });
   if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status}`);
   try {
-    return JSON.parse(r.body.toString('utf8'));
-  } catch {
-    throw new Refusal('ENVELOPE_INVALID', `${url}: not JSON`);
+    return parseJsonStrict(r.body, { maxBytes, maxDepth });
+  } catch (e) {
+    if (!(e instanceof JsonError)) throw e;
+    throw new Refusal('ENVELOPE_INVALID', `${url}: not strict JSON: ${e.message}`);
   }
 }
 
@@ -112,11 +121,12 @@ async function syncWith(
 ): Promise<{ state: AgentState; outcome: SyncOutcome }> {
   // 1. Roots: adopt only versions that chain from what we trust, one at a time.
   let trusted = trustStoredChain(state.roots);
-  const served = await getJson(`${mirror}/v1/root`, ctx, 64 * MAX_ROOT_BYTES);
+  // the chain as a list of envelopes: list → envelope → signatures → signature
+  const served = await getJson(`${mirror}/v1/root`, ctx, MAX_ROOT_CHAIN_BYTES, 4);
   if (!Array.isArray(served)) throw new Refusal('ROOT_INVALID', 'mirror /v1/root is not a list');
   let roots = state.roots;
   try {
-    const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root'));
+    const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root', MAX_ROOT_BYTES));
     const walked = walkRootChain(trusted, envs);
     if (walked.adopted.length > 0) {
       roots = [

@@ -16,6 +16,8 @@ import type { PublicKey } from './keys.js';
 export const ROOT_PAYLOAD_TYPE = 'application/vnd.ferry.root+json';
 /** Hard limit on one root envelope, checked before it is parsed. */
 export const MAX_ROOT_BYTES = 256 * 1024;
+/** Hard limit on a whole chain as a mirror serves it (`GET /v1/root`): years of rotations fit many times over. */
+export const MAX_ROOT_CHAIN_BYTES = 4 * 1024 * 1024;
 /** Deepest nesting a root payload has: payload → roles → role → keyids. */
 const ROOT_DEPTH = 4;
 

@@ -99,10 +99,11 @@ function withManifest(genuine: Buffer, envelope: Buffer): Buffer {
 async function hostileMirror(rootPath: string) {
   const root = JSON.parse(await readFile(rootPath, 'utf8')) as unknown;
   let manifest: Buffer = Buffer.alloc(0);
+  let roots: string = JSON.stringify([root]);
   const server: Server = createServer((req, res) => {
     req.resume();
     if (req.method === 'GET' && req.url === '/v1/root') {
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify([root]));
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(roots);
     } else if (req.method === 'GET' && req.url === '/v1/manifest') {
       res.writeHead(200, { 'Content-Type': 'application/json' }).end(manifest);
     } else {
@@ -115,6 +116,9 @@ async function hostileMirror(rootPath: string) {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     serve: (bytes: Buffer) => {
       manifest = bytes;
+    },
+    serveRoots: (text: string) => {
+      roots = text;
     },
     close: () => new Promise<void>((r) => server.close(() => r())),
   };
@@ -235,5 +239,47 @@ describe('validly signed but hostile manifests', () => {
     expect(await kept()).toEqual(before);
     // state.json still holds the small genuine manifest, not a 5 MB hostile one
     expect((await stat(join(state, 'state.json'))).size).toBeLessThan(sizeBefore + 4096);
+  });
+});
+
+describe('a mirror serving the root chain with a key twice', () => {
+  it('is refused by the agent before any root or manifest is used, and its state is kept', async () => {
+    const data = join(w.dir, 'mirror-roots');
+    const state = join(w.dir, 'agent-roots');
+    const file = join(w.dir, 'roots.ferry');
+    await buildBundle(w, file);
+    await importInto(data, file, w.rootPath);
+    const good = await startMirrorAt(data);
+    const common = ['--state', state, '--trust', w.rootPath, '--site', 'plant-7', '--group', 'web'];
+    expect((await runFerry(['agent', 'poll', '--now', '--mirror', good.url, ...common])).code).toBe(0);
+    await good.stop();
+    const stateBefore = await readFile(join(state, 'state.json'), 'utf8');
+    const hostile = await hostileMirror(w.rootPath);
+    try {
+      // the genuine root, with a decoy payload first: JSON.parse would keep the genuine one and go on
+      const rootText = (await readFile(w.rootPath, 'utf8')).trim();
+      hostile.serveRoots(`[${rootText.replace('"payload": ', '"payload": "e30=",\n  "payload": ')}]`);
+      const r = await runFerry([
+        'agent',
+        'poll',
+        '--now',
+        '--state',
+        state,
+        '--mirror',
+        hostile.url,
+        '--json',
+      ]);
+      expect(r.code, r.stderr).toBe(1);
+      const out = JSON.parse(r.stdout) as { sync: { kind: string; code: string; reason: string } };
+      expect(out.sync).toMatchObject({ kind: 'refused', code: 'ENVELOPE_INVALID' });
+      expect(out.sync.reason).toMatch(/duplicate key "payload"/);
+    } finally {
+      await hostile.close();
+    }
+    const s = (t: string) => {
+      const { active, roots, etag, trust } = JSON.parse(t) as Record<string, unknown>;
+      return { active, roots, etag, trust };
+    };
+    expect(s(await readFile(join(state, 'state.json'), 'utf8'))).toEqual(s(stateBefore));
   });
 });

@@ -125,6 +125,13 @@ describe.runIf(tools)('ferry bundle verify and the by-hand procedure agree', () 
       entry({ name: 'decoy' }, genuineText),
       ...blobs,
     ]);
+    // pax again, every ustar name in the pattern and in order: the extended header is itself called
+    // manifest.dsse.json and renames the next entry (ustar name: an unlisted blob) to the manifest
+    const paxRename = joinArchive([
+      entry({ name: 'manifest.dsse.json', typeflag: 'x' }, paxRecord('path', 'manifest.dsse.json')),
+      entry({ name: `blobs/sha256/${'0'.repeat(64)}` }, genuineText),
+      ...blobs,
+    ]);
     // GNU long name: a ././@LongLink entry names the next one
     const gnu = joinArchive([
       entry({ name: '././@LongLink', typeflag: 'L', magic: GNU_MAGIC }, 'manifest.dsse.json\0'),
@@ -159,6 +166,7 @@ describe.runIf(tools)('ferry bundle verify and the by-hand procedure agree', () 
       ['signature with non-zero unused base64 bits', bundle(serializeEnvelope(sigBits)), 'refuse'],
       ['pax extended header naming the manifest', pax, 'refuse'],
       ['GNU long name naming the manifest', gnu, 'refuse'],
+      ['pax header named and renaming to the manifest', paxRename, 'refuse'],
       ['payload twice, a decoy first', bundle(dupPayload), 'refuse'],
       ['unknown top-level envelope field', bundle(JSON.stringify({ ...genuineEnv, note: 'x' })), 'refuse'],
       [

@@ -121,6 +121,7 @@ class Parser {
   }
 
   private ws(): void {
+    if (this.s.charCodeAt(this.i) > 0x20) return; // most calls: no whitespace at all
     WS.lastIndex = this.i;
     WS.test(this.s);
     this.i = WS.lastIndex;

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { parseEnvelope, serializeEnvelope, verifyEnvelope, type Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { CodedError, isFerryError, type FerryErrorCode } from '../core/errors.js';
+import { JsonError, parseJsonStrict } from '../core/json.js';
 import { isStorageFull, request, type ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import {
@@ -18,7 +19,13 @@ import {
   type Artifact,
   type Manifest,
 } from '../core/manifest.js';
-import { trustStoredChain, walkRootChain, MAX_ROOT_BYTES, type TrustedRoot } from '../core/root.js';
+import {
+  trustStoredChain,
+  walkRootChain,
+  MAX_ROOT_BYTES,
+  MAX_ROOT_CHAIN_BYTES,
+  type TrustedRoot,
+} from '../core/root.js';
 import { decideFreshness, rootRefusal, underRoot } from '../core/freshness.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
@@ -108,7 +115,8 @@ export class Refusal extends CodedError<FerryErrorCode> {
   }
 }
 
-async function getJson(url: string, ctx: SyncContext, maxBytes: number): Promise<unknown> {
+/** A capped GET whose body is strict JSON (core/json.ts) no deeper than `maxDepth`. */
+async function getJson(url: string, ctx: SyncContext, maxBytes: number, maxDepth: number): Promise<unknown> {
   const r = await request(url, {
     timeoutMs: ctx.timeoutMs,
     maxBytes,
@@ -116,9 +124,10 @@ async function getJson(url: string, ctx: SyncContext, maxBytes: number): Promise
   });
   if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status}`);
   try {
-    return JSON.parse(r.body.toString('utf8'));
-  } catch {
-    throw new Refusal('ENVELOPE_INVALID', `${url}: not JSON`);
+    return parseJsonStrict(r.body, { maxBytes, maxDepth });
+  } catch (e) {
+    if (!(e instanceof JsonError)) throw e;
+    throw new Refusal('ENVELOPE_INVALID', `${url}: not strict JSON: ${e.message}`);
   }
 }
 
@@ -129,12 +138,13 @@ async function syncWith(
 ): Promise<{ state: AgentState; outcome: SyncOutcome }> {
   // 1. Roots: adopt only versions that chain from what we trust, one at a time.
   let trusted = trustStoredChain(state.roots);
-  const served = await getJson(`${mirror}/v1/root`, ctx, 64 * MAX_ROOT_BYTES);
+  // the chain as a list of envelopes: list → envelope → signatures → signature
+  const served = await getJson(`${mirror}/v1/root`, ctx, MAX_ROOT_CHAIN_BYTES, 4);
   if (!Array.isArray(served)) throw new Refusal('ROOT_INVALID', 'mirror /v1/root is not a list');
   let roots = state.roots;
   let adopted = false;
   try {
-    const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root'));
+    const envs: Envelope[] = served.map((v) => parseEnvelope(JSON.stringify(v), 'root', MAX_ROOT_BYTES));
     const walked = walkRootChain(trusted, envs);
     if (walked.adopted.length > 0) {
       adopted = true;

@@ -1,6 +1,7 @@
 import { decodeBase64Strict } from './encoding.js';
 import { FerryError } from './errors.js';
 import * as ed from './ed25519.js';
+import { JsonError, parseJsonStrict } from './json.js';
 
 /** A DSSE v1 envelope as it travels: payload base64, one or more signatures. */
 export interface Envelope {
@@ -48,32 +49,54 @@ export function addSignature(env: Envelope, signer: Signer): Envelope {
 }
 
 const MAX_SIGNATURES = 64;
+/** The largest envelope ferry reads on its own (a manifest's); smaller formats pass smaller caps. */
+export const MAX_ENVELOPE_BYTES = 4 * 1024 * 1024;
+/** An envelope nests three deep: the object, its signatures array, one signature. */
+const ENVELOPE_DEPTH = 3;
+const ENVELOPE_FIELDS = ['payloadType', 'payload', 'signatures'];
+const SIGNATURE_FIELDS = ['keyid', 'sig'];
 
-/** Validates the shape of untrusted JSON as a DSSE envelope; names the bad field. */
+/** Validates the shape of untrusted JSON as a DSSE envelope; names the bad or unknown field. */
 export function assertEnvelope(v: unknown, what = 'envelope'): asserts v is Envelope {
   const bad = (m: string) => new FerryError('ENVELOPE_INVALID', `${what}: ${m}`);
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('not a JSON object');
   const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o))
+    if (!ENVELOPE_FIELDS.includes(k)) throw bad(`unknown field ${JSON.stringify(k)}`);
   if (typeof o.payloadType !== 'string' || o.payloadType === '') throw bad('payloadType must be a string');
   if (typeof o.payload !== 'string') throw bad('payload must be a base64 string');
   if (!Array.isArray(o.signatures)) throw bad('signatures must be an array');
   if (o.signatures.length > MAX_SIGNATURES) throw bad(`more than ${MAX_SIGNATURES} signatures`);
   for (const [i, s] of (o.signatures as unknown[]).entries()) {
-    if (typeof s !== 'object' || s === null) throw bad(`signatures[${i}] is not an object`);
+    if (typeof s !== 'object' || s === null || Array.isArray(s))
+      throw bad(`signatures[${i}] is not an object`);
     const so = s as Record<string, unknown>;
+    for (const k of Object.keys(so))
+      if (!SIGNATURE_FIELDS.includes(k)) throw bad(`signatures[${i}] has unknown field ${JSON.stringify(k)}`);
     if (typeof so.sig !== 'string') throw bad(`signatures[${i}].sig must be a string`);
     if (so.keyid !== undefined && typeof so.keyid !== 'string')
       throw bad(`signatures[${i}].keyid must be a string`);
   }
 }
 
-/** Parses envelope bytes (strict JSON, strict shape). */
-export function parseEnvelope(bytes: Uint8Array | string, what = 'envelope'): Envelope {
+/**
+ * Parses envelope bytes: at most `maxBytes` (checked before anything is decoded),
+ * strict JSON (core/json.ts: no duplicate keys, so no decoy `payload` another
+ * reader could pick), strict shape, no unknown fields.
+ */
+export function parseEnvelope(
+  bytes: Uint8Array | string,
+  what = 'envelope',
+  maxBytes = MAX_ENVELOPE_BYTES,
+): Envelope {
   let v: unknown;
   try {
-    v = JSON.parse(typeof bytes === 'string' ? bytes : Buffer.from(bytes).toString('utf8'));
+    v = parseJsonStrict(bytes, { maxBytes, maxDepth: ENVELOPE_DEPTH });
   } catch (e) {
-    throw new FerryError('ENVELOPE_INVALID', `${what}: not valid JSON`, { cause: e });
+    if (!(e instanceof JsonError)) throw e;
+    const why =
+      e.code === 'JSON_TOO_LARGE' ? `larger than ${maxBytes} bytes` : `not strict JSON: ${e.message}`;
+    throw new FerryError('ENVELOPE_INVALID', `${what}: ${why}`, { cause: e });
   }
   assertEnvelope(v, what);
   return v;

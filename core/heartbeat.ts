@@ -11,6 +11,7 @@ import { decodeBase64Strict } from './encoding.js';
 import { signedByAsync, signEnvelope, verifyEnvelope, type Envelope, type Signer } from './dsse.js';
 import { keyIdOf } from './ed25519.js';
 import { FerryError } from './errors.js';
+import { parseJsonStrict } from './json.js';
 
 export const HEARTBEAT_PAYLOAD_TYPE = 'application/vnd.ferry.heartbeat+json';
 export const HEARTBEAT_TYPE = 'ferry.heartbeat/v1';
@@ -180,14 +181,24 @@ function decodeBody(env: Envelope): Buffer {
   return decodeBase64Strict(env.payload, 'heartbeat payload');
 }
 
-/** One decoder for every payload: a non-streaming decode() keeps no state between calls. */
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
-
+/**
+ * Strict JSON (core/json.ts): no duplicate keys, capped in size; two levels of
+ * nesting above the limit so that assertHeartbeat names the field that nests too deep.
+ */
 function parseBody(body: Buffer): unknown {
   try {
-    return JSON.parse(UTF8.decode(body));
+    return parseJsonStrict(body, {
+      maxBytes: HEARTBEAT_LIMITS.maxPayloadBytes,
+      maxDepth: HEARTBEAT_LIMITS.maxDepth + 2,
+    });
   } catch (e) {
-    throw new FerryError('ENVELOPE_INVALID', 'heartbeat: payload is not UTF-8 JSON', { cause: e });
+    throw new FerryError(
+      'ENVELOPE_INVALID',
+      `heartbeat: payload is not strict UTF-8 JSON: ${(e as Error).message}`,
+      {
+        cause: e,
+      },
+    );
   }
 }
 

@@ -2,10 +2,18 @@ import { isSha256Hex } from './encoding.js';
 import { isSemver } from './semver.js';
 import { FerryError } from './errors.js';
 import { parseIsoUtc } from './time.js';
+import { JsonError, parseJsonStrict } from './json.js';
+import { parseEnvelope, type Envelope } from './dsse.js';
 
 export const MANIFEST_PAYLOAD_TYPE = 'application/vnd.ferry.manifest+json';
-/** Hard limit on the manifest envelope (a bundle's first entry). */
+/**
+ * Hard limit on the manifest envelope (a bundle's first entry, a mirror's
+ * `GET /v1/manifest`), checked before a byte of it is parsed. The signed
+ * payload inside is smaller still (base64 grows it by a third).
+ */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** Deepest nesting a manifest has: payload → rollout → waves → wave (or window → days). */
+const MANIFEST_DEPTH = 4;
 
 export const ARTIFACT_KINDS = ['agent', 'script', 'policy', 'file'] as const;
 export type ArtifactKind = (typeof ARTIFACT_KINDS)[number];
@@ -59,6 +67,33 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+type Bad = (field: string, why: string) => FerryError;
+
+const FIELDS = {
+  manifest: [
+    'type',
+    'publisher',
+    'sequence',
+    'created',
+    'expires',
+    'sites',
+    'artifacts',
+    'rollout',
+    'pins',
+    'minAgentVersion',
+  ],
+  artifact: ['name', 'kind', 'version', 'platform', 'interpreter', 'sha256', 'size'],
+  rollout: ['agent', 'strategy', 'waves', 'maxFailureRate', 'window'],
+  wave: ['percent', 'soakMinutes'],
+  window: ['days', 'start', 'end', 'tz'],
+} as const;
+
+/** A signed document means only what ferry reads: a field it does not know is refused, by name. */
+function onlyKnown(o: Record<string, unknown>, known: readonly string[], at: string, bad: Bad): void {
+  for (const k of Object.keys(o))
+    if (!known.includes(k)) throw bad(at === '' ? JSON.stringify(k) : `${at}.${k}`, 'is not a known field');
+}
+
 export { isSemver };
 
 /** Validates an untrusted manifest payload; the message names the bad field. */
@@ -68,6 +103,7 @@ export function assertManifest(
 ): asserts v is Manifest {
   const bad = (field: string, why: string) => new FerryError(code, `manifest: ${field} ${why}`);
   if (!isObject(v)) throw bad('payload', 'is not a JSON object');
+  onlyKnown(v, FIELDS.manifest, '', bad);
   if (v.type !== 'ferry.manifest/v1') throw bad('type', 'must be "ferry.manifest/v1"');
   if (typeof v.publisher !== 'string' || !NAME.test(v.publisher))
     throw bad('publisher', 'must be a name of A-Z a-z 0-9 . _ -');
@@ -88,6 +124,7 @@ export function assertManifest(
   for (const [i, a] of (v.artifacts as unknown[]).entries()) {
     const f = `artifacts[${i}]`;
     if (!isObject(a)) throw bad(f, 'is not an object');
+    onlyKnown(a, FIELDS.artifact, f, bad);
     if (typeof a.name !== 'string' || !NAME.test(a.name))
       throw bad(`${f}.name`, 'must be a name of A-Z a-z 0-9 . _ -');
     if (names.has(a.name)) throw bad(`${f}.name`, `${a.name} appears twice`);
@@ -131,8 +168,9 @@ export function assertManifest(
     throw bad('minAgentVersion', 'must be semver');
 }
 
-function assertRollout(r: unknown, bad: (f: string, why: string) => FerryError): void {
+function assertRollout(r: unknown, bad: Bad): void {
   if (!isObject(r)) throw bad('rollout', 'must be an object');
+  onlyKnown(r, FIELDS.rollout, 'rollout', bad);
   if (!isSemver(r.agent)) throw bad('rollout.agent', 'must be a semver version');
   if (r.strategy !== undefined && typeof r.strategy !== 'string')
     throw bad('rollout.strategy', 'must be a string');
@@ -143,6 +181,7 @@ function assertRollout(r: unknown, bad: (f: string, why: string) => FerryError):
     if (!isObject(w) || typeof w.percent !== 'number' || !(w.percent > last && w.percent <= 100)) {
       throw bad(`rollout.waves[${i}].percent`, 'must grow and be at most 100');
     }
+    onlyKnown(w, FIELDS.wave, `rollout.waves[${i}]`, bad);
     last = w.percent;
     if (
       w.soakMinutes !== undefined &&
@@ -167,6 +206,7 @@ function assertRollout(r: unknown, bad: (f: string, why: string) => FerryError):
     ) {
       throw bad('rollout.window.days', `must list days of ${DAYS.join(' ')}`);
     }
+    onlyKnown(w, FIELDS.window, 'rollout.window', bad);
     if (typeof w.start !== 'string' || !HHMM.test(w.start))
       throw bad('rollout.window.start', 'must be HH:MM');
     if (typeof w.end !== 'string' || !HHMM.test(w.end)) throw bad('rollout.window.end', 'must be HH:MM');
@@ -179,13 +219,42 @@ function assertRollout(r: unknown, bad: (f: string, why: string) => FerryError):
   }
 }
 
-/** Parses the exact signed payload bytes into a validated manifest. */
+/**
+ * Parses a manifest envelope: MANIFEST_TOO_LARGE above `maxBytes` before a byte
+ * is parsed, then strict JSON and the envelope's shape (core/dsse.ts).
+ */
+export function parseManifestEnvelope(
+  bytes: Uint8Array,
+  what = 'manifest envelope',
+  maxBytes = MAX_MANIFEST_BYTES,
+): Envelope {
+  if (bytes.byteLength > maxBytes)
+    throw new FerryError(
+      'MANIFEST_TOO_LARGE',
+      `${what} is ${bytes.byteLength} bytes; the limit is ${maxBytes}`,
+    );
+  return parseEnvelope(bytes, what, maxBytes);
+}
+
+/**
+ * Parses the exact signed payload bytes into a validated manifest: strict JSON
+ * (core/json.ts) no deeper than a manifest nests, then every field checked and
+ * any unknown one refused.
+ */
 export function decodeManifest(body: Uint8Array): Manifest {
+  if (body.byteLength > MAX_MANIFEST_BYTES)
+    throw new FerryError(
+      'MANIFEST_TOO_LARGE',
+      `manifest payload is ${body.byteLength} bytes; the limit is ${MAX_MANIFEST_BYTES}`,
+    );
   let v: unknown;
   try {
-    v = JSON.parse(Buffer.from(body).toString('utf8'));
+    v = parseJsonStrict(body, { maxBytes: MAX_MANIFEST_BYTES, maxDepth: MANIFEST_DEPTH });
   } catch (e) {
-    throw new FerryError('MANIFEST_INVALID', 'manifest: payload is not valid JSON', { cause: e });
+    if (!(e instanceof JsonError)) throw e;
+    throw new FerryError('MANIFEST_INVALID', `manifest: payload is not strict JSON: ${e.message}`, {
+      cause: e,
+    });
   }
   assertManifest(v);
   return v;

@@ -6,6 +6,7 @@
  */
 import { posix } from 'node:path';
 import { CodedError } from './errors.js';
+import { JsonError, parseJsonStrict } from './json.js';
 
 export const POLICY_TYPE = 'ferry.policy/v1';
 /** Hard limit on a policy document. */
@@ -19,6 +20,9 @@ export type PolicyErrorCode = 'POLICY_INVALID' | 'POLICY_TOO_LARGE';
 
 /** A signed policy document that does not validate; the message names the bad field. */
 export class PolicyError extends CodedError<PolicyErrorCode> {}
+
+/** Deepest nesting a policy has: document → scripts → entry → args. */
+const POLICY_DEPTH = 4;
 
 export type Schedule = { kind: 'once' } | { kind: 'boot' } | { kind: 'every'; intervalMs: number };
 
@@ -214,9 +218,12 @@ export function decodePolicy(body: Uint8Array): Policy {
     throw new PolicyError('POLICY_TOO_LARGE', `policy: document is larger than ${MAX_POLICY_BYTES} bytes`);
   let v: unknown;
   try {
-    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+    v = parseJsonStrict(body, { maxBytes: MAX_POLICY_BYTES, maxDepth: POLICY_DEPTH });
   } catch (e) {
-    throw new PolicyError('POLICY_INVALID', 'policy: document is not valid UTF-8 JSON', { cause: e });
+    if (!(e instanceof JsonError)) throw e;
+    throw new PolicyError('POLICY_INVALID', `policy: document is not strict UTF-8 JSON: ${e.message}`, {
+      cause: e,
+    });
   }
   assertPolicy(v);
   return normalizePolicy(v);

@@ -2,13 +2,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { chmod, writeFile } from 'node:fs/promises';
 import { makeKey, makeRootEnvelope, tempDir } from '../test/helpers/fixtures.js';
-import { parseEnvelope, serializeEnvelope } from './dsse.js';
+import { parseEnvelope, serializeEnvelope, signEnvelope } from './dsse.js';
 import { loadPrivateKey, loadPublicKey, type PrivateKey } from '../platform/keyfile.js';
 import {
   assertRootNotExpired,
   buildRootPayload,
   loadPinnedRoot,
   signRoot,
+  ROOT_PAYLOAD_TYPE,
   trustPinnedRoot,
   verifyNextRoot,
   walkRootChain,
@@ -182,5 +183,77 @@ describe('trust root', () => {
       mutate((p) => (p.created = '2026-11-22T10:00:00+01:00')),
     ];
     for (const e of bad) expect(() => trustPinnedRoot(e)).toThrowError(code('ROOT_INVALID'));
+  });
+});
+
+describe('root payload: strict fields', () => {
+  const payloadOf = (env: { payload: string }) =>
+    JSON.parse(Buffer.from(env.payload, 'base64').toString()) as Record<string, unknown>;
+  const signed = (body: string) => signEnvelope(ROOT_PAYLOAD_TYPE, Buffer.from(body), [k.r1!]);
+  const base = () => payloadOf(makeRootEnvelope({ rootKeys: [k.r1!], bundleKeys: [k.b1!] }));
+
+  it('accepts an optional created time and refuses a bad one', () => {
+    const p = base();
+    const expires = String(p.expires);
+    expect(
+      trustPinnedRoot(signed(JSON.stringify({ ...p, created: isoUtc(Date.now()) }))).payload.created,
+    ).toMatch(/Z$/);
+    for (const created of ['yesterday', 12, expires, isoUtc(Date.parse(expires) + 1000)])
+      expect(() => trustPinnedRoot(signed(JSON.stringify({ ...p, created })))).toThrowError(
+        expect.objectContaining({
+          code: 'ROOT_INVALID',
+          message: expect.stringMatching(/created/) as string,
+        }),
+      );
+  });
+
+  it('refuses an unknown field at every level, naming it, although validly signed', () => {
+    const p = base();
+    const keyid = Object.keys(p.keys as object)[0]!;
+    const roles = p.roles as Record<string, Record<string, unknown>>;
+    const keys = p.keys as Record<string, Record<string, unknown>>;
+    const cases: [unknown, RegExp][] = [
+      [{ ...p, extra: { note: 1 } }, /"extra" is not a known field/],
+      [
+        { ...p, keys: { ...keys, [keyid]: { ...keys[keyid], note: 'x' } } },
+        /keys\.[0-9a-f]+\."note" is not a known field/,
+      ],
+      [{ ...p, roles: { ...roles, admin: roles.root } }, /roles\."admin" is not a known field/],
+      [
+        { ...p, roles: { ...roles, bundle: { ...roles.bundle, quorum: 1 } } },
+        /roles\.bundle\."quorum" is not a known field/,
+      ],
+    ];
+    for (const [payload, why] of cases)
+      expect(() => trustPinnedRoot(signed(JSON.stringify(payload)))).toThrowError(
+        expect.objectContaining({ code: 'ROOT_INVALID', message: expect.stringMatching(why) as string }),
+      );
+  });
+
+  it('refuses a payload with a duplicate key or deeper than a root nests', () => {
+    const text = JSON.stringify(base());
+    const dup = text.replace('"version":1', '"version":2,"version":1');
+    expect(() => trustPinnedRoot(signed(dup))).toThrowError(
+      expect.objectContaining({
+        code: 'ROOT_INVALID',
+        message: expect.stringMatching(/duplicate key "version"/) as string,
+      }),
+    );
+    const deep = text.replace('"version":1', '"version":1,"x":[[[[[[1]]]]]]');
+    expect(() => trustPinnedRoot(signed(deep))).toThrowError(
+      expect.objectContaining({
+        code: 'ROOT_INVALID',
+        message: expect.stringMatching(/nesting deeper/) as string,
+      }),
+    );
+    // a key named like an Object.prototype member is not a key the root holds
+    const proto = JSON.parse(text) as { roles: { bundle: { keyids: string[] } } };
+    proto.roles.bundle.keyids = ['constructor'];
+    expect(() => trustPinnedRoot(signed(JSON.stringify(proto)))).toThrowError(
+      expect.objectContaining({
+        code: 'ROOT_INVALID',
+        message: expect.stringMatching(/unknown key constructor/) as string,
+      }),
+    );
   });
 });

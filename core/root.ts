@@ -11,10 +11,16 @@ import {
 } from './dsse.js';
 import { parseIsoUtc } from './time.js';
 import { initialFreshness, rootRefusal } from './freshness.js';
+import { JsonError, parseJsonStrict } from './json.js';
 import type { PublicKey } from './keys.js';
 
 export const ROOT_PAYLOAD_TYPE = 'application/vnd.ferry.root+json';
+/** Hard limit on one root envelope, checked before it is parsed. */
 export const MAX_ROOT_BYTES = 256 * 1024;
+/** Hard limit on a whole chain as a mirror serves it (`GET /v1/root`): years of rotations fit many times over. */
+export const MAX_ROOT_CHAIN_BYTES = 4 * 1024 * 1024;
+/** Deepest nesting a root payload has: payload → roles → role → keyids. */
+const ROOT_DEPTH = 4;
 
 export type RoleName = 'root' | 'bundle';
 
@@ -43,31 +49,48 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+const FIELDS = ['type', 'version', 'expires', 'created', 'keys', 'roles'];
+const ROLE_NAMES = ['root', 'bundle'];
+
+/** A signed document means only what ferry reads: a field it does not know is refused, by name. */
+function onlyKnown(o: Record<string, unknown>, known: readonly string[], at: string): void {
+  for (const k of Object.keys(o))
+    if (!known.includes(k)) throw bad(`${at}${JSON.stringify(k)} is not a known field`);
+}
+
 export function assertRootPayload(v: unknown): asserts v is RootPayload {
   if (!isObject(v)) throw bad('payload is not a JSON object');
+  onlyKnown(v, FIELDS, '');
   if (v.type !== 'ferry.root/v1') throw bad('type must be "ferry.root/v1"');
   if (!Number.isSafeInteger(v.version) || (v.version as number) < 1)
     throw bad('version must be a positive integer');
-  if (parseIsoUtc(v.expires) === undefined) throw bad('expires must be an ISO UTC time');
-  if (v.created !== undefined && parseIsoUtc(v.created) === undefined)
-    throw bad('created must be an ISO UTC time');
+  const expires = parseIsoUtc(v.expires);
+  if (expires === undefined) throw bad('expires must be an ISO UTC time');
+  if (v.created !== undefined) {
+    const created = parseIsoUtc(v.created);
+    if (created === undefined) throw bad('created must be an ISO UTC time');
+    if (created >= expires) throw bad('created must be before expires');
+  }
   if (!isObject(v.keys)) throw bad('keys must be an object');
   for (const [keyid, k] of Object.entries(v.keys)) {
     if (!isObject(k) || k.type !== 'ed25519' || typeof k.public !== 'string')
       throw bad(`keys.${keyid} must be {type:"ed25519", public}`);
+    onlyKnown(k, ['type', 'public'], `keys.${keyid}.`);
     const pub = decodeHex(k.public, 32, `root keys.${keyid}.public`);
     if (createHash('sha256').update(pub).digest('hex') !== keyid)
       throw bad(`keys.${keyid}: keyid is not the SHA-256 of the public key`);
   }
   if (!isObject(v.roles)) throw bad('roles must be an object');
+  onlyKnown(v.roles, ROLE_NAMES, 'roles.');
   for (const role of ['root', 'bundle'] as const) {
     const r = v.roles[role];
     if (!isObject(r) || !Array.isArray(r.keyids)) throw bad(`roles.${role} must be {keyids, threshold}`);
+    onlyKnown(r, ['keyids', 'threshold'], `roles.${role}.`);
     const ids = r.keyids as unknown[];
     if (ids.length === 0) throw bad(`roles.${role} has no keys`);
     if (new Set(ids).size !== ids.length) throw bad(`roles.${role} lists a key twice`);
     for (const id of ids)
-      if (typeof id !== 'string' || !(id in v.keys))
+      if (typeof id !== 'string' || !Object.hasOwn(v.keys, id))
         throw bad(`roles.${role} names unknown key ${String(id)}`);
     const t = r.threshold;
     if (!Number.isSafeInteger(t) || (t as number) < 1 || (t as number) > ids.length) {
@@ -82,12 +105,14 @@ function roleKeys(p: RootPayload, role: RoleName): RoleKeys {
   return { keys, threshold: p.roles[role].threshold };
 }
 
+/** The exact payload bytes as strict JSON (core/json.ts), capped and no deeper than a root nests. */
 function decodePayload(body: Buffer): RootPayload {
   let v: unknown;
   try {
-    v = JSON.parse(body.toString('utf8'));
+    v = parseJsonStrict(body, { maxBytes: MAX_ROOT_BYTES, maxDepth: ROOT_DEPTH });
   } catch (e) {
-    throw new FerryError('ROOT_INVALID', 'root: payload is not valid JSON', { cause: e });
+    if (!(e instanceof JsonError)) throw e;
+    throw new FerryError('ROOT_INVALID', `root: payload is not strict JSON: ${e.message}`, { cause: e });
   }
   assertRootPayload(v);
   return v;
@@ -220,7 +245,7 @@ export function signRoot(payload: RootPayload, signers: readonly Signer[]): Enve
 export function loadPinnedRoot(bytes: Uint8Array | string): TrustedRoot {
   if (bytes.length > MAX_ROOT_BYTES)
     throw new FerryError('ROOT_INVALID', `root file is larger than ${MAX_ROOT_BYTES} bytes`);
-  return trustPinnedRoot(parseEnvelope(bytes, 'root'));
+  return trustPinnedRoot(parseEnvelope(bytes, 'root', MAX_ROOT_BYTES));
 }
 
 /**
@@ -230,7 +255,9 @@ export function loadPinnedRoot(bytes: Uint8Array | string): TrustedRoot {
  */
 export function trustStoredChain(rootsBase64: readonly string[]): TrustedRoot {
   if (rootsBase64.length === 0) throw new FerryError('ROOT_INVALID', 'no pinned root');
-  const envs = rootsBase64.map((b64, i) => parseEnvelope(decodeBase64Strict(b64, `roots[${i}]`), 'root'));
+  const envs = rootsBase64.map((b64, i) =>
+    parseEnvelope(decodeBase64Strict(b64, `roots[${i}]`), 'root', MAX_ROOT_BYTES),
+  );
   let root = trustPinnedRoot(envs[0]!);
   for (const env of envs.slice(1)) root = verifyNextRoot(root, env);
   return root;

@@ -42,6 +42,7 @@ import {
 import { keyIdOf } from './ed25519.js';
 import { CodedError } from './errors.js';
 import { isAgentId } from './heartbeat.js';
+import { parseJsonStrict } from './json.js';
 
 export const BATCH_PAYLOAD_TYPE = 'application/vnd.ferry.telemetry-batch+json';
 export const BATCH_TYPE = 'ferry.telemetry-batch/v1';
@@ -248,11 +249,18 @@ export function assertCarriedBatch(v: unknown, what = 'batch'): asserts v is Car
   assertVia(o.via, `${what}.via`);
 }
 
-function parseJson(body: Buffer, what: string): unknown {
+/**
+ * Deepest nesting of ferry's telemetry formats: batch → records → record →
+ * agent → request envelope → signatures → signature.
+ */
+const TELEMETRY_DEPTH = 8;
+
+/** A signed payload as strict JSON (core/json.ts): no duplicate keys, capped in size and depth. */
+function parseJson(body: Buffer, what: string, maxBytes: number = TELEMETRY_LIMITS.batchBytes): unknown {
   try {
-    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
-  } catch {
-    throw invalid(`${what}: payload is not UTF-8 JSON`);
+    return parseJsonStrict(body, { maxBytes, maxDepth: TELEMETRY_DEPTH });
+  } catch (e) {
+    throw invalid(`${what}: payload is not strict UTF-8 JSON: ${(e as Error).message}`);
   }
 }
 
@@ -374,9 +382,9 @@ export function signExportHeader(h: ExportHeader, mirrorKey: Signer): { line: st
 export function readExportHeader(line: string): { envelope: Envelope; header: ExportHeader; hash: string } {
   let v: unknown;
   try {
-    v = JSON.parse(line);
-  } catch {
-    throw invalid('export: first line is not JSON');
+    v = parseJsonStrict(line, { maxBytes: TELEMETRY_LIMITS.exportLineBytes, maxDepth: 3 });
+  } catch (e) {
+    throw invalid(`export: first line is not strict JSON: ${(e as Error).message}`);
   }
   const envelope = envelopeField(v, 'export header');
   if (envelope.payloadType !== EXPORT_PAYLOAD_TYPE)

@@ -181,7 +181,7 @@ async function readEntries(r: PullReader, opts: ReadBundleOptions): Promise<Bund
         );
       }
       envelopeBytes = await readSmall(r, size, 'the manifest');
-      envelope = parseEnvelope(envelopeBytes, 'manifest envelope');
+      envelope = parseEnvelope(envelopeBytes, 'manifest envelope', maxManifest);
       phase = 'roots';
     } else if (rootMatch) {
       if (phase !== 'roots')
@@ -196,7 +196,7 @@ async function readEntries(r: PullReader, opts: ReadBundleOptions): Promise<Bund
       if (size > maxRoot)
         throw new FerryError('ENTRY_TOO_LARGE', `${name} is ${size} bytes; the limit is ${maxRoot}`);
       const bytes = await readSmall(r, size, name);
-      const env = parseEnvelope(bytes, name);
+      const env = parseEnvelope(bytes, name, maxRoot);
       if (peekRootPayload(env).version !== version) {
         throw new FerryError('ROOT_INVALID', `${name} holds a root of another version`);
       }

@@ -22,6 +22,8 @@ export interface ReportContext {
   now: () => number;
   version: string;
   timeoutMs: number;
+  /** The enrolment token, for a mirror that has not met this agent yet (never logged). */
+  token?: string;
 }
 
 /**
@@ -106,6 +108,7 @@ export async function drainOutbox(
             platform: platformOf(),
             groups: state.groups,
             timeoutMs: ctx.timeoutMs,
+            ...(ctx.token !== undefined && { token: ctx.token }),
           });
           ctx.log.info('agent.enrolled', { mirror, agentId: ctx.identity.agentId });
           continue;

@@ -45,6 +45,11 @@ export interface AgentOptions {
   updateLimits?: Partial<UpdateLimits>;
   /** Keep `mirrors` as the agent's configuration (run), or use them for this process only (poll). */
   persistMirrors?: boolean;
+  /**
+   * The enrolment token (`ferry mirror token create`), needed only until a mirror has enrolled this
+   * agent; sent inside the signed enrolment request and never logged.
+   */
+  token?: string;
 }
 
 export interface CycleResult {
@@ -193,6 +198,7 @@ export class Agent {
       now: this.now,
       version: this.o.version,
       timeoutMs,
+      ...(this.o.token !== undefined && { token: this.o.token }),
     };
     if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
@@ -249,12 +255,18 @@ export class Agent {
           platform: platformOf(),
           groups: this.state.groups,
           timeoutMs,
+          ...(this.o.token !== undefined && { token: this.o.token }),
         });
         await this.save({ ...this.state, agentId });
         this.o.log.info('agent.enrolled', { mirror, agentId });
         return;
       } catch (e) {
-        this.o.log.warn('agent.enroll_failed', { mirror, reason: (e as Error).message });
+        const code = (e as { code?: unknown }).code;
+        this.o.log.warn('agent.enroll_failed', {
+          mirror,
+          ...(typeof code === 'string' && { code }),
+          reason: (e as Error).message,
+        });
       }
     }
   }

@@ -22,7 +22,17 @@ export type TelemetryView = ForwardStatus & {
   exports: number;
   /** The keyid of the server key courier acks are checked with, once pinned. */
   serverKey?: string;
+  /** How agents enrol: with a token (the default), or open to any (`serve --open-enrolment`). */
+  enrolment?: 'token' | 'open';
 };
+
+function enrolmentLine(t: TelemetryView | undefined): string {
+  if (t?.enrolment === 'open')
+    return '<p id="enrolment" class="bad">OPEN ENROLMENT: any agent that asks is enrolled, with the groups it claims (serve --open-enrolment)</p>';
+  if (t?.enrolment === 'token')
+    return '<p id="enrolment">enrolment needs a token (<code>ferry mirror token create</code>)</p>';
+  return '';
+}
 
 export interface StatusView {
   state: MirrorState;
@@ -78,6 +88,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-
 </style></head><body>
 <h1>ferry mirror — site <span id="site">${esc(state.site)}</span></h1>
 <p>trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined</p>
+${enrolmentLine(v.telemetry)}
 <h2>Active bundle</h2>
 ${activeBlock}
 <h2>Telemetry outbox</h2>

@@ -15,8 +15,31 @@ const mirrorsOf = (p: Parsed) =>
     .map((m) => m.trim())
     .filter(Boolean);
 
-function agentFrom(p: Parsed, persistMirrors = true): Agent {
+/**
+ * The enrolment token from --token or --token-file (one of them): only what the first enrolment needs.
+ * A token file's surrounding whitespace is ignored; the token itself never appears in a message.
+ */
+export async function tokenFrom(p: Parsed): Promise<string | undefined> {
+  const token = str(p, 'token', false);
+  const file = str(p, 'token-file', false);
+  if (token && file) throw new FerryError('USAGE', '--token and --token-file: give one of them');
+  if (token) return token;
+  if (!file) return undefined;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new FerryError('USAGE', `--token-file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'unreadable'}`);
+  }
+  const t = text.trim();
+  if (t === '' || t.length > 4096 || /\s/.test(t))
+    throw new FerryError('USAGE', `--token-file ${file} must hold one token`);
+  return t;
+}
+
+async function agentFrom(p: Parsed, persistMirrors = true): Promise<Agent> {
   const allow = list(p, 'allow-interpreter', false);
+  const token = await tokenFrom(p);
   return new Agent({
     stateDir: str(p, 'state'),
     mirrors: mirrorsOf(p),
@@ -33,6 +56,7 @@ function agentFrom(p: Parsed, persistMirrors = true): Agent {
     ...(str(p, 'metrics-file', false) && { metricsFile: str(p, 'metrics-file') }),
     ...(str(p, 'install-root', false) && { installRoot: str(p, 'install-root') }),
     ...(p.values['update-soak'] !== undefined && { updateLimits: { soakMs: int(p, 'update-soak') * 1000 } }),
+    ...(token !== undefined && { token }),
   });
 }
 
@@ -58,6 +82,8 @@ const CONFIG_KEYS: Record<string, { flag: string; kind: 'string' | 'list' | 'num
   metricsFile: { flag: 'metrics-file', kind: 'string' },
   installRoot: { flag: 'install-root', kind: 'string' },
   updateSoak: { flag: 'update-soak', kind: 'number' },
+  token: { flag: 'token', kind: 'string' },
+  tokenFile: { flag: 'token-file', kind: 'string' },
 };
 
 /** Fills options from `--config FILE` (JSON) where the command line did not give them. */
@@ -76,7 +102,7 @@ export async function withConfig(p: Parsed): Promise<Parsed> {
     throw new FerryError('USAGE', `--config ${path}: not a JSON object`);
   const values = { ...p.values };
   for (const [key, raw] of Object.entries(v)) {
-    const spec = CONFIG_KEYS[key];
+    const spec = Object.hasOwn(CONFIG_KEYS, key) ? CONFIG_KEYS[key] : undefined;
     if (!spec) throw new FerryError('USAGE', `--config ${path}: unknown key ${JSON.stringify(key)}`);
     const ok =
       spec.kind === 'list'
@@ -109,6 +135,8 @@ const RUN_OPTIONS = {
   'metrics-file': { type: 'string' },
   'install-root': { type: 'string' },
   'update-soak': { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
 } as const;
 
 export const agentRun: Command = {
@@ -122,13 +150,16 @@ export const agentRun: Command = {
     'Self-update: --install-root DIR holds versions/<v>/ferry-agent and the current symlink (default\n' +
     '$FERRY_AGENT_INSTALL_ROOT, else the root this binary was started from as <root>/current/ferry-agent);\n' +
     '--update-soak SEC is how long a new version must keep running after its health check before it is\n' +
-    'committed (default 600). Config keys installRoot, updateSoak.',
+    'committed (default 600). Config keys installRoot, updateSoak.\n' +
+    'Enrolment: --token T (or --token-file F holding it; config keys token, tokenFile) is the token the site\n' +
+    'operator made with `ferry mirror token create`; it is needed only until a mirror has enrolled this agent\n' +
+    'and is never logged.',
   usage:
-    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC]',
+    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC] [--token T | --token-file F]',
   options: RUN_OPTIONS,
   async run(parsed) {
     const p = await withConfig(parsed);
-    const agent = agentFrom(p);
+    const agent = await agentFrom(p);
     await agent.init();
     process.on('SIGUSR1', () => agent.pollNow());
     process.once('SIGTERM', () => agent.stop());
@@ -164,7 +195,7 @@ export const agentPoll: Command = {
       else io.out(`asked the running agent (pid ${pid}) to poll now`);
       return 0;
     }
-    const agent = agentFrom(p, false); // --mirror here is for this poll only
+    const agent = await agentFrom(p, false); // --mirror here is for this poll only
     await agent.init();
     const r = await agent.cycle();
     const summary = {

@@ -13,6 +13,7 @@ import type { BatchOutcome } from '../server/ingest.js';
 import { addRange, has, hasRange, holes, type Interval } from '../server/intervals.js';
 import { registerMirror } from '../server/mirrors.js';
 import { ServerStore } from '../server/store.js';
+import { snapshotDir } from './helpers/fixtures.js';
 import type { CarriedBatch } from '../core/telemetry.js';
 import {
   altered,
@@ -138,8 +139,10 @@ describe('carried batches', () => {
     await store.close();
   });
 
-  it('refuses a whole batch from an unknown mirror or signed by another key, and journals it', async () => {
+  it('refuses a whole batch from an unknown mirror or signed by another key: counted, never journaled', async () => {
     const { dir, store } = await newStore();
+    const files = async () => Object.fromEntries(Object.entries(await snapshotDir(dir)).filter(([k]) => k !== 'lock'));
+    const before = await files();
     const a = makeAgent();
     const [unknown, forged] = await send(
       store,
@@ -155,14 +158,19 @@ describe('carried batches', () => {
     expect(loop).toMatchObject({ ok: false, code: 'LOOP' });
     expect(store.fleet()).toEqual([]);
     expect(store.state.mirrors[m1.id]).toBeUndefined(); // nothing covered: a good copy is still welcome
-    await store.close();
-    const again = await ServerStore.open(dir);
-    expect(again.state.rejectionCounts).toEqual({
+    // none of them authenticated as a registered mirror: counted, and nothing written
+    expect(Object.fromEntries(store.unauthenticated)).toEqual({
       UNKNOWN_MIRROR: 1,
       BAD_SIGNATURE: 1,
       TELEMETRY_INVALID: 1,
       LOOP: 1,
     });
+    expect(store.journalHead).toBe(0);
+    expect(await files()).toEqual(before);
+    await store.close();
+    expect(await files()).toEqual(before);
+    const again = await ServerStore.open(dir);
+    expect(again.state.rejectionCounts).toEqual({});
     await again.close();
   });
 

@@ -13,7 +13,7 @@ import { loadPinnedRoot } from '../core/root.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
-import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
+import { enroll, EnrolRefusedError, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
 import { Outbox } from './outbox.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
@@ -53,6 +53,8 @@ export interface AgentOptions {
 }
 
 export interface CycleResult {
+  /** Set when this cycle's enrolment was refused by every mirror that answered (the last refusal). */
+  enrolRefused?: { code: string; message: string };
   sync: SyncOutcome;
   apply: ApplyReport;
   sent: number;
@@ -155,7 +157,7 @@ export class Agent {
     const m = this.metrics;
     const timeoutMs = this.o.timeoutMs ?? 30_000;
     const cacheDir = join(this.o.stateDir, 'cache');
-    if (this.state.agentId === null) await this.tryEnroll(timeoutMs);
+    const enrolRefused = this.state.agentId === null ? await this.tryEnroll(timeoutMs) : undefined;
 
     const t0 = performance.now();
     const onBytes = (_have: number, _total: number, n: number) =>
@@ -223,7 +225,13 @@ export class Agent {
       sent,
       disconnectedSec,
     });
-    return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
+    return {
+      ...(enrolRefused && this.state.agentId === null && { enrolRefused }),
+      sync: synced.outcome,
+      apply: applied.report,
+      sent,
+      state: this.state,
+    };
   }
 
   /** After apply, before the heartbeat: health checks, soak, a new update; queues its reports. */
@@ -247,7 +255,9 @@ export class Agent {
     if (await queueUpdateReports(rctx, this.state, reports)) await u.markReported(reports.length);
   }
 
-  private async tryEnroll(timeoutMs: number): Promise<void> {
+  /** Enrols with the first mirror that admits this agent; answers the last refusal when none did. */
+  private async tryEnroll(timeoutMs: number): Promise<{ code: string; message: string } | undefined> {
+    let refused: { code: string; message: string } | undefined;
     for (const mirror of this.mirrors.candidates(this.now())) {
       try {
         const agentId = await enroll(mirror, this.identity, {
@@ -259,16 +269,18 @@ export class Agent {
         });
         await this.save({ ...this.state, agentId });
         this.o.log.info('agent.enrolled', { mirror, agentId });
-        return;
+        return undefined;
       } catch (e) {
-        const code = (e as { code?: unknown }).code;
+        const message = (e as Error).message;
+        if (e instanceof EnrolRefusedError) refused = { code: e.code, message };
         this.o.log.warn('agent.enroll_failed', {
           mirror,
-          ...(typeof code === 'string' && { code }),
-          reason: (e as Error).message,
+          ...(e instanceof EnrolRefusedError && { code: e.code }),
+          reason: message,
         });
       }
     }
+    return refused;
   }
 
   private async save(next: AgentState): Promise<void> {

@@ -209,15 +209,22 @@ export const agentPoll: Command = {
       drift: r.apply.files.filter((f) => f.status !== 'ok'),
       sent: r.sent,
     };
-    const refusal = r.sync.kind === 'refused' ? { code: r.sync.code, message: r.sync.reason } : {};
-    if (p.json) printJson(io, { ok: r.sync.kind !== 'refused', ...refusal, ...summary });
+    const refusal =
+      r.sync.kind === 'refused'
+        ? { code: r.sync.code, message: r.sync.reason }
+        : r.enrolRefused
+          ? { code: r.enrolRefused.code, message: r.enrolRefused.message }
+          : {};
+    const failed = r.sync.kind === 'refused' || r.enrolRefused !== undefined;
+    if (p.json) printJson(io, { ok: !failed, ...refusal, ...summary });
     else
       io.out(
-        `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
+        `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent` +
+          (r.enrolRefused ? '; not enrolled' : ''),
       );
-    if (r.sync.kind === 'refused' && !p.json) io.err(`ferry: ${r.sync.code}: ${r.sync.reason}`);
-    // a refused update is a failure the operator must act on (exit 1); the running state is unchanged
-    return r.sync.kind === 'refused' ? 1 : 0;
+    if (failed && !p.json && 'code' in refusal) io.err(`ferry: ${refusal.code}: ${refusal.message}`);
+    // a refused update or enrolment is a failure the operator must act on (exit 1); the running state is unchanged
+    return failed ? 1 : 0;
   },
 };
 

@@ -62,6 +62,16 @@ async function newMirror(extra: { openEnrolment?: boolean; site?: string } = {})
   return { data, m };
 }
 
+/** No file under `dir` holds `secret`, as it is or inside a base64 DSSE payload. */
+async function expectSecretNowhere(dir: string, secret: string): Promise<void> {
+  for (const f of Object.keys(await snapshotDir(dir))) {
+    const text = (await readFile(join(dir, f)).catch(() => Buffer.alloc(0))).toString('utf8');
+    expect(text.includes(secret), f).toBe(false);
+    for (const m of text.matchAll(/"payload":\s*"([A-Za-z0-9+/=]+)"/g))
+      expect(Buffer.from(m[1]!, 'base64').toString('utf8').includes(secret), f).toBe(false);
+  }
+}
+
 async function ok(args: string[]): Promise<string> {
   const r = await runFerry(args);
   if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} → ${r.code}: ${r.stdout}${r.stderr}`);
@@ -112,6 +122,7 @@ describe('POST /v1/enroll needs a token', () => {
     expect(await enrolAt(m, a, good.token)).toMatchObject({ status: 200, json: { agentId: a.agentId, groups: ['web'] } });
     const rec = JSON.parse(await readFile(join(data, 'agents', `${a.agentId}.json`), 'utf8')) as Record<string, unknown>;
     expect(rec).toMatchObject({ groups: ['web'], tokenId: good.id });
+    await expectSecretNowhere(data, secret!);
     // the log names tokens by id and never holds a secret
     expect(m.stderr()).toContain(good.id);
     for (const t of [good, spent, revoked, shortLived]) expect(m.stderr()).not.toContain(t.token.split(':')[3]);

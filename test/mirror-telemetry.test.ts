@@ -107,7 +107,11 @@ describe('POST /v1/enroll', () => {
       unknown
     >;
     expect(rec).toMatchObject({ id, keyid: a.keyid, groups: ['canary', 'plant-7'], tokenId });
-    expect(JSON.stringify(rec)).not.toContain(token.split(':')[3]); // the secret is not kept
+    expect(rec.request).toBeUndefined(); // the signed request carries the token's secret: not kept
+    const box = await agentsFor(store).outbox();
+    const sent = (await box.read(1)).filter((r) => r.kind === 'enrolment' && r.agent.agentId === id);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]).not.toHaveProperty('agent.request'); // nor sent home
     // enrolled: asking again needs no token (the token is spent) and changes nothing
     const snapshot = await snapshotDir(store.dir);
     expect(await enroll(base, a, { ...info, groups: ['other'] })).toBe(id);

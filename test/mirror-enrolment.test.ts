@@ -6,7 +6,9 @@
  * was; a flood of bad requests costs no disk; the last use of a token goes to
  * one agent; groups come from the token; open enrolment is explicit and says so.
  * Then `ferry mirror agent revoke`: the agent's heartbeats and re-enrolment are
- * refused, and the revocation reaches the server (`ferry server agents`).
+ * refused, and the revocation reaches the server (`ferry server agents`). And
+ * relaying: without pinned relay keys nothing is relayed; with them, a replayed
+ * genuine batch is acknowledged and stored once.
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,6 +16,8 @@ import { describe, expect, it } from 'vitest';
 import { enrollRequest, type AgentIdentity } from '../agent/identity.js';
 import { generateKeyPair, keyIdOf } from '../core/ed25519.js';
 import { agentIdOf, signHeartbeat } from '../core/heartbeat.js';
+import { BATCH_TYPE, signBatch } from '../core/telemetry.js';
+import { loadPrivateKey } from '../platform/keyfile.js';
 import { eventually, makeToken } from './helpers/agent-proc.js';
 import { snapshotDir } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
@@ -242,5 +246,55 @@ describe('ferry mirror agent revoke', () => {
     expect(JSON.parse(unknown.stdout)).toMatchObject({ ok: false, code: 'UNKNOWN_AGENT' });
     await m.stop();
     await server.stop();
+  });
+});
+
+describe('relaying, against a real mirror', () => {
+  it('relays nothing without pinned keys; with them, a replayed genuine batch is acknowledged and stored once', async () => {
+    const dataA = join(w.dir, 'relay-a');
+    const dataB = join(w.dir, 'relay-b');
+    await mkdir(dataA, { recursive: true });
+    await mkdir(dataB, { recursive: true });
+    const pubA = join(w.dir, 'relay-a.pub');
+    const idA = (JSON.parse(await ok(['mirror', 'identity', '--data', dataA, '--out', pubA, '--json'])) as { mirror: string })
+      .mirror;
+    const keyA = await loadPrivateKey(join(dataA, 'identity', 'mirror.key'));
+    const genuine = (from: number, to: number) => ({
+      envelope: signBatch(
+        { type: BATCH_TYPE, mirror: idA, site: 'plant-7', createdAt: new Date().toISOString(), from, to, records: [] },
+        keyA,
+      ),
+      via: [idA],
+    });
+    const relay = async (url: string, batches: unknown[]) => {
+      const r = await fetch(`${url}/v1/telemetry`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'ferry-relay': 'upstream' },
+        body: JSON.stringify({ batches }),
+      });
+      return { status: r.status, json: (await r.json()) as Record<string, unknown> };
+    };
+    // no --relay-key: a well-formed, genuinely signed batch is refused all the same, five times over
+    let b = await startMirrorProc({ data: dataB, trust: w.rootPath, site: 'plant-7' });
+    expect(b.logs.find((l) => l.event === 'mirror.started')).toMatchObject({ relayFrom: [] });
+    const big = Array.from({ length: 64 }, (_, i) => genuine(i + 1, i + 1));
+    const untouched = await snapshotDir(dataB);
+    for (let i = 0; i < 5; i++)
+      expect(await relay(b.url, big)).toMatchObject({ status: 403, json: { code: 'RELAY_UNTRUSTED' } });
+    expect(await snapshotDir(dataB)).toEqual(untouched);
+    await b.stop();
+    // A pinned: its batch is carried once; replays are acknowledged and stored no more, across a restart
+    b = await startMirrorProc({ data: dataB, relayKeys: [pubA] });
+    expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({ status: 202, json: { stored: 1, duplicates: 0 } });
+    const once = await snapshotDir(dataB);
+    for (let i = 0; i < 5; i++)
+      expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({ status: 202, json: { stored: 0, duplicates: 1 } });
+    expect(await snapshotDir(dataB)).toEqual(once);
+    await b.stop();
+    b = await startMirrorProc({ data: dataB, relayKeys: [pubA] });
+    const restarted = await snapshotDir(dataB);
+    expect(await relay(b.url, [genuine(2, 3)])).toMatchObject({ status: 202, json: { stored: 0, duplicates: 1 } });
+    expect(await snapshotDir(dataB)).toEqual(restarted);
+    await b.stop();
   });
 });

@@ -131,8 +131,14 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       console.error('demo: the enrolment without a token was not refused with TOKEN_MISSING');
       process.exit(1);
     }
-    console.log('  the site operator makes a one-use token for the web group (shown once; here it goes to a file):');
-    const made = ferry(['mirror', 'token', 'create', '--data', data, '--ttl', '1h', '--group', 'web'], 0, true);
+    console.log(
+      '  the site operator makes a one-use token for the web group (shown once; here it goes to a file):',
+    );
+    const made = ferry(
+      ['mirror', 'token', 'create', '--data', data, '--ttl', '1h', '--group', 'web'],
+      0,
+      true,
+    );
     const tokenFile = join(dir, 'node/enrol.token');
     await writeFile(tokenFile, made.stdout, { mode: 0o600 });
     ferry([...pollArgs, '--token-file', tokenFile], 0);

@@ -184,7 +184,10 @@ export class AgentsStore {
   }
 
   private async write(record: AgentRecord): Promise<void> {
-    await writeFileAtomic(join(this.paths.agents, `${record.id}.json`), JSON.stringify(record, null, 2) + '\n');
+    await writeFileAtomic(
+      join(this.paths.agents, `${record.id}.json`),
+      JSON.stringify(record, null, 2) + '\n',
+    );
     this.records.set(record.id, record);
   }
 
@@ -201,7 +204,10 @@ export class AgentsStore {
     const outbox = await this.open();
     const existing = await this.get(agentId);
     if (!existing)
-      throw new AgentNotFoundError('UNKNOWN_AGENT', `no agent ${isAgentId(agentId) ? agentId : '(malformed id)'} is enrolled here`);
+      throw new AgentNotFoundError(
+        'UNKNOWN_AGENT',
+        `no agent ${isAgentId(agentId) ? agentId : '(malformed id)'} is enrolled here`,
+      );
     if (existing.revokedAt !== undefined) return { record: existing, alreadyRevoked: true };
     const revokedAt = new Date(this.now()).toISOString();
     await outbox.appendRevocation({ agentId, revokedAt, reason });

@@ -37,7 +37,8 @@ const usage = (m: string) => new CodedError('USAGE', m);
 
 function stringList(v: unknown, what: string): string[] {
   if (v === undefined) return [];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw usage(`${what} must be a list of strings`);
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
+    throw usage(`${what} must be a list of strings`);
   return v;
 }
 
@@ -87,7 +88,8 @@ export function enrolmentOps(agents: AgentsStore, site: string, log: Logger): En
     },
     async revokeAgent(b) {
       const reason = b.reason === undefined ? '' : b.reason;
-      if (typeof reason !== 'string' || reason.length > 512) throw usage('reason must be at most 512 characters');
+      if (typeof reason !== 'string' || reason.length > 512)
+        throw usage('reason must be at most 512 characters');
       const r = await agents.revoke(idOf(b.id, 'id'), reason);
       if (!r.alreadyRevoked) log.info('agent.revoked', { agentId: r.record.id, reason });
       return { agent: agentView(r.record), alreadyRevoked: r.alreadyRevoked };
@@ -96,7 +98,11 @@ export function enrolmentOps(agents: AgentsStore, site: string, log: Logger): En
 }
 
 /** The control socket's routes for them. */
-export function enrolmentControl(agents: AgentsStore, site: string, log: Logger): Record<string, ControlHandler> {
+export function enrolmentControl(
+  agents: AgentsStore,
+  site: string,
+  log: Logger,
+): Record<string, ControlHandler> {
   const ops = enrolmentOps(agents, site, log);
   return {
     'POST /tokens/create': async (b) => ({ ...(await ops.createToken(b)) }),

@@ -89,8 +89,18 @@ export function tokenState(t: TokenRecord, now: number): TokenState {
 }
 
 export function viewOf(t: TokenRecord, now: number): TokenView {
-  const { sha256: _hash, ...rest } = t;
-  return { ...rest, state: tokenState(t, now) };
+  return {
+    id: t.id,
+    site: t.site,
+    groups: t.groups,
+    createdAt: t.createdAt,
+    expiresAt: t.expiresAt,
+    uses: t.uses,
+    used: t.used,
+    usedBy: t.usedBy,
+    ...(t.revokedAt !== undefined && { revokedAt: t.revokedAt }),
+    state: tokenState(t, now),
+  };
 }
 
 function isRecord(v: unknown): v is TokenRecord {
@@ -172,15 +182,20 @@ export class TokenStore {
     const groups = [...new Set(o.groups ?? [])];
     if (!Number.isSafeInteger(uses) || uses < 1 || uses > TOKEN_LIMITS.maxUses)
       throw new CodedError('USAGE', `--uses must be 1-${TOKEN_LIMITS.maxUses}`);
-    if (!Number.isSafeInteger(o.ttlMs) || o.ttlMs <= 0) throw new CodedError('USAGE', '--ttl must be positive');
+    if (!Number.isSafeInteger(o.ttlMs) || o.ttlMs <= 0)
+      throw new CodedError('USAGE', '--ttl must be positive');
     if (groups.length > TOKEN_LIMITS.maxGroups)
       throw new CodedError('USAGE', `at most ${TOKEN_LIMITS.maxGroups} groups per token`);
     for (const g of groups)
-      if (!GROUP.test(g)) throw new CodedError('USAGE', `group ${JSON.stringify(g)} must be 1-64 of A-Z a-z 0-9 . _ -`);
+      if (!GROUP.test(g))
+        throw new CodedError('USAGE', `group ${JSON.stringify(g)} must be 1-64 of A-Z a-z 0-9 . _ -`);
     return this.serial(async () => {
       const map = await this.load();
       if (map.size >= TOKEN_LIMITS.maxTokens)
-        throw new CodedError('TOKEN_LIMIT', `this mirror holds ${map.size} tokens; revoke or prune some first`);
+        throw new CodedError(
+          'TOKEN_LIMIT',
+          `this mirror holds ${map.size} tokens; revoke or prune some first`,
+        );
       const id = randomBytes(8).toString('hex');
       const secret = randomBytes(32).toString('base64url');
       const now = this.now();
@@ -212,7 +227,8 @@ export class TokenStore {
     return this.serial(async () => {
       const map = await this.load();
       const t = isTokenId(id) ? map.get(id) : undefined;
-      if (!t) throw new TokenError('TOKEN_UNKNOWN', `no enrolment token ${isTokenId(id) ? id : '(malformed id)'}`);
+      if (!t)
+        throw new TokenError('TOKEN_UNKNOWN', `no enrolment token ${isTokenId(id) ? id : '(malformed id)'}`);
       if (t.revokedAt !== undefined) return { record: viewOf(t, this.now()), alreadyRevoked: true };
       const revoked = { ...t, revokedAt: new Date(this.now()).toISOString() };
       const next = new Map(map).set(id, revoked);
@@ -241,11 +257,17 @@ export class TokenStore {
       if (!t || !timingSafeEqual(given, Buffer.from(t.sha256, 'hex')))
         throw new TokenError('TOKEN_UNKNOWN', `no enrolment token ${p.id} with this secret`);
       if (t.site !== site)
-        throw new TokenError('TOKEN_WRONG_SITE', `enrolment token ${p.id} is for site ${t.site}, not ${site}`);
+        throw new TokenError(
+          'TOKEN_WRONG_SITE',
+          `enrolment token ${p.id} is for site ${t.site}, not ${site}`,
+        );
       const state = tokenState(t, this.now());
       if (state === 'revoked') throw new TokenError('TOKEN_REVOKED', `enrolment token ${p.id} was revoked`);
       if (state === 'exhausted')
-        throw new TokenError('TOKEN_EXHAUSTED', `enrolment token ${p.id} has been used ${t.used} time(s) of ${t.uses}`);
+        throw new TokenError(
+          'TOKEN_EXHAUSTED',
+          `enrolment token ${p.id} has been used ${t.used} time(s) of ${t.uses}`,
+        );
       if (state === 'expired')
         throw new TokenError('TOKEN_EXPIRED', `enrolment token ${p.id} expired at ${t.expiresAt}`);
       const spent = { ...t, used: t.used + 1, usedBy: [...t.usedBy, agentId] };

@@ -162,7 +162,8 @@ export class Ingest {
       checked = { mirror, from: p.from, to: p.to, records: p.records };
     } catch (e) {
       const { code, message } = rejectionOf(e);
-      if (authenticated) this.reject(tally, { code, message, ...(origin !== undefined && { mirror: origin }) });
+      if (authenticated)
+        this.reject(tally, { code, message, ...(origin !== undefined && { mirror: origin }) });
       else {
         this.unauthenticated.set(code, (this.unauthenticated.get(code) ?? 0) + 1);
         tally.rejected.push({ code, message, ...(origin !== undefined && { mirror: origin }) });
@@ -244,7 +245,13 @@ export class Ingest {
       });
       return;
     }
-    this.emit({ kind: 'revocation', at: this.now, mirror: mirror.id, mirrorSeq: r.seq, revocation: r.revocation });
+    this.emit({
+      kind: 'revocation',
+      at: this.now,
+      mirror: mirror.id,
+      mirrorSeq: r.seq,
+      revocation: r.revocation,
+    });
   }
 
   private heartbeat(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'heartbeat' }>, tally: Tally): void {

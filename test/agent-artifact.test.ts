@@ -10,7 +10,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, copyFile, cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, importInto, OPEN_ENROLMENT, startMirrorAt, type MirrorAt } from './helpers/agent-proc.js';
+import {
+  eventually,
+  importInto,
+  OPEN_ENROLMENT,
+  startMirrorAt,
+  type MirrorAt,
+} from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, REPO, snapshotDir, type World } from './helpers/fixtures.js';
 import { killStrays, sleep } from './helpers/mirror-proc.js';
 

@@ -15,7 +15,8 @@ import {
   importInto,
   readTelemetry,
   startAgent,
-  OPEN_ENROLMENT, startMirrorAt,
+  OPEN_ENROLMENT,
+  startMirrorAt,
 } from './helpers/agent-proc.js';
 
 const w = useWorld();

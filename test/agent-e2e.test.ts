@@ -128,7 +128,10 @@ describe('ferry agent run against a real mirror', () => {
 
     const enrolled = await agent.waitForLog(event('agent.enrolled'));
     agentId = String(enrolled.agentId);
-    const record = JSON.parse(await readFile(join(c.data, 'agents', `${agentId}.json`), 'utf8')) as Record<string, unknown>;
+    const record = JSON.parse(await readFile(join(c.data, 'agents', `${agentId}.json`), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     expect(record).toMatchObject({ groups: ['web'], tokenId });
     // the secret is in no log and nowhere in the mirror's data dir
     const secret = token.split(':').at(-1)!;

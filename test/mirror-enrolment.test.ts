@@ -54,7 +54,9 @@ async function post(url: string, body: unknown): Promise<{ status: number; json:
 const enrolAt = (m: MirrorProc, a: AgentIdentity, token?: string, groups = info.groups) =>
   post(`${m.url}/v1/enroll`, enrollRequest(a, { ...info, groups, ...(token !== undefined && { token }) }));
 
-async function newMirror(extra: { openEnrolment?: boolean; site?: string } = {}): Promise<{ data: string; m: MirrorProc }> {
+async function newMirror(
+  extra: { openEnrolment?: boolean; site?: string } = {},
+): Promise<{ data: string; m: MirrorProc }> {
   const data = join(w.dir, `enrol-${++n}`);
   await mkdir(data, { recursive: true });
   const m = await startMirrorProc({
@@ -123,13 +125,20 @@ describe('POST /v1/enroll needs a token', () => {
     expect(await snapshotDir(data)).toEqual(before); // every refusal left the data dir as it was
     // the good token still works, and the groups are the token's, not the agent's claim
     const a = newAgent();
-    expect(await enrolAt(m, a, good.token)).toMatchObject({ status: 200, json: { agentId: a.agentId, groups: ['web'] } });
-    const rec = JSON.parse(await readFile(join(data, 'agents', `${a.agentId}.json`), 'utf8')) as Record<string, unknown>;
+    expect(await enrolAt(m, a, good.token)).toMatchObject({
+      status: 200,
+      json: { agentId: a.agentId, groups: ['web'] },
+    });
+    const rec = JSON.parse(await readFile(join(data, 'agents', `${a.agentId}.json`), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     expect(rec).toMatchObject({ groups: ['web'], tokenId: good.id });
     await expectSecretNowhere(data, secret!);
     // the log names tokens by id and never holds a secret
     expect(m.stderr()).toContain(good.id);
-    for (const t of [good, spent, revoked, shortLived]) expect(m.stderr()).not.toContain(t.token.split(':')[3]);
+    for (const t of [good, spent, revoked, shortLived])
+      expect(m.stderr()).not.toContain(t.token.split(':')[3]);
     const listed = JSON.parse(await ok(['mirror', 'token', 'list', '--data', data, '--json'])) as {
       tokens: { id: string; state: string; used: number; usedBy: string[] }[];
     };
@@ -181,7 +190,10 @@ describe('POST /v1/enroll needs a token', () => {
     expect(m.logs.find((l) => l.event === 'mirror.started')).toMatchObject({ enrolment: 'open' });
     expect(await (await fetch(`${m.url}/`)).text()).toContain('OPEN ENROLMENT');
     const a = newAgent();
-    expect(await enrolAt(m, a)).toMatchObject({ status: 200, json: { agentId: a.agentId, groups: ['admin'] } });
+    expect(await enrolAt(m, a)).toMatchObject({
+      status: 200,
+      json: { agentId: a.agentId, groups: ['admin'] },
+    });
     expect(JSON.parse(await readFile(join(data, 'agents', `${a.agentId}.json`), 'utf8'))).toMatchObject({
       groups: ['admin'],
     });
@@ -197,33 +209,58 @@ describe('ferry mirror agent revoke', () => {
     const pub = join(w.dir, 'revoke-mirror.pub');
     await ok(['mirror', 'identity', '--data', data, '--out', pub]);
     await ok(['server', 'register-mirror', '--data', S, '--site', 'plant-7', '--pub', pub]);
-    const server = followLogs(spawnFerry(['server', 'start', '--data', S, '--listen', '127.0.0.1:0']), 'server');
+    const server = followLogs(
+      spawnFerry(['server', 'start', '--data', S, '--listen', '127.0.0.1:0']),
+      'server',
+    );
     const serverUrl = String((await server.waitForLog((l) => l.event === 'server.started')).url);
-    const m = await startMirrorProc({ data, trust: w.rootPath, site: 'plant-7', args: ['--upstream', serverUrl, '--retry-max', '1'] });
+    const m = await startMirrorProc({
+      data,
+      trust: w.rootPath,
+      site: 'plant-7',
+      args: ['--upstream', serverUrl, '--retry-max', '1'],
+    });
     const a = newAgent();
     const b = newAgent();
     for (const x of [a, b]) expect((await enrolAt(m, x, (await makeToken(data)).token)).status).toBe(200);
-    const beat = (x: AgentIdentity, c: number) => post(`${m.url}/v1/telemetry`, signHeartbeat(testHeartbeat(x.agentId, c), x.key));
+    const beat = (x: AgentIdentity, c: number) =>
+      post(`${m.url}/v1/telemetry`, signHeartbeat(testHeartbeat(x.agentId, c), x.key));
     expect((await beat(a, 1)).status).toBe(202);
 
     const out = JSON.parse(
-      await ok(['mirror', 'agent', 'revoke', a.agentId, '--data', data, '--reason', 'stolen laptop', '--json']),
+      await ok([
+        'mirror',
+        'agent',
+        'revoke',
+        a.agentId,
+        '--data',
+        data,
+        '--reason',
+        'stolen laptop',
+        '--json',
+      ]),
     ) as { agent: { id: string; revokedAt: string | null } };
     expect(out.agent).toMatchObject({ id: a.agentId, revokedAt: expect.any(String) as unknown });
     // the server hears of it through the outbox
-    await eventually('the server to mark the agent revoked', async () => {
-      const f = JSON.parse(await ok(['server', 'agents', '--data', S, '--json'])) as {
-        agents: { id: string; revoked: { by: string; reason: string } | null }[];
-      };
-      return f.agents.find((x) => x.id === a.agentId)?.revoked ?? undefined;
-    }, 30_000).then((r) => expect(r).toMatchObject({ reason: 'stolen laptop' }));
+    await eventually(
+      'the server to mark the agent revoked',
+      async () => {
+        const f = JSON.parse(await ok(['server', 'agents', '--data', S, '--json'])) as {
+          agents: { id: string; revoked: { by: string; reason: string } | null }[];
+        };
+        return f.agents.find((x) => x.id === a.agentId)?.revoked ?? undefined;
+      },
+      30_000,
+    ).then((r) => expect(r).toMatchObject({ reason: 'stolen laptop' }));
     const text = await ok(['server', 'agents', '--data', S]);
     expect(text).toMatch(new RegExp(`${a.agentId} .*REVOKED`));
     expect(text).not.toMatch(new RegExp(`${b.agentId} .*REVOKED`));
 
     // from now on: its heartbeats and its enrolment are refused, and they change nothing on disk
     await eventually('the outbox to drain', async () => {
-      const s = JSON.parse(await ok(['mirror', 'status', '--data', data, '--json'])) as { telemetry: { depth: number } };
+      const s = JSON.parse(await ok(['mirror', 'status', '--data', data, '--json'])) as {
+        telemetry: { depth: number };
+      };
       return s.telemetry.depth === 0 ? true : undefined;
     });
     const before = await snapshotDir(data);
@@ -235,11 +272,15 @@ describe('ferry mirror agent revoke', () => {
     const afterToken = await snapshotDir(data); // the token made just now is the only change
     expect(await beat(a, 3)).toMatchObject({ status: 400, json: { code: 'AGENT_REVOKED' } });
     expect(await snapshotDir(data)).toEqual(afterToken);
-    expect(Object.keys(afterToken).filter((k) => before[k] !== afterToken[k])).toEqual(['enrolment/tokens.json']);
+    expect(Object.keys(afterToken).filter((k) => before[k] !== afterToken[k])).toEqual([
+      'enrolment/tokens.json',
+    ]);
     // the other agent is unaffected
     expect((await beat(b, 1)).status).toBe(202);
     // listing shows it; revoking again changes nothing
-    expect(await ok(['mirror', 'agent', 'list', '--data', data])).toMatch(new RegExp(`${a.agentId} +REVOKED`));
+    expect(await ok(['mirror', 'agent', 'list', '--data', data])).toMatch(
+      new RegExp(`${a.agentId} +REVOKED`),
+    );
     expect(await ok(['mirror', 'agent', 'revoke', a.agentId, '--data', data])).toContain('already revoked');
     const unknown = await runFerry(['mirror', 'agent', 'revoke', '0'.repeat(32), '--data', data, '--json']);
     expect(unknown.code).toBe(1);
@@ -256,12 +297,23 @@ describe('relaying, against a real mirror', () => {
     await mkdir(dataA, { recursive: true });
     await mkdir(dataB, { recursive: true });
     const pubA = join(w.dir, 'relay-a.pub');
-    const idA = (JSON.parse(await ok(['mirror', 'identity', '--data', dataA, '--out', pubA, '--json'])) as { mirror: string })
-      .mirror;
+    const idA = (
+      JSON.parse(await ok(['mirror', 'identity', '--data', dataA, '--out', pubA, '--json'])) as {
+        mirror: string;
+      }
+    ).mirror;
     const keyA = await loadPrivateKey(join(dataA, 'identity', 'mirror.key'));
     const genuine = (from: number, to: number) => ({
       envelope: signBatch(
-        { type: BATCH_TYPE, mirror: idA, site: 'plant-7', createdAt: new Date().toISOString(), from, to, records: [] },
+        {
+          type: BATCH_TYPE,
+          mirror: idA,
+          site: 'plant-7',
+          createdAt: new Date().toISOString(),
+          from,
+          to,
+          records: [],
+        },
         keyA,
       ),
       via: [idA],
@@ -285,15 +337,24 @@ describe('relaying, against a real mirror', () => {
     await b.stop();
     // A pinned: its batch is carried once; replays are acknowledged and stored no more, across a restart
     b = await startMirrorProc({ data: dataB, relayKeys: [pubA] });
-    expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({ status: 202, json: { stored: 1, duplicates: 0 } });
+    expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({
+      status: 202,
+      json: { stored: 1, duplicates: 0 },
+    });
     const once = await snapshotDir(dataB);
     for (let i = 0; i < 5; i++)
-      expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({ status: 202, json: { stored: 0, duplicates: 1 } });
+      expect(await relay(b.url, [genuine(1, 5)])).toMatchObject({
+        status: 202,
+        json: { stored: 0, duplicates: 1 },
+      });
     expect(await snapshotDir(dataB)).toEqual(once);
     await b.stop();
     b = await startMirrorProc({ data: dataB, relayKeys: [pubA] });
     const restarted = await snapshotDir(dataB);
-    expect(await relay(b.url, [genuine(2, 3)])).toMatchObject({ status: 202, json: { stored: 0, duplicates: 1 } });
+    expect(await relay(b.url, [genuine(2, 3)])).toMatchObject({
+      status: 202,
+      json: { stored: 0, duplicates: 1 },
+    });
     expect(await snapshotDir(dataB)).toEqual(restarted);
     await b.stop();
   });

@@ -224,7 +224,15 @@ describe('outbox', () => {
 describe('relaying batches over HTTP', () => {
   const batchFrom = (mirror: string, signer: Parameters<typeof signBatch>[1], from = 1, to = from) => ({
     envelope: signBatch(
-      { type: BATCH_TYPE, mirror, site: 'plant-7', createdAt: new Date().toISOString(), from, to, records: [] },
+      {
+        type: BATCH_TYPE,
+        mirror,
+        site: 'plant-7',
+        createdAt: new Date().toISOString(),
+        from,
+        to,
+        records: [],
+      },
       signer,
     ),
     via: [mirror],
@@ -257,7 +265,9 @@ describe('relaying batches over HTTP', () => {
       json: { stored: 1, duplicates: 0 },
     });
     expect(box.head).toBe(before + 1);
-    expect(await post({ batches: [{ ...batchFrom(other.id, other.key, 2), via: [other.id, me.id] }] }, 'upstream')).toMatchObject({
+    expect(
+      await post({ batches: [{ ...batchFrom(other.id, other.key, 2), via: [other.id, me.id] }] }, 'upstream'),
+    ).toMatchObject({
       status: 409,
       json: { code: 'LOOP' },
     });
@@ -268,7 +278,10 @@ describe('relaying batches over HTTP', () => {
     route = true;
     expect((await post({ batches: [batchFrom(other.id, other.key, 2)] }, 'peer')).status).toBe(202);
     expect(
-      await post({ batches: [{ envelope: { ...b1.envelope, payloadType: 'x' }, via: [other.id] }] }, 'upstream'),
+      await post(
+        { batches: [{ envelope: { ...b1.envelope, payloadType: 'x' }, via: [other.id] }] },
+        'upstream',
+      ),
     ).toMatchObject({
       status: 400,
       json: { code: 'BAD_BATCH' },
@@ -336,12 +349,21 @@ describe('relaying batches over HTTP', () => {
     const reopened = await Store.open(store.dir);
     const agents2 = new AgentsStore(reopened.dir, reopened.now);
     const url2 = await listen(
-      createHandler({ store: reopened, agents: agents2, relay: { selfId: me.id, hasRoute: () => true, trusted } }),
+      createHandler({
+        store: reopened,
+        agents: agents2,
+        relay: { selfId: me.id, hasRoute: () => true, trusted },
+      }),
     );
     await agents.close();
-    expect((await poster(url2)({ batches: [genuine] }, 'upstream')).json).toMatchObject({ stored: 0, duplicates: 1 });
+    expect((await poster(url2)({ batches: [genuine] }, 'upstream')).json).toMatchObject({
+      stored: 0,
+      duplicates: 1,
+    });
     // the next batch of that mirror is new
-    expect((await poster(url2)({ batches: [batchFrom(other.id, other.key, 4)] }, 'upstream')).json).toMatchObject({
+    expect(
+      (await poster(url2)({ batches: [batchFrom(other.id, other.key, 4)] }, 'upstream')).json,
+    ).toMatchObject({
       stored: 1,
       duplicates: 0,
     });

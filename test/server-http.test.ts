@@ -135,14 +135,17 @@ describe('ferry server start under a flood from anyone', () => {
     const s = await start(data);
     const a = makeAgent();
     // one genuine delivery first, so the journal and checkpoint exist
-    expect((await post(s.url, { batches: [batch(m1, 1, 2, [enrolment(a, 1), heartbeat(a, 2, 1)])] })).status).toBe(
-      202,
-    );
+    expect(
+      (await post(s.url, { batches: [batch(m1, 1, 2, [enrolment(a, 1), heartbeat(a, 2, 1)])] })).status,
+    ).toBe(202);
     await new Promise((r) => setTimeout(r, 1500)); // its checkpoint is written
     const files = async () =>
       Object.fromEntries(Object.entries(await snapshotDir(data)).filter(([k]) => k !== 'lock'));
     const before = await files();
-    const junk = { envelope: { payloadType: 'x', payload: 'AAAA', signatures: [{ sig: 'AAAA' }] }, via: [m1.id] };
+    const junk = {
+      envelope: { payloadType: 'x', payload: 'AAAA', signatures: [{ sig: 'AAAA' }] },
+      via: [m1.id],
+    };
     const pad = 'A'.repeat(8000);
     for (let i = 0; i < 100; i++) {
       const batches =

@@ -141,7 +141,8 @@ describe('carried batches', () => {
 
   it('refuses a whole batch from an unknown mirror or signed by another key: counted, never journaled', async () => {
     const { dir, store } = await newStore();
-    const files = async () => Object.fromEntries(Object.entries(await snapshotDir(dir)).filter(([k]) => k !== 'lock'));
+    const files = async () =>
+      Object.fromEntries(Object.entries(await snapshotDir(dir)).filter(([k]) => k !== 'lock'));
     const before = await files();
     const a = makeAgent();
     const [unknown, forged] = await send(

@@ -29,7 +29,10 @@ export async function tokenFrom(p: Parsed): Promise<string | undefined> {
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new FerryError('USAGE', `--token-file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'unreadable'}`);
+    throw new FerryError(
+      'USAGE',
+      `--token-file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'unreadable'}`,
+    );
   }
   const t = text.trim();
   if (t === '' || t.length > 4096 || /\s/.test(t))

@@ -479,7 +479,9 @@ export const mirrorTokenRevoke: Command = {
   positionals: { min: 1, max: 1 },
   async run(p, io) {
     const body = { id: p.positionals[0]! };
-    const r = await viaEnrolment(str(p, 'data'), 'POST', '/tokens/revoke', body, (ops) => ops.revokeToken(body));
+    const r = await viaEnrolment(str(p, 'data'), 'POST', '/tokens/revoke', body, (ops) =>
+      ops.revokeToken(body),
+    );
     if (p.json) printJson(io, { ok: true, ...r });
     else io.out(`token ${r.record.id} ${r.alreadyRevoked ? 'was already revoked' : 'revoked'}`);
     return 0;
@@ -490,7 +492,8 @@ const agentLine = (a: AgentView) =>
   `${a.id}  ${a.revokedAt ? `REVOKED ${a.revokedAt}` : 'enrolled'}  ${a.hostname}  groups ${a.groups.join(',') || '(none)'}${a.tokenId ? `  token ${a.tokenId}` : ''}`;
 
 export const mirrorAgentList: Command = {
-  summary: 'Lists the agents enrolled at this mirror: id, host, groups, the token that admitted each, revocation.',
+  summary:
+    'Lists the agents enrolled at this mirror: id, host, groups, the token that admitted each, revocation.',
   usage: '--data DIR [--json]',
   options: { data: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -504,7 +507,7 @@ export const mirrorAgentList: Command = {
 
 export const mirrorAgentRevoke: Command = {
   summary:
-    "Revokes an enrolled agent: from now on this mirror refuses its heartbeats (AGENT_REVOKED) and its\n" +
+    'Revokes an enrolled agent: from now on this mirror refuses its heartbeats (AGENT_REVOKED) and its\n' +
     're-enrolment, and a revocation record, signed with the telemetry it travels in, goes home so the\n' +
     'server marks the agent revoked (`ferry server agents`). Works while the mirror serves.',
   usage: 'AGENT_ID --data DIR [--reason TEXT] [--json]',
@@ -512,7 +515,9 @@ export const mirrorAgentRevoke: Command = {
   positionals: { min: 1, max: 1 },
   async run(p, io) {
     const body = { id: p.positionals[0]!, reason: str(p, 'reason', false) };
-    const r = await viaEnrolment(str(p, 'data'), 'POST', '/agents/revoke', body, (ops) => ops.revokeAgent(body));
+    const r = await viaEnrolment(str(p, 'data'), 'POST', '/agents/revoke', body, (ops) =>
+      ops.revokeAgent(body),
+    );
     if (p.json) printJson(io, { ok: true, ...r });
     else
       io.out(

@@ -122,7 +122,9 @@ function printFleet(io: Io, agents: AgentView[]): void {
       : '';
     io.out(
       `${a.id} ${a.site} ${a.hostname} [${a.groups.join(',')}] version ${a.version ?? '-'} manifest ${a.manifestSequence ?? '-'} last seen ${a.lastSeen ?? 'never'}, ${a.heartbeats} heartbeat(s)${gaps}` +
-        (a.revoked ? ` REVOKED ${a.revoked.at} by mirror ${a.revoked.by}${a.revoked.reason ? ` (${a.revoked.reason})` : ''}` : ''),
+        (a.revoked
+          ? ` REVOKED ${a.revoked.at} by mirror ${a.revoked.by}${a.revoked.reason ? ` (${a.revoked.reason})` : ''}`
+          : ''),
     );
   }
 }

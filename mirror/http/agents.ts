@@ -194,11 +194,7 @@ export async function acceptAgentTelemetry(
  * A batch made by a pinned mirror (the first in its `via`) and signed by it; anything else is refused
  * (before anything is stored). The same checks as the server's (server/ingest.ts), with pinned keys.
  */
-function checkOrigin(
-  b: CarriedBatch,
-  trusted: ReadonlyMap<string, Uint8Array>,
-  what: string,
-): BatchPayload {
+function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, what: string): BatchPayload {
   let claimed: ClaimedBatch;
   try {
     claimed = claimBatch(b.envelope);

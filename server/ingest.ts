@@ -193,7 +193,7 @@ export class Ingest {
       return;
     }
     if (r.kind === 'enrolment') this.enrolment(mirror, r, tally);
-    else if (r.kind === 'revocation') this.revocation(mirror, r);
+    else if (r.kind === 'revocation') this.revocation(mirror, r, tally);
     else this.heartbeat(mirror, r, tally);
   }
 
@@ -233,10 +233,10 @@ export class Ingest {
   }
 
   /** A mirror revokes only agents of its own site; one the server has not met yet is noted all the same. */
-  private revocation(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'revocation' }>): void {
+  private revocation(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'revocation' }>, tally: Tally): void {
     const agent = agentOf(this.state, r.revocation.agentId);
     if (agent && agent.site !== mirror.site) {
-      this.reject(undefined, {
+      this.reject(tally, {
         mirror: mirror.id,
         mirrorSeq: r.seq,
         agentId: r.revocation.agentId,

@@ -91,6 +91,11 @@ export interface ServerState {
   /** The most recent rejections (all of them stay in the journal). */
   rejections: RejectionRecord[];
   rejectionCounts: Record<string, number>;
+  /**
+   * Revocations of agents whose enrolment has not arrived yet, by agent id (absent in checkpoints
+   * written before revocations existed): applied when it does.
+   */
+  pendingRevocations?: Record<string, { at: string; by: string; reason: string }>;
   totals: { heartbeats: number; enrolments: number; rejections: number; parked: number };
 }
 
@@ -176,15 +181,20 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
         counters: prev?.counters ?? [],
         heartbeats: prev?.heartbeats ?? 0,
         latest: prev?.latest ?? null,
-        ...(prev?.revoked && { revoked: prev.revoked }), // enrolling again does not lift a revocation
       };
+      // enrolling again does not lift a revocation, nor does arriving after it
+      const revoked = prev?.revoked ?? own(s.pendingRevocations ?? {}, a.agentId);
+      if (revoked) s.agents[a.agentId]!.revoked = revoked;
+      if (s.pendingRevocations && Object.hasOwn(s.pendingRevocations, a.agentId))
+        delete s.pendingRevocations[a.agentId];
       s.totals.enrolments++;
       return;
     }
     case 'revocation': {
       const agent = agentOf(s, r.revocation.agentId);
-      if (agent && !agent.revoked)
-        agent.revoked = { at: r.revocation.revokedAt, by: r.mirror, reason: r.revocation.reason };
+      const revoked = { at: r.revocation.revokedAt, by: r.mirror, reason: r.revocation.reason };
+      if (!agent) (s.pendingRevocations ??= {})[r.revocation.agentId] = revoked;
+      else if (!agent.revoked) agent.revoked = revoked;
       return;
     }
     case 'parked':

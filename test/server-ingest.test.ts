@@ -14,7 +14,7 @@ import { addRange, has, hasRange, holes, type Interval } from '../server/interva
 import { registerMirror } from '../server/mirrors.js';
 import { ServerStore } from '../server/store.js';
 import { snapshotDir } from './helpers/fixtures.js';
-import type { CarriedBatch } from '../core/telemetry.js';
+import type { CarriedBatch, OwnRecord } from '../core/telemetry.js';
 import {
   altered,
   batch,
@@ -172,6 +172,33 @@ describe('carried batches', () => {
     expect(await files()).toEqual(before);
     const again = await ServerStore.open(dir);
     expect(again.state.rejectionCounts).toEqual({});
+    await again.close();
+  });
+
+  it('marks an agent revoked by a mirror of its site, also when the revocation arrives before its enrolment', async () => {
+    const { dir, store } = await newStore();
+    const a = makeAgent();
+    const b = makeAgent();
+    const revocation = (x: typeof a, seq: number, reason: string): OwnRecord => ({
+      kind: 'revocation',
+      seq,
+      at: new Date().toISOString(),
+      revocation: { agentId: x.id, revokedAt: '2026-11-29T08:00:00.000Z', reason },
+    });
+    // b's revocation (m2) comes home before its enrolment (m1); a mirror of another site cannot revoke a
+    await send(store, batch(m1, 1, 1, [enrolment(a, 1)]), batch(m2, 1, 1, [revocation(b, 1, 'lost')]));
+    const [foreign] = await send(store, batch(m3, 1, 1, [revocation(a, 1, 'not yours')]));
+    expect(foreign).toMatchObject({ ok: true, tally: { rejected: [{ code: 'WRONG_SITE' }] } });
+    await send(store, batch(m1, 2, 2, [enrolment(b, 2)]));
+    const view = () => new Map(store.fleet().map((x) => [x.id, x.revoked]));
+    expect(view().get(a.id)).toBeNull();
+    expect(view().get(b.id)).toEqual({ at: '2026-11-29T08:00:00.000Z', by: m2.id, reason: 'lost' });
+    // enrolling again does not lift it, and it survives a restart (replayed from the journal)
+    await send(store, batch(m2, 2, 2, [enrolment(b, 2)]));
+    expect(view().get(b.id)).toMatchObject({ reason: 'lost' });
+    await store.close();
+    const again = await ServerStore.open(dir);
+    expect(new Map(again.fleet().map((x) => [x.id, x.revoked])).get(b.id)).toMatchObject({ by: m2.id });
     await again.close();
   });
 

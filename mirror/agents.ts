@@ -127,6 +127,12 @@ export class AgentsStore {
     if (text === undefined) return undefined;
     const v = JSON.parse(text) as unknown;
     if (!isRecord(v) || v.id !== agentId) throw new Error(`agents/${agentId}.json is not an agent record`);
+    if ('token' in v) {
+      // Records from before tokens were checked kept the token as given: it is not kept any more.
+      delete (v as { token?: unknown }).token;
+      await this.write(v);
+      return v;
+    }
     this.records.set(agentId, v);
     return v;
   }

@@ -5,7 +5,7 @@
  * the log and the counters as they were.
  */
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -118,6 +118,26 @@ describe('POST /v1/enroll', () => {
     expect(await snapshotDir(store.dir)).toEqual(snapshot);
     // the identity survives a restart: same key, same id
     expect((await loadOrCreateIdentity(join(a.keyPath, '..', '..'))).agentId).toBe(id);
+  });
+
+  it('drops the token a record from before token checks kept as given', async () => {
+    const a = await newAgent();
+    const path = join(store.dir, 'agents', `${a.agentId}.json`);
+    const legacy = {
+      id: a.agentId,
+      publicKey: Buffer.from(a.publicKey).toString('hex'),
+      keyid: a.keyid,
+      hostname: 'old',
+      platform: 'linux/amd64',
+      groups: [],
+      enrolledAt: '2026-01-01T00:00:00.000Z',
+      token: 't-legacy-secret',
+    };
+    await writeFile(path, JSON.stringify(legacy));
+    expect(await agentsFor(store).get(a.agentId)).toMatchObject({ id: a.agentId, hostname: 'old' });
+    const text = await readFile(path, 'utf8');
+    expect(text).not.toContain('t-legacy-secret');
+    expect(JSON.parse(text)).toMatchObject({ id: a.agentId, hostname: 'old', groups: [] });
   });
 
   it('refuses an enrolment not signed by the key it names, and records nothing', async () => {

@@ -138,6 +138,7 @@ export class TokenStore {
   constructor(
     readonly dataDir: string,
     private readonly now: () => number = Date.now,
+    private readonly limits: { maxTokens: number } = TOKEN_LIMITS,
   ) {
     this.path = join(dataDir, 'enrolment', 'tokens.json');
   }
@@ -190,12 +191,17 @@ export class TokenStore {
       if (!GROUP.test(g))
         throw new CodedError('USAGE', `group ${JSON.stringify(g)} must be 1-64 of A-Z a-z 0-9 . _ -`);
     return this.serial(async () => {
-      const map = await this.load();
-      if (map.size >= TOKEN_LIMITS.maxTokens)
-        throw new CodedError(
-          'TOKEN_LIMIT',
-          `this mirror holds ${map.size} tokens; revoke or prune some first`,
-        );
+      const map = new Map(await this.load());
+      if (map.size >= this.limits.maxTokens) {
+        // Full: the oldest token that can no longer admit anyone makes room (lists stop showing it).
+        const spent = [...map.values()].find((t) => tokenState(t, this.now()) !== 'active');
+        if (!spent)
+          throw new CodedError(
+            'TOKEN_LIMIT',
+            `this mirror holds ${map.size} active tokens, the most it keeps; revoke some first`,
+          );
+        map.delete(spent.id);
+      }
       const id = randomBytes(8).toString('hex');
       const secret = randomBytes(32).toString('base64url');
       const now = this.now();
@@ -210,7 +216,7 @@ export class TokenStore {
         used: 0,
         usedBy: [],
       };
-      const next = new Map(map).set(id, record);
+      const next = map.set(id, record);
       await this.save(next);
       this.tokens = next;
       return { token: `${PREFIX}:${o.site}:${id}:${secret}`, record: viewOf(record, now) };

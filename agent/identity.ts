@@ -6,13 +6,16 @@
  *
  * The enrolment request is a DSSE envelope signed with the agent's key over
  * {type:'ferry.enroll/v1', publicKey, hostname, platform, groups, token?, at},
- * so the mirror knows the sender holds the key it enrols. `token` is where the
- * time-limited enrolment token will go; mirrors accept its absence for now.
+ * so the mirror knows the sender holds the key it enrols. `token` is the
+ * enrolment token the site operator made (`ferry mirror token create`): a mirror
+ * that has not met this agent refuses it without one (unless its enrolment is
+ * open), and the groups it records are the token's. The token is needed only
+ * until a mirror has enrolled the agent, and is never logged.
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
-import { FerryError } from '../core/errors.js';
+import { CodedError, FerryError } from '../core/errors.js';
 import { request } from '../platform/http/client.js';
 import {
   agentIdOf,
@@ -64,6 +67,17 @@ export async function loadOrCreateIdentity(stateDir: string): Promise<AgentIdent
   return { keyPath, publicKey: key.publicKey, keyid: key.keyid, agentId: agentIdOf(key.publicKey), key };
 }
 
+/** A mirror's refusal of an enrolment, with the mirror's own code (TOKEN_MISSING, TOKEN_EXPIRED, AGENT_REVOKED …). */
+export class EnrolRefusedError extends CodedError {
+  constructor(
+    code: string,
+    readonly status: number,
+    message: string,
+  ) {
+    super(code, message);
+  }
+}
+
 export interface EnrollOptions {
   hostname: string;
   platform: string;
@@ -110,7 +124,7 @@ export async function enroll(mirrorUrl: string, identity: AgentIdentity, o: Enro
   if (res.status !== 200) {
     const code = typeof o2.code === 'string' ? o2.code : 'unknown';
     const msg = typeof o2.message === 'string' ? o2.message : '';
-    throw new FerryError('IO_ERROR', `enrol: mirror refused (${res.status} ${code}): ${msg}`);
+    throw new EnrolRefusedError(code, res.status, `enrol: mirror refused (${res.status} ${code}): ${msg}`);
   }
   if (!isAgentId(o2.agentId) || o2.agentId !== identity.agentId)
     throw new FerryError('IO_ERROR', 'enrol: mirror answered with an agent id that is not this key');

@@ -24,6 +24,8 @@ export interface ReportContext {
   timeoutMs: number;
   /** Deadlines of the HTTP client (defaults when absent). */
   limits?: Partial<ClientLimits>;
+  /** The enrolment token, for a mirror that has not met this agent yet (never logged). */
+  token?: string;
 }
 
 /** Policy problems carried per heartbeat (a hostile policy could name thousands of missing artifacts). */
@@ -125,6 +127,7 @@ export async function drainOutbox(
             platform: platformOf(),
             groups: state.groups,
             timeoutMs: ctx.timeoutMs,
+            ...(ctx.token !== undefined && { token: ctx.token }),
           });
           ctx.log.info('agent.enrolled', { mirror, agentId: ctx.identity.agentId });
           continue;

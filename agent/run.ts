@@ -14,7 +14,7 @@ import { loadPinnedRoot } from '../core/root.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
-import { enroll, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
+import { enroll, EnrolRefusedError, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
 import { Outbox } from './outbox.js';
 import { recordPolicyProblems } from './problems.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
@@ -52,9 +52,16 @@ export interface AgentOptions {
   updateLimits?: Partial<UpdateLimits>;
   /** Keep `mirrors` as the agent's configuration (run), or use them for this process only (poll). */
   persistMirrors?: boolean;
+  /**
+   * The enrolment token (`ferry mirror token create`), needed only until a mirror has enrolled this
+   * agent; sent inside the signed enrolment request and never logged.
+   */
+  token?: string;
 }
 
 export interface CycleResult {
+  /** Set when this cycle's enrolment was refused by every mirror that answered (the last refusal). */
+  enrolRefused?: { code: string; message: string };
   sync: SyncOutcome;
   apply: ApplyReport;
   sent: number;
@@ -159,7 +166,7 @@ export class Agent {
     const m = this.metrics;
     const timeoutMs = this.o.timeoutMs ?? 30_000;
     const cacheDir = join(this.o.stateDir, 'cache');
-    if (this.state.agentId === null) await this.tryEnroll(timeoutMs);
+    const enrolRefused = this.state.agentId === null ? await this.tryEnroll(timeoutMs) : undefined;
 
     const t0 = performance.now();
     const onBytes = (_have: number, _total: number, n: number) =>
@@ -223,6 +230,7 @@ export class Agent {
       version: this.o.version,
       timeoutMs,
       ...(limits && { limits }),
+      ...(this.o.token !== undefined && { token: this.o.token }),
     };
     if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
@@ -249,7 +257,13 @@ export class Agent {
       disconnectedSec,
       ...(shortage && { storage: shortage.code }),
     });
-    return { sync: synced.outcome, apply: applied.report, sent, state: this.state };
+    return {
+      ...(enrolRefused && this.state.agentId === null && { enrolRefused }),
+      sync: synced.outcome,
+      apply: applied.report,
+      sent,
+      state: this.state,
+    };
   }
 
   /** After apply, before the heartbeat: health checks, soak, a new update; queues its reports. */
@@ -273,7 +287,9 @@ export class Agent {
     if (await queueUpdateReports(rctx, this.state, reports)) await u.markReported(reports.length);
   }
 
-  private async tryEnroll(timeoutMs: number): Promise<void> {
+  /** Enrols with the first mirror that admits this agent; answers the last refusal when none did. */
+  private async tryEnroll(timeoutMs: number): Promise<{ code: string; message: string } | undefined> {
+    let refused: { code: string; message: string } | undefined;
     for (const mirror of this.mirrors.candidates(this.now())) {
       try {
         const agentId = await enroll(mirror, this.identity, {
@@ -281,14 +297,22 @@ export class Agent {
           platform: platformOf(),
           groups: this.state.groups,
           timeoutMs,
+          ...(this.o.token !== undefined && { token: this.o.token }),
         });
         await this.save({ ...this.state, agentId });
         this.o.log.info('agent.enrolled', { mirror, agentId });
-        return;
+        return undefined;
       } catch (e) {
-        this.o.log.warn('agent.enroll_failed', { mirror, reason: (e as Error).message });
+        const message = (e as Error).message;
+        if (e instanceof EnrolRefusedError) refused = { code: e.code, message };
+        this.o.log.warn('agent.enroll_failed', {
+          mirror,
+          ...(e instanceof EnrolRefusedError && { code: e.code }),
+          reason: message,
+        });
       }
     }
+    return refused;
   }
 
   private async save(next: AgentState): Promise<void> {

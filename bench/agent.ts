@@ -84,7 +84,8 @@ async function main(): Promise<void> {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const mirror = spawn(
       process.execPath,
-      [FERRY, 'mirror', 'serve', '--data', 'm', '--listen', `127.0.0.1:${port}`],
+      // the bench measures the agent, not enrolment: agents enrol without a token
+      [FERRY, 'mirror', 'serve', '--data', 'm', '--listen', `127.0.0.1:${port}`, '--open-enrolment'],
       {
         cwd: work,
         stdio: 'ignore',

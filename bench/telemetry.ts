@@ -172,7 +172,8 @@ async function runMode(
   const env = { ...process.env };
   delete env.FERRY_TELEMETRY_FSYNC;
   if (mode.env) env.FERRY_TELEMETRY_FSYNC = mode.env;
-  const argv = ['mirror', 'serve', '--data', data, '--listen', `127.0.0.1:${port}`];
+  // the bench measures telemetry, not enrolment: agents enrol without a token
+  const argv = ['mirror', 'serve', '--data', data, '--listen', `127.0.0.1:${port}`, '--open-enrolment'];
   const root = join(work, 'root.json');
   const flags = (process.env.FERRY_BENCH_MIRROR_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const mirror = start(

@@ -4,7 +4,8 @@
  * Generates keys and a trust root, builds a signed bundle of sample artifacts,
  * inspects and verifies it as an auditor would, splits a copy into volumes,
  * then shows the refusals: a tampered blob, the wrong site, an unauthorised key;
- * then a mirror serving an agent, and the agent's telemetry going home by
+ * then a mirror serving an agent (refused without an enrolment token, enrolled
+ * with one), and the agent's telemetry going home by
  * courier (signed export, ack back) and over a link (upstream forwarding).
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -22,11 +23,15 @@ function step(title: string): void {
   console.log(`\n${bold(`== ${title}`)}`);
 }
 
-/** Runs `ferry ARGS` in the work dir, echoing the command and its output. Returns the exit code. */
-function ferry(args: string[], expect: 0 | 1): void {
+/**
+ * Runs `ferry ARGS` in the work dir, echoing the command and its output (stdout only to the caller
+ * when `secret`: it holds something not to be shown). Exits the demo when the exit code is not
+ * `expect`; returns stdout and stderr.
+ */
+function ferry(args: string[], expect: 0 | 1, secret = false): { stdout: string; stderr: string } {
   console.log(`$ ferry ${args.map((a) => (a.startsWith(work) ? relative(work, a) || '.' : a)).join(' ')}`);
   const r = spawnSync(process.execPath, [FERRY, ...args], { cwd: work, encoding: 'utf8' });
-  const out = (r.stdout + r.stderr).trimEnd();
+  const out = ((secret ? '' : r.stdout) + r.stderr).trimEnd();
   if (out) console.log(out.replace(/^/gm, '  '));
   const code = r.status ?? -1;
   console.log(`  (exit ${code}${expect === 1 && code === 1 ? ': refused, as it should be' : ''})`);
@@ -34,6 +39,7 @@ function ferry(args: string[], expect: 0 | 1): void {
     console.error(`demo: expected exit ${expect}, got ${code}`);
     process.exit(1);
   }
+  return { stdout: r.stdout, stderr: r.stderr };
 }
 
 interface Running {
@@ -115,26 +121,28 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
       console.log(`  metrics: ${line}`);
     }
     step(
-      '9. A node agent: enrols, verifies the manifest itself, fetches, runs the script, places the managed file, reports',
+      '9. A node agent: enrols with a token, verifies the manifest itself, fetches, runs the script, places the managed file, reports',
     );
-    ferry(
-      [
-        'agent',
-        'poll',
-        '--now',
-        '--state',
-        agentState,
-        '--mirror',
-        url,
-        '--trust',
-        root,
-        '--site',
-        'plant-7',
-        '--group',
-        'web',
-      ],
+    const pollArgs = ['agent', 'poll', '--now', '--state', agentState, '--mirror', url];
+    const firstRun = ['--trust', root, '--site', 'plant-7', '--group', 'web'];
+    console.log('  without a token the mirror enrols no one:');
+    const refused = ferry([...pollArgs, ...firstRun], 1);
+    if (!refused.stderr.includes('TOKEN_MISSING')) {
+      console.error('demo: the enrolment without a token was not refused with TOKEN_MISSING');
+      process.exit(1);
+    }
+    console.log(
+      '  the site operator makes a one-use token for the web group (shown once; here it goes to a file):',
+    );
+    const made = ferry(
+      ['mirror', 'token', 'create', '--data', data, '--ttl', '1h', '--group', 'web'],
       0,
+      true,
     );
+    const tokenFile = join(dir, 'node/enrol.token');
+    await writeFile(tokenFile, made.stdout, { mode: 0o600 });
+    ferry([...pollArgs, '--token-file', tokenFile], 0);
+    ferry(['mirror', 'token', 'list', '--data', data], 0);
     ferry(['agent', 'status', '--state', agentState], 0);
     const conf = join(work, 'node/etc/acme/app.conf');
     console.log(`$ echo tampered > ${relative(work, conf)}; ferry agent poll --now …   # drift is restored`);

@@ -40,6 +40,11 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'export-telemetry': m.mirrorExportTelemetry,
       'import-ack': m.mirrorImportAck,
       identity: m.mirrorIdentityCommand,
+      'token create': m.mirrorTokenCreate,
+      'token list': m.mirrorTokenList,
+      'token revoke': m.mirrorTokenRevoke,
+      'agent list': m.mirrorAgentList,
+      'agent revoke': m.mirrorAgentRevoke,
     };
   },
   server: async () => {
@@ -77,16 +82,22 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.out(VERSION);
     return 0;
   }
-  const load = GROUPS[group];
+  const load = Object.hasOwn(GROUPS, group) ? GROUPS[group] : undefined;
   const cmds = load ? await load() : undefined;
-  const cmd = cmds && name !== undefined ? cmds[name] : undefined;
+  // Two-word commands (`ferry mirror token create`) are keyed by both words.
+  const sub = cmds && name !== undefined && rest[0] !== undefined ? `${name} ${rest[0]}` : undefined;
+  const full = sub !== undefined && cmds && Object.hasOwn(cmds, sub) ? sub : name;
+  const cmd = cmds && full !== undefined && Object.hasOwn(cmds, full) ? cmds[full] : undefined;
+  if (cmd && full !== name) rest.shift();
   if (!cmds || !cmd) {
-    if (cmds && (name === undefined || name === '--help' || name === '-h')) {
+    const family = cmds ? Object.entries(cmds).filter(([n]) => n.startsWith(`${name} `)) : [];
+    if (cmds && (name === undefined || name === '--help' || name === '-h' || family.length > 0)) {
       // whole summaries, re-wrapped: a summary is never cut off mid-sentence
-      for (const [n, c] of Object.entries(cmds))
+      for (const [n, c] of family.length > 0 ? family : Object.entries(cmds))
         io.out(`ferry ${group} ${n} ${c.usage}\n${wrapText(c.summary, HELP_WIDTH, '    ')}\n`);
       io.out(`Each command takes --help for its options.`);
-      return name === undefined ? 2 : 0;
+      const asked = rest[0] === '--help' || rest[0] === '-h' || name === '--help' || name === '-h';
+      return asked ? 0 : 2;
     }
     io.err(`ferry: USAGE: unknown command ${[group, name].filter(Boolean).join(' ')} (see ferry --help)`);
     return 2;
@@ -97,7 +108,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     const log = createLogger({ component: group });
     await useServiceCrypto((event, fields) => log.warn(event, fields));
   } else if (group !== 'agent') await useLibsodium();
-  return runCommand(cmd, `ferry ${group} ${name}`, rest, io);
+  return runCommand(cmd, `ferry ${group} ${full}`, rest, io);
 }
 
 // `ferry … | head`: a reader that goes away is not an error worth a stack trace.

@@ -5,7 +5,8 @@
  * A mirror keeps what it accepts in its outbox as *records*, each with the
  * mirror's own sequence number: agent heartbeats (signed by the agent),
  * enrolments (an agent the mirror admitted, with the agent's own signed
- * request), and *batches* relayed from other mirrors. It sends its own records
+ * request), revocations (an agent the site operator shut out), and *batches*
+ * relayed from other mirrors. It sends its own records
  * home in **batches** signed with the mirror's key:
  *
  *   {type:'ferry.telemetry-batch/v1', mirror, site, createdAt, from, to, records:[…]}
@@ -97,9 +98,18 @@ export interface EnrolmentInfo {
   request?: Envelope;
 }
 
+/** An agent the site's operator revoked at this mirror: its heartbeats are no longer taken. */
+export interface RevocationInfo {
+  agentId: string;
+  revokedAt: string;
+  /** Why, in the operator's words (may be empty). */
+  reason: string;
+}
+
 export type OwnRecord =
   | { kind: 'heartbeat'; seq: number; at: string; agentId: string; counter: number; envelope: Envelope }
-  | { kind: 'enrolment'; seq: number; at: string; agent: EnrolmentInfo };
+  | { kind: 'enrolment'; seq: number; at: string; agent: EnrolmentInfo }
+  | { kind: 'revocation'; seq: number; at: string; revocation: RevocationInfo };
 
 /** A batch from another mirror, held in custody by this one. */
 export interface RelayedRecord {
@@ -212,7 +222,19 @@ export function assertOwnRecord(v: unknown, what = 'record'): asserts v is OwnRe
   } else if (o.kind === 'enrolment') {
     onlyKeys(o, ['kind', 'seq', 'at', 'agent'], what);
     assertEnrolmentInfo(o.agent, `${what}.agent`);
-  } else throw invalid(`${what}: kind must be heartbeat or enrolment`);
+  } else if (o.kind === 'revocation') {
+    onlyKeys(o, ['kind', 'seq', 'at', 'revocation'], what);
+    assertRevocationInfo(o.revocation, `${what}.revocation`);
+  } else throw invalid(`${what}: kind must be heartbeat, enrolment or revocation`);
+}
+
+export function assertRevocationInfo(v: unknown, what = 'revocation'): asserts v is RevocationInfo {
+  const o = obj(v, what);
+  onlyKeys(o, ['agentId', 'revokedAt', 'reason'], what);
+  if (!isAgentId(o.agentId)) throw invalid(`${what}: agentId must be 32 lowercase hex characters`);
+  if (!isTime(o.revokedAt)) throw invalid(`${what}: revokedAt must be an ISO 8601 time`);
+  if (typeof o.reason !== 'string' || o.reason.length > 512)
+    throw invalid(`${what}: reason must be a string of at most 512 characters`);
 }
 
 export function assertVia(v: unknown, what = 'via'): asserts v is string[] {

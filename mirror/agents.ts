@@ -4,16 +4,23 @@
  * outbox (mirror/outbox.ts): a heartbeat is acknowledged (202) only once its
  * record is fsynced there, grouped with whatever else arrived meanwhile.
  * Every enrolment is put in the outbox too, so the server learns each agent's
- * key from a record signed by the mirror that admitted it.
+ * key from a record signed by the mirror that admitted it; so is every
+ * revocation, so the server learns which agents the site shut out.
+ *
+ * Who may enrol is decided by the enrolment route (http/agents.ts) with the
+ * tokens kept here (tokens.ts); this store records what was admitted.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
 import { agentIdOf, isAgentId, type EnrollPayload, type Heartbeat } from '../core/heartbeat.js';
 import { keyIdOf } from '../core/ed25519.js';
+import { CodedError } from '../core/errors.js';
 import { decodeHex } from '../core/encoding.js';
 import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
 import { Outbox, type CommitOutcome } from './outbox.js';
+import { RelaySeen } from './relayed.js';
+import { TokenStore } from './tokens.js';
 
 export type { CommitOutcome } from './outbox.js';
 
@@ -25,10 +32,22 @@ export interface AgentRecord {
   platform: string;
   groups: string[];
   enrolledAt: string;
-  /** The enrolment token presented, recorded as given (not checked yet). */
-  token?: string;
-  /** The agent's signed enrolment request, kept so the server can check it too. */
+  /** Id of the enrolment token that admitted it (never the token itself); absent under open enrolment. */
+  tokenId?: string;
+  /**
+   * The agent's signed enrolment request, kept so the server can check it too. Not kept when it
+   * carries a token: the token's secret must not leave the mirror.
+   */
   request?: Envelope;
+  /** Set by `ferry mirror agent revoke`: heartbeats are refused from then on. */
+  revokedAt?: string;
+  revokeReason?: string;
+}
+
+/** What admitted an enrolment: the groups it gets, and the token that granted them. */
+export interface EnrolGrant {
+  groups: string[];
+  tokenId?: string;
 }
 
 export interface AcceptedHeartbeat {
@@ -46,12 +65,23 @@ function isRecord(v: unknown): v is AgentRecord {
     typeof o.hostname === 'string' &&
     typeof o.platform === 'string' &&
     Array.isArray(o.groups) &&
-    typeof o.enrolledAt === 'string'
+    typeof o.enrolledAt === 'string' &&
+    (o.revokedAt === undefined || typeof o.revokedAt === 'string')
   );
 }
 
+export class AgentNotFoundError extends CodedError<'UNKNOWN_AGENT'> {}
+
 export class AgentsStore {
   readonly paths: { agents: string };
+  /** The enrolment tokens of this data dir. */
+  readonly tokens: TokenStore;
+  /** The ranges of other mirrors' batches already relayed (replays are not stored twice). */
+  readonly relayed: RelaySeen;
+  /** This mirror's site, which enrolment tokens must name (set by agentsFor from the store). */
+  site: () => Promise<string> = () => Promise.reject(new Error('this agents store does not know its site'));
+  /** Enrolment without a token (`serve --open-enrolment`); off unless the operator says so. */
+  openEnrolment = false;
   private readonly records = new Map<string, AgentRecord>();
   private readonly keys = new Map<string, Uint8Array>();
   private opened: Promise<Outbox> | undefined;
@@ -65,6 +95,8 @@ export class AgentsStore {
       : 'group',
   ) {
     this.paths = { agents: join(dir, 'agents') };
+    this.tokens = new TokenStore(dir, now);
+    this.relayed = new RelaySeen(dir);
   }
 
   /** Creates the directories and opens the outbox; every method awaits it. */
@@ -95,6 +127,12 @@ export class AgentsStore {
     if (text === undefined) return undefined;
     const v = JSON.parse(text) as unknown;
     if (!isRecord(v) || v.id !== agentId) throw new Error(`agents/${agentId}.json is not an agent record`);
+    if ('token' in v) {
+      // Records from before tokens were checked kept the token as given: it is not kept any more.
+      delete (v as { token?: unknown }).token;
+      await this.write(v);
+      return v;
+    }
     this.records.set(agentId, v);
     return v;
   }
@@ -111,13 +149,13 @@ export class AgentsStore {
   }
 
   /**
-   * Records an enrolment whose signature was checked under `p.publicKey`.
-   * Idempotent: the same key always gets the same id and keeps its first
-   * enrolledAt; host, platform, groups and token are updated to the latest.
-   * A new or changed record goes into the outbox (durably) before it is
-   * written here, so the server never misses an agent this mirror knows.
+   * Records an enrolment whose signature was checked under `p.publicKey`, with the groups `grant`
+   * gives (the request's own claim only when no grant is passed: open enrolment). Idempotent: the
+   * same key always gets the same id and keeps its first enrolledAt. A new or changed record goes
+   * into the outbox (durably) before it is written here, so the server never misses an agent this
+   * mirror knows.
    */
-  async enroll(p: EnrollPayload, request?: Envelope): Promise<AgentRecord> {
+  async enroll(p: EnrollPayload, request?: Envelope, grant?: EnrolGrant): Promise<AgentRecord> {
     const outbox = await this.open();
     const publicKey = Buffer.from(p.publicKey, 'hex');
     const id = agentIdOf(publicKey);
@@ -128,13 +166,14 @@ export class AgentsStore {
       keyid: keyIdOf(publicKey),
       hostname: p.hostname,
       platform: p.platform,
-      groups: [...p.groups],
+      groups: [...(grant ? grant.groups : p.groups)],
       enrolledAt: existing?.enrolledAt ?? new Date(this.now()).toISOString(),
-      ...(p.token !== undefined && { token: p.token }),
+      ...(grant?.tokenId !== undefined && { tokenId: grant.tokenId }),
     };
     const same = (a: AgentRecord) => JSON.stringify({ ...a, request: undefined }) === JSON.stringify(record);
     if (!existing || !same(existing)) {
-      if (request) record.request = request;
+      // A request that carries a token is not kept: its secret stays here.
+      if (request && p.token === undefined) record.request = request;
       await outbox.appendEnrolment({
         agentId: id,
         publicKey: record.publicKey,
@@ -142,13 +181,57 @@ export class AgentsStore {
         platform: record.platform,
         groups: record.groups,
         enrolledAt: record.enrolledAt,
-        ...(request && { request }),
+        ...(record.request && { request: record.request }),
       });
-      await writeFileAtomic(join(this.paths.agents, `${id}.json`), JSON.stringify(record, null, 2) + '\n');
-      this.records.set(id, record);
+      await this.write(record);
       return record;
     }
     return existing;
+  }
+
+  private async write(record: AgentRecord): Promise<void> {
+    await writeFileAtomic(
+      join(this.paths.agents, `${record.id}.json`),
+      JSON.stringify(record, null, 2) + '\n',
+    );
+    this.records.set(record.id, record);
+  }
+
+  /** Whether the operator revoked this agent here. */
+  async isRevoked(agentId: string): Promise<boolean> {
+    return (await this.get(agentId))?.revokedAt !== undefined;
+  }
+
+  /**
+   * Revokes an enrolled agent: the revocation goes into the outbox (durably, on its way to the
+   * server) before the agent's record says so. Revoking it again changes nothing.
+   */
+  async revoke(agentId: string, reason = ''): Promise<{ record: AgentRecord; alreadyRevoked: boolean }> {
+    const outbox = await this.open();
+    const existing = await this.get(agentId);
+    if (!existing)
+      throw new AgentNotFoundError(
+        'UNKNOWN_AGENT',
+        `no agent ${isAgentId(agentId) ? agentId : '(malformed id)'} is enrolled here`,
+      );
+    if (existing.revokedAt !== undefined) return { record: existing, alreadyRevoked: true };
+    const revokedAt = new Date(this.now()).toISOString();
+    await outbox.appendRevocation({ agentId, revokedAt, reason });
+    const record = { ...existing, revokedAt, revokeReason: reason };
+    await this.write(record);
+    return { record, alreadyRevoked: false };
+  }
+
+  /** Every enrolled agent, by id. */
+  async list(): Promise<AgentRecord[]> {
+    await this.open();
+    const files = (await readdir(this.paths.agents)).filter((f) => /^[0-9a-f]{32}\.json$/.test(f)).sort();
+    const out: AgentRecord[] = [];
+    for (const f of files) {
+      const r = await this.get(f.slice(0, 32));
+      if (r) out.push(r);
+    }
+    return out;
   }
 
   /** Highest counter accepted from an agent (-1 when none). */
@@ -172,9 +255,17 @@ export class AgentsStore {
 
 const byStore = new WeakMap<object, AgentsStore>();
 
-/** One AgentsStore per mirror store object, so replay checks see every request. */
-export function agentsFor(store: { dir: string; now: () => number }): AgentsStore {
+/** One AgentsStore per mirror store object, so replay checks and token uses see every request. */
+export function agentsFor(store: {
+  dir: string;
+  now: () => number;
+  readState?: () => Promise<{ site: string }>;
+}): AgentsStore {
   let a = byStore.get(store);
-  if (!a) byStore.set(store, (a = new AgentsStore(store.dir, store.now)));
+  if (!a) {
+    byStore.set(store, (a = new AgentsStore(store.dir, store.now)));
+    const read = store.readState?.bind(store);
+    if (read) a.site = async () => (await read()).site;
+  }
   return a;
 }

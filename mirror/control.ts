@@ -77,7 +77,8 @@ export async function startControl(
       if (size <= MAX_BODY) chunks.push(c);
     });
     req.on('end', () => {
-      const handler = handlers[`${req.method} ${req.url}`];
+      const route = `${req.method} ${req.url}`;
+      const handler = Object.hasOwn(handlers, route) ? handlers[route] : undefined;
       if (!handler)
         return reply(404, { ok: false, code: 'NOT_FOUND', message: `no ${req.method} ${req.url}` });
       if (size > MAX_BODY)

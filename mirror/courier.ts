@@ -85,7 +85,7 @@ async function writeExport(
           counts.records++;
           if (e.kind === 'heartbeat') counts.heartbeats++;
           else if (e.kind === 'enrolment') counts.enrolments++;
-          else counts.relayedBatches++;
+          else if (e.kind === 'batch') counts.relayedBatches++;
         }
         if (!chunk.length) break;
         const bytes = Buffer.from(chunk.join(''), 'utf8');

@@ -20,7 +20,7 @@ import { writeFileAtomic } from '../platform/fsx.js';
 import type { Heartbeat } from '../core/heartbeat.js';
 import { isAgentId } from '../core/heartbeat.js';
 import { Journal, type Entry } from '../platform/journal.js';
-import type { CarriedBatch, EnrolmentInfo, OutboxRecord } from '../core/telemetry.js';
+import type { CarriedBatch, EnrolmentInfo, OutboxRecord, RevocationInfo } from '../core/telemetry.js';
 
 type NoSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 export type OutboxInput = NoSeq<OutboxRecord>;
@@ -318,6 +318,11 @@ export class Outbox {
   /** Records an agent this mirror admitted, so the server can check its heartbeats. */
   async appendEnrolment(agent: EnrolmentInfo): Promise<void> {
     await this.appendRecords([{ kind: 'enrolment', at: new Date(this.now()).toISOString(), agent }]);
+  }
+
+  /** Records that the operator revoked an agent here, so the server learns it too. */
+  async appendRevocation(revocation: RevocationInfo): Promise<void> {
+    await this.appendRecords([{ kind: 'revocation', at: new Date(this.now()).toISOString(), revocation }]);
   }
 
   /** Takes custody of batches from other mirrors (structure checked by the caller). */

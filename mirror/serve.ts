@@ -12,6 +12,7 @@ import type { Logger } from '../platform/log.js';
 import { watchDrop, type DropWatcher } from './drop.js';
 import { agentsFor } from './agents.js';
 import { startControl } from './control.js';
+import { enrolmentControl } from './enrolment.js';
 import { applyAck, exportTelemetry, pinnedServerKeyId, serverKeyFor } from './courier.js';
 import { MirrorError } from './errors.js';
 import { Forwarder, outboxGauges } from './forward.js';
@@ -52,9 +53,11 @@ export interface MirrorOptions {
   /**
    * Public keys (ferry .pub files, `ferry mirror identity --out`) of the mirrors whose batches this one
    * relays: a batch from any other mirror, or not signed by the one it names, is refused. Without them,
-   * any well-formed batch is carried (the server still checks every one).
+   * this mirror relays for no one.
    */
   relayKeyPaths?: string[];
+  /** Enrol agents that bring no token, with the groups they claim (announced in the log and on `/`). */
+  openEnrolment?: boolean;
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
@@ -90,7 +93,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   const init = o.trustPath && o.site ? { rootBytes: await readFile(o.trustPath), site: o.site } : undefined;
   // Checked before anything is written: a key that is not the pinned one refuses the start.
   const serverKey = o.serverKeyPath ? await serverKeyFor(o.dataDir, o.serverKeyPath) : undefined;
-  const relayKeys = o.relayKeyPaths ? await loadRelayKeys(o.relayKeyPaths) : undefined;
+  const relayKeys = await loadRelayKeys(o.relayKeyPaths ?? []);
   const store = await Store.open(o.dataDir, init ? { init } : {});
   const metrics = mirrorMetrics();
   const log = o.log;
@@ -107,6 +110,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   await serverKey?.pin?.();
   const identity = await mirrorIdentity(o.dataDir);
   const agents = agentsFor(store);
+  agents.openEnrolment = o.openEnrolment === true;
   const outbox = await agents.outbox();
   const site = (await store.readState()).site;
   const forwarder = new Forwarder({
@@ -154,6 +158,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     ...forwarder.status(),
     exports: outbox.exports.length,
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
+    enrolment: agents.openEnrolment ? 'open' : 'token',
   });
   const http = await startHttp({
     host: o.host,
@@ -166,7 +171,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       relay: {
         selfId: identity.id,
         hasRoute: () => forwarder.hasRoute(),
-        ...(relayKeys && { trusted: relayKeys }),
+        trusted: relayKeys,
       },
       telemetry: telemetryView,
     }),
@@ -204,6 +209,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         return { ...r };
       },
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
+      ...enrolmentControl(agents, site, log),
     },
     log,
   );
@@ -213,6 +219,10 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   outbox.onAppend(gauges);
   outbox.onAck(gauges);
   forwarder.start();
+  if (agents.openEnrolment)
+    log.warn('mirror.open_enrolment', {
+      message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
+    });
   const state = await store.readState();
   log.info('mirror.started', {
     url,
@@ -223,7 +233,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     peers: o.peers ?? [],
     outbox: outbox.depth,
     serverKey: serverKeyId ?? null,
-    relayFrom: relayKeys ? [...relayKeys.keys()] : 'any',
+    relayFrom: [...relayKeys.keys()],
+    enrolment: agents.openEnrolment ? 'open' : 'token',
     active: state.active?.sequence ?? null,
     crypto: backendName(),
   });

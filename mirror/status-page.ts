@@ -14,7 +14,19 @@ export type TelemetryView = ForwardStatus & {
   exports: number;
   /** The keyid of the server key courier acks are checked with, once pinned. */
   serverKey?: string;
+  /** How agents enrol: with a token (the default), or open to any (`serve --open-enrolment`). */
+  enrolment?: 'token' | 'open';
 };
+
+function enrolmentLine(t: TelemetryView | undefined): Html {
+  if (t?.enrolment === 'open')
+    return html`<p id="enrolment" class="bad">
+      OPEN ENROLMENT: any agent that asks is enrolled, with the groups it claims (serve --open-enrolment)
+    </p>`;
+  if (t?.enrolment === 'token')
+    return html`<p id="enrolment">enrolment needs a token (<code>ferry mirror token create</code>)</p>`;
+  return html``;
+}
 
 export interface StatusView {
   state: MirrorState;
@@ -86,6 +98,7 @@ export function renderStatusPage(v: StatusView): string {
     <p>
       trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined
     </p>
+    ${enrolmentLine(v.telemetry)}
     <h2>Active bundle</h2>
     ${activeBlock(v)}
     <h2>Telemetry outbox</h2>

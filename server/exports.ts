@@ -24,7 +24,7 @@ import {
 import { ServerError, type RejectionCode } from './errors.js';
 import { newTally, type BatchOutcome, type MirrorInfo, type Tally } from './ingest.js';
 import { fmt, type Interval } from './intervals.js';
-import { counterGaps, coverageGaps, type MirrorProgress } from './state.js';
+import { agentOf, counterGaps, coverageGaps, mirrorOf, type MirrorProgress } from './state.js';
 import type { ServerStore } from './store.js';
 
 /** Lines of a file with their exact bytes; `nl`: the line ended with a newline. */
@@ -197,7 +197,7 @@ export async function importExport(
   const outcomes: BatchOutcome[] = [];
   const touched = new Set<string>();
   const chain = await store.ingest(`export:${basename(path)}`, async (ing) => {
-    const chain = chainStatus(store.state.mirrors[mirror.id], header, hash);
+    const chain = chainStatus(mirrorOf(store.state, mirror.id), header, hash);
     if (chain.status === 'already imported') return chain;
     let n = 0;
     const again = createHash('sha256');
@@ -271,7 +271,7 @@ function report(
   const first: { agentId: string; gaps: string[] }[] = [];
   let agents = 0;
   for (const id of touched) {
-    const a = store.state.agents[id];
+    const a = agentOf(store.state, id);
     if (!a) continue;
     const g = counterGaps(a.counters, 3);
     if (g.missing === 0) continue;

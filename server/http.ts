@@ -20,7 +20,7 @@ import {
   type PublicError,
 } from '../platform/http/server-errors.js';
 import type { BatchOutcome } from './ingest.js';
-import { agentView, coverageGaps, fleetView } from './state.js';
+import { agentOf, agentView, coverageGaps, fleetView, mirrorOf, parkedOf } from './state.js';
 import type { ServerStore } from './store.js';
 import { fmt } from './intervals.js';
 
@@ -40,6 +40,11 @@ export function serverMetrics(): Metrics {
   m.define('ferry_server_agents', 'gauge', 'Agents known.');
   m.define('ferry_server_parked', 'gauge', 'Heartbeats waiting for their agent enrolment.');
   m.define('ferry_server_rejections', 'gauge', 'Rejections journaled (all time), by code.');
+  m.define(
+    'ferry_server_unauthenticated_rejections',
+    'gauge',
+    'Batches refused before they authenticated as a registered mirror (since start), by code; not journaled.',
+  );
   m.define('ferry_server_duplicates_total', 'counter', 'Records received again and ignored (since start).');
   m.define('ferry_server_batches_total', 'counter', 'Batches received over HTTP (since start), by status.');
   m.define('ferry_server_requests_total', 'counter', 'HTTP requests, by method and status.');
@@ -116,9 +121,9 @@ function readRouter(store: ServerStore, metrics: Metrics): Router {
     ctx.body = { agents: fleetView(store.state).map(({ latest: _latest, ...rest }) => rest) };
   });
   r.get('/v1/agents/:id', (ctx) => {
-    const a = store.state.agents[ctx.params.id ?? ''];
+    const a = agentOf(store.state, ctx.params.id ?? '');
     if (!a) throw new HttpError(404, 'UNKNOWN_AGENT', 'no such agent');
-    ctx.body = { agent: agentView(a), parked: store.state.parked[a.id]?.length ?? 0 };
+    ctx.body = { agent: agentView(a), parked: parkedOf(store.state, a.id)?.length ?? 0 };
   });
   r.get('/v1/rejections', (ctx) => {
     const q = ctx.query.limit;
@@ -127,13 +132,14 @@ function readRouter(store: ServerStore, metrics: Metrics): Router {
     ctx.body = {
       total: store.state.totals.rejections,
       byCode: store.state.rejectionCounts,
+      unauthenticated: Object.fromEntries(store.unauthenticated),
       rejections: list.slice(-limit).reverse(),
     };
   });
   r.get('/v1/mirrors', (ctx) => {
     ctx.body = {
       mirrors: store.mirrors.list().map((m) => {
-        const p = store.state.mirrors[m.id];
+        const p = mirrorOf(store.state, m.id);
         return {
           id: m.id,
           site: m.site,
@@ -157,6 +163,8 @@ function readRouter(store: ServerStore, metrics: Metrics): Router {
     metrics.set('ferry_server_parked', s.totals.parked);
     for (const [code, n] of Object.entries(s.rejectionCounts))
       metrics.set('ferry_server_rejections', n, { code });
+    for (const [code, n] of store.unauthenticated)
+      metrics.set('ferry_server_unauthenticated_rejections', n, { code });
     ctx.type = 'text/plain; version=0.0.4';
     ctx.body = metrics.render();
   });

@@ -11,6 +11,11 @@
  *    heartbeats of known agents become candidates;
  * 2. verify candidates' signatures in chunks, off the main thread;
  * 3. decide each candidate in order (payload matches, not a replay) and store.
+ *
+ * Only what a registered mirror signed earns a journaled rejection. A batch that
+ * does not authenticate as one (malformed, unregistered, bad signature) could
+ * come from anyone: it is refused and counted (`unauthenticated`, by code), never
+ * stored, so a flood of garbage costs the server no disk.
  */
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { isCodedError } from '../core/errors.js';
@@ -26,9 +31,12 @@ import {
 import { ServerError, type RejectionCode } from './errors.js';
 import { hasRange } from './intervals.js';
 import {
+  agentOf,
   apply,
   hasCounter,
   isCovered,
+  mirrorOf,
+  parkedOf,
   type JournalRecord,
   type HeartbeatSlot,
   type ParkedRecord,
@@ -96,6 +104,8 @@ export class Ingest {
   /** Parked slots already queued for verification in this delivery. */
   private readonly unparked = new Set<string>();
   private walked = 0;
+  /** Refusals of batches that did not authenticate as a registered mirror's, by code: counted, not journaled. */
+  readonly unauthenticated = new Map<string, number>();
 
   constructor(
     readonly state: ServerState,
@@ -130,6 +140,7 @@ export class Ingest {
   async carried(v: unknown, notFrom?: string): Promise<BatchOutcome> {
     const tally = newTally();
     let origin: string | undefined;
+    let authenticated = false;
     let checked: { mirror: MirrorInfo; from: number; to: number; records: OwnRecord[] };
     try {
       assertCarriedBatch(v);
@@ -142,6 +153,7 @@ export class Ingest {
       if (origin === notFrom)
         throw new TelemetryError('LOOP', 'batch: an export cannot relay its own mirror');
       const p = verifyClaimedBatch(v.envelope, claimed, mirror.publicKey);
+      authenticated = true;
       if (p.site !== mirror.site)
         throw new ServerError(
           'WRONG_SITE',
@@ -150,11 +162,16 @@ export class Ingest {
       checked = { mirror, from: p.from, to: p.to, records: p.records };
     } catch (e) {
       const { code, message } = rejectionOf(e);
-      this.reject(tally, { code, message, ...(origin !== undefined && { mirror: origin }) });
+      if (authenticated)
+        this.reject(tally, { code, message, ...(origin !== undefined && { mirror: origin }) });
+      else {
+        this.unauthenticated.set(code, (this.unauthenticated.get(code) ?? 0) + 1);
+        tally.rejected.push({ code, message, ...(origin !== undefined && { mirror: origin }) });
+      }
       return { ok: false, code, message, tally, ...(origin !== undefined && { mirror: origin }) };
     }
     const { mirror, from, to, records } = checked;
-    const duplicate = hasRange(this.state.mirrors[mirror.id]?.coverage ?? [], from, to);
+    const duplicate = hasRange(mirrorOf(this.state, mirror.id)?.coverage ?? [], from, to);
     if (duplicate) tally.duplicates += records.length;
     else {
       for (const r of records) await this.own(mirror, r, tally);
@@ -176,6 +193,7 @@ export class Ingest {
       return;
     }
     if (r.kind === 'enrolment') this.enrolment(mirror, r, tally);
+    else if (r.kind === 'revocation') this.revocation(mirror, r, tally);
     else this.heartbeat(mirror, r, tally);
   }
 
@@ -206,12 +224,34 @@ export class Ingest {
     this.emit({ kind: 'enrolment', at: this.now, ...where, site: mirror.site, agent: r.agent });
     tally.enrolments++;
     // Heartbeats that arrived before this enrolment can be checked now.
-    for (const p of this.state.parked[r.agent.agentId] ?? []) {
+    for (const p of parkedOf(this.state, r.agent.agentId) ?? []) {
       const k = `${p.mirror}:${p.mirrorSeq}`;
       if (this.unparked.has(k)) continue;
       this.unparked.add(k);
       this.candidate(p, tally);
     }
+  }
+
+  /** A mirror revokes only agents of its own site; one the server has not met yet is noted all the same. */
+  private revocation(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'revocation' }>, tally: Tally): void {
+    const agent = agentOf(this.state, r.revocation.agentId);
+    if (agent && agent.site !== mirror.site) {
+      this.reject(tally, {
+        mirror: mirror.id,
+        mirrorSeq: r.seq,
+        agentId: r.revocation.agentId,
+        code: 'WRONG_SITE',
+        message: `mirror of site ${mirror.site} cannot revoke agent ${agent.id} of site ${agent.site}`,
+      });
+      return;
+    }
+    this.emit({
+      kind: 'revocation',
+      at: this.now,
+      mirror: mirror.id,
+      mirrorSeq: r.seq,
+      revocation: r.revocation,
+    });
   }
 
   private heartbeat(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'heartbeat' }>, tally: Tally): void {
@@ -223,7 +263,7 @@ export class Ingest {
       counter: r.counter,
       envelope: r.envelope,
     };
-    if (!this.state.agents[r.agentId]) {
+    if (!agentOf(this.state, r.agentId)) {
       // Its enrolment may still be on its way over another path: keep it until then.
       this.emit({ kind: 'parked', ...slot } satisfies ParkedRecord);
       tally.parked++;
@@ -233,7 +273,7 @@ export class Ingest {
   }
 
   private candidate(slot: HeartbeatSlot, tally: Tally): void {
-    const agent = this.state.agents[slot.agentId]!;
+    const agent = agentOf(this.state, slot.agentId)!;
     const site = this.registry.get(slot.mirror)?.site ?? '';
     if (agent.site !== site) {
       this.reject(tally, {

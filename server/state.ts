@@ -6,7 +6,7 @@
 import type { Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import type { Heartbeat, JsonObject } from '../core/heartbeat.js';
-import type { EnrolmentInfo } from '../core/telemetry.js';
+import type { EnrolmentInfo, RevocationInfo } from '../core/telemetry.js';
 import type { RejectionCode } from './errors.js';
 import { add, addRange, has, holes, size, type Interval } from './intervals.js';
 
@@ -24,6 +24,7 @@ export type JournalRecord =
   | ({ kind: 'heartbeat' } & HeartbeatSlot)
   | ({ kind: 'parked' } & HeartbeatSlot)
   | { kind: 'enrolment'; at: string; mirror: string; mirrorSeq: number; site: string; agent: EnrolmentInfo }
+  | { kind: 'revocation'; at: string; mirror: string; mirrorSeq: number; revocation: RevocationInfo }
   | { kind: 'coverage'; mirror: string; from: number; to: number }
   | { kind: 'export'; at: string; mirror: string; number: number; hash: string; from: number; to: number }
   | {
@@ -66,6 +67,8 @@ export interface AgentState {
   counters: Interval[];
   heartbeats: number;
   latest: AgentLatest | null;
+  /** Set when a mirror of its site revoked it (`ferry mirror agent revoke`). */
+  revoked?: { at: string; by: string; reason: string };
 }
 
 export interface MirrorProgress {
@@ -88,6 +91,11 @@ export interface ServerState {
   /** The most recent rejections (all of them stay in the journal). */
   rejections: RejectionRecord[];
   rejectionCounts: Record<string, number>;
+  /**
+   * Revocations of agents whose enrolment has not arrived yet, by agent id (absent in checkpoints
+   * written before revocations existed): applied when it does.
+   */
+  pendingRevocations?: Record<string, { at: string; by: string; reason: string }>;
   totals: { heartbeats: number; enrolments: number; rejections: number; parked: number };
 }
 
@@ -107,7 +115,9 @@ export function emptyState(): ServerState {
 }
 
 export function mirrorProgress(s: ServerState, mirror: string): MirrorProgress {
-  return (s.mirrors[mirror] ??= {
+  const known = mirrorOf(s, mirror);
+  if (known) return known;
+  return (s.mirrors[mirror] = {
     coverage: [],
     lastExport: 0,
     lastExportHash: null,
@@ -116,11 +126,23 @@ export function mirrorProgress(s: ServerState, mirror: string): MirrorProgress {
   });
 }
 
+/**
+ * Look-ups by ids that may come from outside (a URL, a record): own properties only, so a name like
+ * `__proto__` or `constructor` never reaches an object's prototype. The state is plain JSON (it is
+ * checkpointed with lowdb), so its maps are objects; every read by id goes through these.
+ */
+export function own<T>(o: Record<string, T>, key: string): T | undefined {
+  return Object.hasOwn(o, key) ? o[key] : undefined;
+}
+export const agentOf = (s: ServerState, id: string): AgentState | undefined => own(s.agents, id);
+export const mirrorOf = (s: ServerState, id: string): MirrorProgress | undefined => own(s.mirrors, id);
+export const parkedOf = (s: ServerState, id: string): ParkedRecord[] | undefined => own(s.parked, id);
+
 export const isCovered = (s: ServerState, mirror: string, seq: number): boolean =>
-  has(s.mirrors[mirror]?.coverage ?? [], seq);
+  has(mirrorOf(s, mirror)?.coverage ?? [], seq);
 
 export const hasCounter = (s: ServerState, agentId: string, counter: number): boolean =>
-  has(s.agents[agentId]?.counters ?? [], counter);
+  has(agentOf(s, agentId)?.counters ?? [], counter);
 
 /** The payload of a heartbeat that was verified before it was journaled. */
 export function heartbeatPayload(env: Envelope): Heartbeat {
@@ -129,7 +151,7 @@ export function heartbeatPayload(env: Envelope): Heartbeat {
 
 function unpark(s: ServerState, agentId: string | undefined, mirror?: string, mirrorSeq?: number): void {
   if (agentId === undefined || mirror === undefined) return;
-  const list = s.parked[agentId];
+  const list = parkedOf(s, agentId);
   if (!list) return;
   const i = list.findIndex((p) => p.mirror === mirror && p.mirrorSeq === mirrorSeq);
   if (i < 0) return;
@@ -146,7 +168,7 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
       return;
     case 'enrolment': {
       const a = r.agent;
-      const prev = s.agents[a.agentId];
+      const prev = agentOf(s, a.agentId);
       s.agents[a.agentId] = {
         id: a.agentId,
         site: r.site,
@@ -160,16 +182,29 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
         heartbeats: prev?.heartbeats ?? 0,
         latest: prev?.latest ?? null,
       };
+      // enrolling again does not lift a revocation, nor does arriving after it
+      const revoked = prev?.revoked ?? own(s.pendingRevocations ?? {}, a.agentId);
+      if (revoked) s.agents[a.agentId]!.revoked = revoked;
+      if (s.pendingRevocations && Object.hasOwn(s.pendingRevocations, a.agentId))
+        delete s.pendingRevocations[a.agentId];
       s.totals.enrolments++;
       return;
     }
+    case 'revocation': {
+      const agent = agentOf(s, r.revocation.agentId);
+      const revoked = { at: r.revocation.revokedAt, by: r.mirror, reason: r.revocation.reason };
+      if (!agent) (s.pendingRevocations ??= {})[r.revocation.agentId] = revoked;
+      else if (!agent.revoked) agent.revoked = revoked;
+      return;
+    }
     case 'parked':
-      (s.parked[r.agentId] ??= []).push(r);
+      if (!parkedOf(s, r.agentId)) s.parked[r.agentId] = [];
+      parkedOf(s, r.agentId)!.push(r);
       s.totals.parked++;
       return;
     case 'heartbeat': {
       unpark(s, r.agentId, r.mirror, r.mirrorSeq);
-      const agent = s.agents[r.agentId];
+      const agent = agentOf(s, r.agentId);
       if (!agent) throw new Error(`journal: heartbeat of unknown agent ${r.agentId}`);
       add(agent.counters, r.counter);
       agent.heartbeats++;
@@ -196,7 +231,7 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
       s.rejections.push(r);
       if (s.rejections.length > RECENT_REJECTIONS)
         s.rejections.splice(0, s.rejections.length - RECENT_REJECTIONS);
-      s.rejectionCounts[r.code] = (s.rejectionCounts[r.code] ?? 0) + 1;
+      s.rejectionCounts[r.code] = (own(s.rejectionCounts, r.code) ?? 0) + 1;
       s.totals.rejections++;
       return;
     case 'export': {
@@ -228,6 +263,7 @@ export interface AgentView {
   heartbeats: number;
   counterGaps: { missing: number; first: string[] };
   latest: AgentLatest | null;
+  revoked: { at: string; by: string; reason: string } | null;
 }
 
 const fmt = ([a, b]: Interval) => (a === b ? `${a}` : `${a}-${b}`);
@@ -253,6 +289,7 @@ export function agentView(a: AgentState): AgentView {
     heartbeats: a.heartbeats,
     counterGaps: counterGaps(a.counters),
     latest: a.latest,
+    revoked: a.revoked ?? null,
   };
 }
 
@@ -268,6 +305,6 @@ export function fleetView(s: ServerState): AgentView[] {
 
 /** Holes in what arrived of a mirror's sequence, from 1 to the highest received. */
 export function coverageGaps(s: ServerState, mirror: string): Interval[] {
-  const cov = s.mirrors[mirror]?.coverage ?? [];
+  const cov = mirrorOf(s, mirror)?.coverage ?? [];
   return cov.length ? holes(cov, 1) : [];
 }

@@ -64,6 +64,12 @@ export class ServerStore {
     private readonly checkpointMs: number,
   ) {}
 
+  /**
+   * Batches refused before they authenticated as a registered mirror's, by code, since this process
+   * started: counted here (and in /metrics), never journaled.
+   */
+  readonly unauthenticated = new Map<string, number>();
+
   get state(): ServerState {
     return this.db.data;
   }
@@ -138,6 +144,8 @@ export class ServerStore {
       try {
         result = await fn(ing);
         await ing.finish();
+        for (const [code, n] of ing.unauthenticated)
+          this.unauthenticated.set(code, (this.unauthenticated.get(code) ?? 0) + n);
         if (ing.records.length) {
           const seqs = await this.journal.append(ing.records);
           this.db.data.journalSeq = seqs.at(-1)!;

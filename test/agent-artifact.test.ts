@@ -10,7 +10,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, copyFile, cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, importInto, startMirrorAt, type MirrorAt } from './helpers/agent-proc.js';
+import {
+  eventually,
+  importInto,
+  OPEN_ENROLMENT,
+  startMirrorAt,
+  type MirrorAt,
+} from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, REPO, snapshotDir, type World } from './helpers/fixtures.js';
 import { killStrays, sleep } from './helpers/mirror-proc.js';
 
@@ -115,7 +121,7 @@ describe('dist/ferry-agent, the single-file agent', () => {
       artifacts: [{ name: 'ferry-agent', kind: 'agent', version: '9.8.7', content: await readFile(built) }],
     });
     await importInto(data, b.volumes[0]!.path, w.rootPath);
-    mirror = await startMirrorAt(data);
+    mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
 
     const agent = start(
       lone,

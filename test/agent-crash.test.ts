@@ -15,6 +15,7 @@ import {
   importInto,
   readTelemetry,
   startAgent,
+  OPEN_ENROLMENT,
   startMirrorAt,
 } from './helpers/agent-proc.js';
 
@@ -44,7 +45,7 @@ async function site(name: string) {
 describe('ferry agent under kill -9', () => {
   it('restarts into a consistent state every time and never sends one counter twice', async () => {
     const s = await site('crash');
-    const mirror = await startMirrorAt(s.data);
+    const mirror = await startMirrorAt(s.data, 0, OPEN_ENROLMENT);
     const args = [
       '--state',
       s.state,
@@ -90,7 +91,7 @@ describe('ferry agent under kill -9', () => {
 
   it('reads its settings from --config, and command-line flags win', async () => {
     const s = await site('config');
-    const mirror = await startMirrorAt(s.data);
+    const mirror = await startMirrorAt(s.data, 0, OPEN_ENROLMENT);
     const config = join(s.dir, 'agent.json');
     const metricsFile = join(s.dir, 'ferry.prom');
     const settings = {

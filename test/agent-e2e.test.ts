@@ -17,6 +17,8 @@ import {
   agentStatus,
   eventually,
   importInto,
+  makeToken,
+  OPEN_ENROLMENT,
   readTelemetry,
   startAgent,
   startMirrorAt,
@@ -118,11 +120,25 @@ describe('ferry agent run against a real mirror', () => {
     c = await newCase('full');
     const b = await bundle(c, 1, 'once');
     await importInto(c.data, b.file, w.rootPath);
-    mirror = await startMirrorAt(c.data);
-    agent = startAgent(agentArgs(c, [mirror.url]));
+    mirror = await startMirrorAt(c.data); // enrolment needs a token
+    const { token, id: tokenId } = await makeToken(c.data, { groups: ['web'] }); // made while it serves
+    const tokenFile = join(c.dir, 'enrol.token');
+    await writeFile(tokenFile, `${token}\n`, { mode: 0o600 });
+    agent = startAgent(agentArgs(c, [mirror.url], ['--token-file', tokenFile]));
 
     const enrolled = await agent.waitForLog(event('agent.enrolled'));
     agentId = String(enrolled.agentId);
+    const record = JSON.parse(await readFile(join(c.data, 'agents', `${agentId}.json`), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    expect(record).toMatchObject({ groups: ['web'], tokenId });
+    // the secret is in no log and nowhere in the mirror's data dir
+    const secret = token.split(':').at(-1)!;
+    expect(agent.stderr()).not.toContain(secret);
+    expect(mirror.stderr()).not.toContain(secret);
+    for (const f of Object.keys(await snapshotDir(c.data)))
+      expect((await readFile(join(c.data, f)).catch(() => Buffer.alloc(0))).includes(secret)).toBe(false);
     await agent.waitForLog(event('sync.updated', { sequence: 1 }));
     await agent.waitForLog(event('script.ran', { script: 'tick', exitCode: 0 }));
     // a few more cycles: the once script must not run again
@@ -187,7 +203,7 @@ describe('ferry agent run cut off from its only mirror', () => {
     const c = await newCase('cutoff');
     const b = await bundle(c, 1, 'every 10s');
     await importInto(c.data, b.file, w.rootPath);
-    let mirror = await startMirrorAt(c.data);
+    let mirror = await startMirrorAt(c.data, 0, OPEN_ENROLMENT);
     const port = mirror.port;
     const agent = startAgent(agentArgs(c, [mirror.url]));
     const agentId = String((await agent.waitForLog(event('agent.enrolled'))).agentId);
@@ -208,7 +224,7 @@ describe('ferry agent run cut off from its only mirror', () => {
     expect(cutOff.active).toEqual({ publisher: 'acme-ops', sequence: 1 });
     expect(Date.now() - killedAt).toBeGreaterThan(cutOff.disconnectedSec * 1000 - 2_000);
 
-    mirror = await startMirrorAt(c.data, port);
+    mirror = await startMirrorAt(c.data, port, OPEN_ENROLMENT);
     expect(mirror.url).toBe(`http://127.0.0.1:${port}`);
     await eventually(
       'the outbox to drain',
@@ -252,8 +268,8 @@ describe('ferry agent run with two mirrors, the first serving a tampered blob', 
     await chmod(blobA, 0o644);
     await writeFile(blobA, evil);
 
-    const a = await startMirrorAt(dataA);
-    const bm = await startMirrorAt(dataB);
+    const a = await startMirrorAt(dataA, 0, OPEN_ENROLMENT);
+    const bm = await startMirrorAt(dataB, 0, OPEN_ENROLMENT);
     const agent = startAgent(agentArgs(c, [a.url, bm.url]));
     await agent.waitForLog(event('sync.updated', { sequence: 1 }));
     await agent.waitForLog(event('script.ran', { script: 'tick', exitCode: 0 }));
@@ -322,7 +338,7 @@ describe('ferry agent poll --now against a hostile mirror', () => {
     const b2 = await bundle(c, 2, 'once', `${CONF}# release 2\n`);
     await importInto(c.data, b1.file, w.rootPath);
     await importInto(c.data, b2.file, w.rootPath);
-    const good = await startMirrorAt(c.data);
+    const good = await startMirrorAt(c.data, 0, OPEN_ENROLMENT);
     const first = await runFerry([
       'agent',
       'poll',
@@ -429,7 +445,7 @@ describe('ferry agent run with an interpreter allowlist that leaves out sh', () 
     const c = await newCase('allowlist');
     const b = await bundle(c, 1, 'once');
     await importInto(c.data, b.file, w.rootPath);
-    const mirror = await startMirrorAt(c.data);
+    const mirror = await startMirrorAt(c.data, 0, OPEN_ENROLMENT);
     const agent = startAgent(agentArgs(c, [mirror.url], ['--allow-interpreter', 'bash']));
     const agentId = String((await agent.waitForLog(event('agent.enrolled'))).agentId);
     const refused = await agent.waitForLog(event('script.refused', { script: 'tick' }));

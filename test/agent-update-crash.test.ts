@@ -17,7 +17,14 @@ import { copyFile, mkdir, readFile, readdir, readlink, stat, symlink } from 'nod
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, importInto, readTelemetry, startMirrorAt, type MirrorAt } from './helpers/agent-proc.js';
+import {
+  eventually,
+  importInto,
+  readTelemetry,
+  OPEN_ENROLMENT,
+  startMirrorAt,
+  type MirrorAt,
+} from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, REPO, type World } from './helpers/fixtures.js';
 import { killStrays, sleep } from './helpers/mirror-proc.js';
 
@@ -252,7 +259,7 @@ beforeAll(async () => {
     ],
   });
   await importInto(data, second.volumes[0]!.path, w.rootPath);
-  mirror = await startMirrorAt(data);
+  mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
 }, 120_000);
 
 afterAll(async () => {

@@ -10,7 +10,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readdir, readFile, readlink, stat, symlink, writeFile, copyFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, importInto, readTelemetry, startMirrorAt, type MirrorAt } from './helpers/agent-proc.js';
+import {
+  eventually,
+  importInto,
+  readTelemetry,
+  OPEN_ENROLMENT,
+  startMirrorAt,
+  type MirrorAt,
+} from './helpers/agent-proc.js';
 import { buildBundle, makeWorld, REPO, type World } from './helpers/fixtures.js';
 import { killStrays, sleep } from './helpers/mirror-proc.js';
 
@@ -186,7 +193,7 @@ beforeAll(async () => {
     ],
   });
   await importInto(data, first.volumes[0]!.path, w.rootPath);
-  mirror = await startMirrorAt(data);
+  mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
   supervisor = supervise(40);
 }, 120_000);
 

@@ -35,8 +35,14 @@ describe('the demo', () => {
       'SITE_MISMATCH',
       'EXPORT_TAMPERED',
       'SERVER_KEY_MISMATCH',
+      'TOKEN_MISSING', // an agent without an enrolment token
     ];
     for (const c of refusals) expect(out).toContain(c); // (a step whose exit differs ends the demo with 1)
     expect(out).toMatch(/GET http:\/\/127\.0\.0\.1:\d+\/v1\/agents → \S+: \d+ heartbeat/);
+    // then a token is made and used: the agent enrols, and the token is shown nowhere in the demo
+    expect(out).toMatch(/\$ ferry mirror token create --data \S+ --ttl 1h --group web/);
+    expect(out).toMatch(/"event":"agent\.enrolled"/);
+    expect(out).toMatch(/[0-9a-f]{16} +exhausted +used 1\/1/);
+    expect(out).not.toMatch(/ferry-enrol:plant-7:[0-9a-f]{16}:/);
   }, 180_000);
 });

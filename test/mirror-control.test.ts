@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import { signHeartbeat } from '../core/heartbeat.js';
-import { importInto, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, makeToken, startMirrorAt } from './helpers/agent-proc.js';
 import { buildBundle, snapshotDir } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
 import { followLogs, runFerry, spawnFerry } from './helpers/mirror-proc.js';
@@ -30,7 +30,8 @@ describe('control socket', () => {
 
     // one agent, one heartbeat: something to carry out
     const a = await loadOrCreateIdentity(join(w.dir, 'agent'));
-    await enroll(m.url, a, { hostname: 'n1', platform: 'linux/amd64', groups: [] });
+    const { token } = await makeToken(data); // made by the serving mirror, over the socket
+    await enroll(m.url, a, { hostname: 'n1', platform: 'linux/amd64', groups: [], token });
     const posted = await fetch(`${m.url}/v1/telemetry`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

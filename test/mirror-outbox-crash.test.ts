@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import { signHeartbeat } from '../core/heartbeat.js';
-import { readTelemetry, startMirrorAt } from './helpers/agent-proc.js';
+import { readTelemetry, OPEN_ENROLMENT, startMirrorAt } from './helpers/agent-proc.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
 import { buildBundle } from './helpers/fixtures.js';
 import { useWorld } from './helpers/world.js';
@@ -53,7 +53,7 @@ describe('kill -9 of the mirror while heartbeats arrive', () => {
       'plant-7',
     ]);
     expect(r.code).toBe(0);
-    let m = await startMirrorAt(data);
+    let m = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const agents: AgentIdentity[] = [];
     for (let i = 0; i < 24; i++) {
       const dir = join(w.dir, `agent-${i}`);
@@ -86,7 +86,7 @@ describe('kill -9 of the mirror while heartbeats arrive', () => {
       await m.stop('SIGKILL');
       stop = true;
       await Promise.all(loops);
-      m = await startMirrorAt(data, m.port);
+      m = await startMirrorAt(data, m.port, OPEN_ENROLMENT);
       // a heartbeat whose answer was lost is either stored (then REPLAY now) or accepted now: never twice
       for (const a of agents) {
         const c = inFlight.get(a.agentId);

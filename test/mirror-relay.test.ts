@@ -222,44 +222,66 @@ describe('outbox', () => {
 });
 
 describe('relaying batches over HTTP', () => {
-  it('takes batches from an upstream-bound mirror, refuses loops, and a peer while it has no route', async () => {
+  const batchFrom = (mirror: string, signer: Parameters<typeof signBatch>[1], from = 1, to = from) => ({
+    envelope: signBatch(
+      {
+        type: BATCH_TYPE,
+        mirror,
+        site: 'plant-7',
+        createdAt: new Date().toISOString(),
+        from,
+        to,
+        records: [],
+      },
+      signer,
+    ),
+    via: [mirror],
+  });
+  const poster = (url: string) => async (body: unknown, relay: string) => {
+    const r = await fetch(url + '/v1/telemetry', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'ferry-relay': relay },
+      body: JSON.stringify(body),
+    });
+    return { status: r.status, json: (await r.json()) as Record<string, unknown> };
+  };
+
+  it('takes batches from a pinned mirror, refuses loops, and a peer while it has no route', async () => {
     const store = await newStore();
     const me = await mirrorIdentity(store.dir);
+    const other = await mirrorIdentity(await mkdtemp(join(w.dir, 'mirror-o-')));
     let route = false;
     const agents = agentsFor(store);
+    const trusted = new Map([[other.id, other.key.publicKey]]);
     const url = await listen(
-      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => route } }),
+      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => route, trusted } }),
     );
-    const other = await makeKey(w.dir, `other-${Date.now()}`);
-    const env = signEnvelope(BATCH_PAYLOAD_TYPE, Buffer.from('{}'), [other]);
-    const otherId = (await import('../core/telemetry.js')).mirrorIdOf(other.publicKey);
-    const post = async (body: unknown, relay: string) => {
-      const r = await fetch(url + '/v1/telemetry', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'ferry-relay': relay },
-        body: JSON.stringify(body),
-      });
-      return { status: r.status, json: (await r.json()) as Record<string, unknown> };
-    };
+    const post = poster(url);
+    const b1 = batchFrom(other.id, other.key, 1);
     const box = await agents.outbox();
     const before = box.head;
-    expect(await post({ batches: [{ envelope: env, via: [otherId] }] }, 'upstream')).toMatchObject({
+    expect(await post({ batches: [b1] }, 'upstream')).toMatchObject({
       status: 202,
-      json: { stored: 1 },
+      json: { stored: 1, duplicates: 0 },
     });
     expect(box.head).toBe(before + 1);
-    expect(await post({ batches: [{ envelope: env, via: [otherId, me.id] }] }, 'upstream')).toMatchObject({
+    expect(
+      await post({ batches: [{ ...batchFrom(other.id, other.key, 2), via: [other.id, me.id] }] }, 'upstream'),
+    ).toMatchObject({
       status: 409,
       json: { code: 'LOOP' },
     });
-    expect(await post({ batches: [{ envelope: env, via: [otherId] }] }, 'peer')).toMatchObject({
+    expect(await post({ batches: [batchFrom(other.id, other.key, 2)] }, 'peer')).toMatchObject({
       status: 503,
       json: { code: 'NO_ROUTE' },
     });
     route = true;
-    expect((await post({ batches: [{ envelope: env, via: [otherId] }] }, 'peer')).status).toBe(202);
+    expect((await post({ batches: [batchFrom(other.id, other.key, 2)] }, 'peer')).status).toBe(202);
     expect(
-      await post({ batches: [{ envelope: { ...env, payloadType: 'x' }, via: [otherId] }] }, 'upstream'),
+      await post(
+        { batches: [{ envelope: { ...b1.envelope, payloadType: 'x' }, via: [other.id] }] },
+        'upstream',
+      ),
     ).toMatchObject({
       status: 400,
       json: { code: 'BAD_BATCH' },
@@ -267,7 +289,85 @@ describe('relaying batches over HTTP', () => {
     expect((await post({ envelopes: [] }, 'upstream')).status).toBe(400);
     expect(box.head).toBe(before + 2); // refusals stored nothing
     const rec = (await box.read(before + 1)).at(0)!;
-    expect(rec).toMatchObject({ kind: 'batch', via: [otherId] });
+    expect(rec).toMatchObject({ kind: 'batch', via: [other.id] });
+  });
+
+  it('with no pinned relay keys relays nothing: RELAY_UNTRUSTED, and the data dir is unchanged', async () => {
+    const store = await newStore();
+    const me = await mirrorIdentity(store.dir);
+    const other = await mirrorIdentity(await mkdtemp(join(w.dir, 'mirror-o-')));
+    const agents = agentsFor(store);
+    const url = await listen(
+      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => true, trusted: new Map() } }),
+    );
+    await agents.outbox();
+    const snapshot = await snapshotDir(store.dir);
+    const post = poster(url);
+    for (const relay of ['upstream', 'peer'])
+      for (let i = 1; i <= 5; i++)
+        expect(await post({ batches: [batchFrom(other.id, other.key, i)] }, relay)).toMatchObject({
+          status: 403,
+          json: { code: 'RELAY_UNTRUSTED', message: expect.stringContaining('--relay-key') as unknown },
+        });
+    expect(await snapshotDir(store.dir)).toEqual(snapshot);
+  });
+
+  it('recognises a replayed genuine batch: acknowledged, stored once, also after a restart', async () => {
+    const store = await newStore();
+    const me = await mirrorIdentity(store.dir);
+    const other = await mirrorIdentity(await mkdtemp(join(w.dir, 'mirror-o-')));
+    const trusted = new Map([[other.id, other.key.publicKey]]);
+    const agents = agentsFor(store);
+    const url = await listen(
+      createHandler({ store, agents, relay: { selfId: me.id, hasRoute: () => true, trusted } }),
+    );
+    const post = poster(url);
+    const genuine = batchFrom(other.id, other.key, 1, 3);
+    expect(await post({ batches: [genuine] }, 'upstream')).toMatchObject({
+      status: 202,
+      json: { stored: 1, duplicates: 0 },
+    });
+    const box = await agents.outbox();
+    const head = box.head;
+    const snapshot = await snapshotDir(store.dir);
+    // the same batch again, alone, twice in one request, and as part of a range already held
+    expect(await post({ batches: [genuine] }, 'upstream')).toMatchObject({
+      status: 202,
+      json: { stored: 0, duplicates: 1 },
+    });
+    expect(await post({ batches: [genuine, genuine] }, 'peer')).toMatchObject({
+      status: 202,
+      json: { stored: 0, duplicates: 2 },
+    });
+    expect((await post({ batches: [batchFrom(other.id, other.key, 2, 2)] }, 'upstream')).json).toMatchObject({
+      stored: 0,
+      duplicates: 1,
+    });
+    expect(box.head).toBe(head);
+    expect(await snapshotDir(store.dir)).toEqual(snapshot);
+    // a fresh process over the same data dir remembers
+    const reopened = await Store.open(store.dir);
+    const agents2 = new AgentsStore(reopened.dir, reopened.now);
+    const url2 = await listen(
+      createHandler({
+        store: reopened,
+        agents: agents2,
+        relay: { selfId: me.id, hasRoute: () => true, trusted },
+      }),
+    );
+    await agents.close();
+    expect((await poster(url2)({ batches: [genuine] }, 'upstream')).json).toMatchObject({
+      stored: 0,
+      duplicates: 1,
+    });
+    // the next batch of that mirror is new
+    expect(
+      (await poster(url2)({ batches: [batchFrom(other.id, other.key, 4)] }, 'upstream')).json,
+    ).toMatchObject({
+      stored: 1,
+      duplicates: 0,
+    });
+    await agents2.close();
   });
 });
 

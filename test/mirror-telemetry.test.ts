@@ -5,7 +5,7 @@
  * the log and the counters as they were.
  */
 import { once } from 'node:events';
-import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -41,6 +41,11 @@ afterAll(async () => {
 });
 
 const info = { hostname: 'node-1', platform: 'linux/amd64', groups: ['canary'] };
+
+/** A one-use enrolment token of this mirror, admitting to `groups`. */
+async function tokenFor(groups: string[] = ['canary']): Promise<string> {
+  return (await agentsFor(store).tokens.create({ site: 'plant-7', ttlMs: 3600_000, groups })).token;
+}
 
 async function newAgent(): Promise<AgentIdentity> {
   return loadOrCreateIdentity(await mkdtemp(join(w.dir, 'agent-')));
@@ -90,19 +95,49 @@ const counters = async () => {
 };
 
 describe('POST /v1/enroll', () => {
-  it('gives an id derived from the key, the same on re-enrolment, and records the agent', async () => {
+  it('gives an id derived from the key, the same on re-enrolment, and records the groups of the token', async () => {
     const a = await newAgent();
-    const id = await enroll(base, a, info);
+    const token = await tokenFor(['canary', 'plant-7']);
+    const id = await enroll(base, a, { ...info, groups: ['admin'], token }); // the agent's claim is not used
     expect(id).toBe(a.agentId);
     expect(id).toMatch(/^[0-9a-f]{32}$/);
-    expect(await enroll(base, a, { ...info, groups: ['canary', 'plant-7'], token: 't-123' })).toBe(id);
+    const tokenId = token.split(':')[2];
     const rec = JSON.parse(await readFile(join(store.dir, 'agents', `${id}.json`), 'utf8')) as Record<
       string,
       unknown
     >;
-    expect(rec).toMatchObject({ id, keyid: a.keyid, groups: ['canary', 'plant-7'], token: 't-123' });
+    expect(rec).toMatchObject({ id, keyid: a.keyid, groups: ['canary', 'plant-7'], tokenId });
+    expect(rec.request).toBeUndefined(); // the signed request carries the token's secret: not kept
+    const box = await agentsFor(store).outbox();
+    const sent = (await box.read(1)).filter((r) => r.kind === 'enrolment' && r.agent.agentId === id);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]).not.toHaveProperty('agent.request'); // nor sent home
+    // enrolled: asking again needs no token (the token is spent) and changes nothing
+    const snapshot = await snapshotDir(store.dir);
+    expect(await enroll(base, a, { ...info, groups: ['other'] })).toBe(id);
+    expect(await snapshotDir(store.dir)).toEqual(snapshot);
     // the identity survives a restart: same key, same id
     expect((await loadOrCreateIdentity(join(a.keyPath, '..', '..'))).agentId).toBe(id);
+  });
+
+  it('drops the token a record from before token checks kept as given', async () => {
+    const a = await newAgent();
+    const path = join(store.dir, 'agents', `${a.agentId}.json`);
+    const legacy = {
+      id: a.agentId,
+      publicKey: Buffer.from(a.publicKey).toString('hex'),
+      keyid: a.keyid,
+      hostname: 'old',
+      platform: 'linux/amd64',
+      groups: [],
+      enrolledAt: '2026-01-01T00:00:00.000Z',
+      token: 't-legacy-secret',
+    };
+    await writeFile(path, JSON.stringify(legacy));
+    expect(await agentsFor(store).get(a.agentId)).toMatchObject({ id: a.agentId, hostname: 'old' });
+    const text = await readFile(path, 'utf8');
+    expect(text).not.toContain('t-legacy-secret');
+    expect(JSON.parse(text)).toMatchObject({ id: a.agentId, hostname: 'old', groups: [] });
   });
 
   it('refuses an enrolment not signed by the key it names, and records nothing', async () => {
@@ -129,7 +164,7 @@ describe('POST /v1/telemetry', () => {
   let a: AgentIdentity;
   beforeAll(async () => {
     a = await newAgent();
-    await enroll(base, a, info);
+    await enroll(base, a, { ...info, token: await tokenFor() });
   });
 
   it('answers 202 only once the heartbeat is in the log', async () => {
@@ -193,7 +228,7 @@ describe('POST /v1/telemetry', () => {
 
   it("refuses a heartbeat for this agent's id signed by another agent's key", async () => {
     const b = await newAgent();
-    await enroll(base, b, info);
+    await enroll(base, b, { ...info, token: await tokenFor() });
     const before = [await logged(), await counters()];
     const r = await post('/v1/telemetry', signHeartbeat(heartbeat(a, 21), b.key));
     expect(r).toMatchObject({ status: 400, json: { code: 'BAD_SIGNATURE' } });

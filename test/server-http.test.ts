@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ferry, tempDir } from './helpers/fixtures.js';
+import { ferry, snapshotDir, tempDir } from './helpers/fixtures.js';
 import { followLogs, killStrays, spawnFerry, type LoggedProc } from './helpers/mirror-proc.js';
 import {
   batch,
@@ -102,22 +102,80 @@ describe('ferry server start', () => {
     ]);
     expect(await get(s.url, `/v1/agents/${a.id}`)).toMatchObject({ agent: { id: a.id, lastCounter: 2 } });
     expect((await fetch(`${s.url}/v1/agents/nope`)).status).toBe(404);
-    const rej = await get(s.url, '/v1/rejections?limit=5');
-    expect(rej).toMatchObject({ total: 2, byCode: { UNKNOWN_MIRROR: 1, REPLAY: 1 } });
+    const { unauthenticated, ...rej } = await get(s.url, '/v1/rejections?limit=5');
+    // the unregistered sender's batch is counted, not journaled
+    expect(rej).toMatchObject({ total: 1, byCode: { REPLAY: 1 } });
+    expect(unauthenticated).toEqual({ UNKNOWN_MIRROR: 1 });
     expect(await get(s.url, '/v1/mirrors')).toMatchObject({
       mirrors: [{ id: m1.id, coverage: ['1–4'], gaps: [] }],
     });
     const metrics = await fetch(`${s.url}/metrics`).then((x) => x.text());
     expect(metrics).toMatch(/ferry_server_heartbeats_stored 2/);
     expect(metrics).toMatch(/ferry_server_rejections\{code="REPLAY"\} 1/);
+    expect(metrics).toMatch(/ferry_server_unauthenticated_rejections\{code="UNKNOWN_MIRROR"\} 1/);
     expect(await get(s.url, '/healthz')).toMatchObject({ ok: true });
 
     expect(await s.stop('SIGTERM')).toEqual({ code: 0, signal: null });
     s = await start(data);
     expect((await get(s.url, '/v1/agents')).agents).toEqual(agents.agents);
-    expect(await get(s.url, '/v1/rejections?limit=5')).toEqual(rej);
+    expect(await get(s.url, '/v1/rejections?limit=5')).toEqual({ ...rej, unauthenticated: {} }); // counts restart
     expect(await s.stop('SIGINT')).toEqual({ code: 0, signal: null });
     const offline = await ferry(['server', 'agents', '--data', data, '--json']);
     expect(JSON.parse(offline.stdout)).toMatchObject({ agents: [{ id: a.id, heartbeats: 2 }] });
+  });
+});
+
+describe('ferry server start under a flood from anyone', () => {
+  it('counts garbage and unregistered batches without storing them: the data dir stays byte-identical', async () => {
+    const data = join(dir, 'flood');
+    expect(
+      (await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', m1.pubPath]))
+        .code,
+    ).toBe(0);
+    const s = await start(data);
+    const a = makeAgent();
+    // one genuine delivery first, so the journal and checkpoint exist
+    expect(
+      (await post(s.url, { batches: [batch(m1, 1, 2, [enrolment(a, 1), heartbeat(a, 2, 1)])] })).status,
+    ).toBe(202);
+    await new Promise((r) => setTimeout(r, 1500)); // its checkpoint is written
+    const files = async () =>
+      Object.fromEntries(Object.entries(await snapshotDir(data)).filter(([k]) => k !== 'lock'));
+    const before = await files();
+    const junk = {
+      envelope: { payloadType: 'x', payload: 'AAAA', signatures: [{ sig: 'AAAA' }] },
+      via: [m1.id],
+    };
+    const pad = 'A'.repeat(8000);
+    for (let i = 0; i < 100; i++) {
+      const batches =
+        i % 3 === 0
+          ? [batch(stranger, 1, 1, [enrolment(a, 1)])] // an unregistered mirror
+          : i % 3 === 1
+            ? [batch(m1, 10 + i, 10 + i, [enrolment(a, 10 + i)], stranger.key)] // a registered one's name, forged
+            : [{ ...junk, envelope: { ...junk.envelope, payload: pad } }]; // garbage
+      const r = await post(s.url, { batches });
+      expect(r.status).toBe(202);
+      expect((r.json.results as { status: string }[])[0]!.status).toBe('rejected');
+    }
+    await new Promise((r) => setTimeout(r, 1500)); // a checkpoint would have been written by now
+    expect(await files()).toEqual(before);
+    const rej = await get(s.url, '/v1/rejections');
+    expect(rej).toMatchObject({ total: 0, unauthenticated: { UNKNOWN_MIRROR: 34, BAD_SIGNATURE: 33 } });
+    const metrics = await fetch(`${s.url}/metrics`).then((x) => x.text());
+    expect(metrics).toMatch(/ferry_server_unauthenticated_rejections\{code="UNKNOWN_MIRROR"\} 34/);
+    expect(await s.stop('SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await files()).toEqual(before);
+  });
+
+  it('answers look-ups by names of object properties with 404, never 500', async () => {
+    const data = join(dir, 'proto');
+    const s = await start(data);
+    for (const name of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+      const r = await fetch(`${s.url}/v1/agents/${name}`);
+      expect({ name, status: r.status }).toEqual({ name, status: 404 });
+      expect(await r.json()).toMatchObject({ code: 'UNKNOWN_AGENT' });
+    }
+    expect(await s.stop('SIGTERM')).toEqual({ code: 0, signal: null });
   });
 });

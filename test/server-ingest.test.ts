@@ -13,7 +13,8 @@ import type { BatchOutcome } from '../server/ingest.js';
 import { addRange, has, hasRange, holes, type Interval } from '../server/intervals.js';
 import { registerMirror } from '../server/mirrors.js';
 import { ServerStore } from '../server/store.js';
-import type { CarriedBatch } from '../core/telemetry.js';
+import { snapshotDir } from './helpers/fixtures.js';
+import type { CarriedBatch, OwnRecord } from '../core/telemetry.js';
 import {
   altered,
   batch,
@@ -138,8 +139,11 @@ describe('carried batches', () => {
     await store.close();
   });
 
-  it('refuses a whole batch from an unknown mirror or signed by another key, and journals it', async () => {
+  it('refuses a whole batch from an unknown mirror or signed by another key: counted, never journaled', async () => {
     const { dir, store } = await newStore();
+    const files = async () =>
+      Object.fromEntries(Object.entries(await snapshotDir(dir)).filter(([k]) => k !== 'lock'));
+    const before = await files();
     const a = makeAgent();
     const [unknown, forged] = await send(
       store,
@@ -155,14 +159,46 @@ describe('carried batches', () => {
     expect(loop).toMatchObject({ ok: false, code: 'LOOP' });
     expect(store.fleet()).toEqual([]);
     expect(store.state.mirrors[m1.id]).toBeUndefined(); // nothing covered: a good copy is still welcome
-    await store.close();
-    const again = await ServerStore.open(dir);
-    expect(again.state.rejectionCounts).toEqual({
+    // none of them authenticated as a registered mirror: counted, and nothing written
+    expect(Object.fromEntries(store.unauthenticated)).toEqual({
       UNKNOWN_MIRROR: 1,
       BAD_SIGNATURE: 1,
       TELEMETRY_INVALID: 1,
       LOOP: 1,
     });
+    expect(store.journalHead).toBe(0);
+    expect(await files()).toEqual(before);
+    await store.close();
+    expect(await files()).toEqual(before);
+    const again = await ServerStore.open(dir);
+    expect(again.state.rejectionCounts).toEqual({});
+    await again.close();
+  });
+
+  it('marks an agent revoked by a mirror of its site, also when the revocation arrives before its enrolment', async () => {
+    const { dir, store } = await newStore();
+    const a = makeAgent();
+    const b = makeAgent();
+    const revocation = (x: typeof a, seq: number, reason: string): OwnRecord => ({
+      kind: 'revocation',
+      seq,
+      at: new Date().toISOString(),
+      revocation: { agentId: x.id, revokedAt: '2026-11-29T08:00:00.000Z', reason },
+    });
+    // b's revocation (m2) comes home before its enrolment (m1); a mirror of another site cannot revoke a
+    await send(store, batch(m1, 1, 1, [enrolment(a, 1)]), batch(m2, 1, 1, [revocation(b, 1, 'lost')]));
+    const [foreign] = await send(store, batch(m3, 1, 1, [revocation(a, 1, 'not yours')]));
+    expect(foreign).toMatchObject({ ok: true, tally: { rejected: [{ code: 'WRONG_SITE' }] } });
+    await send(store, batch(m1, 2, 2, [enrolment(b, 2)]));
+    const view = () => new Map(store.fleet().map((x) => [x.id, x.revoked]));
+    expect(view().get(a.id)).toBeNull();
+    expect(view().get(b.id)).toEqual({ at: '2026-11-29T08:00:00.000Z', by: m2.id, reason: 'lost' });
+    // enrolling again does not lift it, and it survives a restart (replayed from the journal)
+    await send(store, batch(m2, 2, 2, [enrolment(b, 2)]));
+    expect(view().get(b.id)).toMatchObject({ reason: 'lost' });
+    await store.close();
+    const again = await ServerStore.open(dir);
+    expect(new Map(again.fleet().map((x) => [x.id, x.revoked])).get(b.id)).toMatchObject({ by: m2.id });
     await again.close();
   });
 

@@ -60,6 +60,7 @@ const startMirror = (data: string, port: number, extra: string[]) =>
         'plant-7',
         '--retry-max',
         '1',
+        '--open-enrolment', // these tests are about the way home, not about who may enrol
         ...extra,
       ]),
       'mirror',

@@ -29,8 +29,34 @@ export function httpLimitsFromEnv(env = process.env): Partial<ClientLimits> | un
   }
 }
 
-function agentFrom(p: Parsed, persistMirrors = true): Agent {
+/**
+ * The enrolment token from --token or --token-file (one of them): only what the first enrolment needs.
+ * A token file's surrounding whitespace is ignored; the token itself never appears in a message.
+ */
+export async function tokenFrom(p: Parsed): Promise<string | undefined> {
+  const token = str(p, 'token', false);
+  const file = str(p, 'token-file', false);
+  if (token && file) throw new FerryError('USAGE', '--token and --token-file: give one of them');
+  if (token) return token;
+  if (!file) return undefined;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new FerryError(
+      'USAGE',
+      `--token-file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'unreadable'}`,
+    );
+  }
+  const t = text.trim();
+  if (t === '' || t.length > 4096 || /\s/.test(t))
+    throw new FerryError('USAGE', `--token-file ${file} must hold one token`);
+  return t;
+}
+
+async function agentFrom(p: Parsed, persistMirrors = true): Promise<Agent> {
   const allow = list(p, 'allow-interpreter', false);
+  const token = await tokenFrom(p);
   const httpLimits = httpLimitsFromEnv();
   return new Agent({
     stateDir: str(p, 'state'),
@@ -49,6 +75,7 @@ function agentFrom(p: Parsed, persistMirrors = true): Agent {
     ...(str(p, 'install-root', false) && { installRoot: str(p, 'install-root') }),
     ...(p.values['update-soak'] !== undefined && { updateLimits: { soakMs: int(p, 'update-soak') * 1000 } }),
     ...(httpLimits && { httpLimits }),
+    ...(token !== undefined && { token }),
   });
 }
 
@@ -74,6 +101,8 @@ const CONFIG_KEYS: Record<string, { flag: string; kind: 'string' | 'list' | 'num
   metricsFile: { flag: 'metrics-file', kind: 'string' },
   installRoot: { flag: 'install-root', kind: 'string' },
   updateSoak: { flag: 'update-soak', kind: 'number' },
+  token: { flag: 'token', kind: 'string' },
+  tokenFile: { flag: 'token-file', kind: 'string' },
 };
 
 /** Fills options from `--config FILE` (JSON) where the command line did not give them. */
@@ -92,7 +121,7 @@ export async function withConfig(p: Parsed): Promise<Parsed> {
     throw new FerryError('USAGE', `--config ${path}: not a JSON object`);
   const values = { ...p.values };
   for (const [key, raw] of Object.entries(v)) {
-    const spec = CONFIG_KEYS[key];
+    const spec = Object.hasOwn(CONFIG_KEYS, key) ? CONFIG_KEYS[key] : undefined;
     if (!spec) throw new FerryError('USAGE', `--config ${path}: unknown key ${JSON.stringify(key)}`);
     const ok =
       spec.kind === 'list'
@@ -125,6 +154,8 @@ const RUN_OPTIONS = {
   'metrics-file': { type: 'string' },
   'install-root': { type: 'string' },
   'update-soak': { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
 } as const;
 
 export const agentRun: Command = {
@@ -142,13 +173,16 @@ export const agentRun: Command = {
     'Downloads: every request has a total deadline of max(30 s, size / 64 KiB/s), after which the next\n' +
     'mirror resumes it; a blob is fetched only when its size plus a 32 MiB reserve fits on the disk\n' +
     '(else STORAGE_FULL, reported by status and heartbeats). $FERRY_AGENT_HTTP_LIMITS (JSON: idleTimeoutMs,\n' +
-    'minDeadlineMs, floorBytesPerSec, reserveBytes) changes these.',
+    'minDeadlineMs, floorBytesPerSec, reserveBytes) changes these.\n' +
+    'Enrolment: --token T (or --token-file F holding it; config keys token, tokenFile) is the token the site\n' +
+    'operator made with `ferry mirror token create`; it is needed only until a mirror has enrolled this agent\n' +
+    'and is never logged.',
   usage:
-    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC]',
+    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC] [--token T | --token-file F]',
   options: RUN_OPTIONS,
   async run(parsed) {
     const p = await withConfig(parsed);
-    const agent = agentFrom(p);
+    const agent = await agentFrom(p);
     await agent.init();
     process.on('SIGUSR1', () => agent.pollNow());
     process.once('SIGTERM', () => agent.stop());
@@ -184,7 +218,7 @@ export const agentPoll: Command = {
       else io.out(`asked the running agent (pid ${pid}) to poll now`);
       return 0;
     }
-    const agent = agentFrom(p, false); // --mirror here is for this poll only
+    const agent = await agentFrom(p, false); // --mirror here is for this poll only
     await agent.init();
     const r = await agent.cycle();
     const summary = {
@@ -199,16 +233,23 @@ export const agentPoll: Command = {
       policyProblems: r.apply.problems,
       sent: r.sent,
     };
-    const refusal = r.sync.kind === 'refused' ? { code: r.sync.code, message: r.sync.reason } : {};
-    if (p.json) printJson(io, { ok: r.sync.kind !== 'refused', ...refusal, ...summary });
+    const refusal =
+      r.sync.kind === 'refused'
+        ? { code: r.sync.code, message: r.sync.reason }
+        : r.enrolRefused
+          ? { code: r.enrolRefused.code, message: r.enrolRefused.message }
+          : {};
+    const failed = r.sync.kind === 'refused' || r.enrolRefused !== undefined;
+    if (p.json) printJson(io, { ok: !failed, ...refusal, ...summary });
     else
       io.out(
-        `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent`,
+        `sync ${r.sync.kind}; active sequence ${summary.sequence ?? 'none'}; ${summary.scripts.length} script(s) ran; ${r.sent} report(s) sent` +
+          (r.enrolRefused ? '; not enrolled' : ''),
       );
     if (!p.json) for (const pr of r.apply.problems) io.err(`ferry: ${pr.code}: ${pr.message}`);
-    if (r.sync.kind === 'refused' && !p.json) io.err(`ferry: ${r.sync.code}: ${r.sync.reason}`);
-    // a refused update is a failure the operator must act on (exit 1); the running state is unchanged
-    return r.sync.kind === 'refused' ? 1 : 0;
+    if (failed && !p.json && 'code' in refusal) io.err(`ferry: ${refusal.code}: ${refusal.message}`);
+    // a refused update or enrolment is a failure the operator must act on (exit 1); the running state is unchanged
+    return failed ? 1 : 0;
   },
 };
 

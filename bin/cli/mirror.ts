@@ -12,7 +12,11 @@ import { acquireLock } from '../../platform/lock.js';
 import { checkBundleFile } from '../../platform/bundle-file.js';
 import { isLockedError } from '../../platform/errors.js';
 import { Outbox, type OutboxFigures } from '../../mirror/outbox.js';
-import { createLogger } from '../../platform/log.js';
+import { createLogger, silentLogger } from '../../platform/log.js';
+import { parseDuration } from '../../core/time.js';
+import { AgentsStore } from '../../mirror/agents.js';
+import { enrolmentOps, type AgentView, type EnrolmentOps } from '../../mirror/enrolment.js';
+import type { TokenView } from '../../mirror/tokens.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
 import { Store } from '../../mirror/store.js';
@@ -160,13 +164,15 @@ export const mirrorServe: Command = {
     'all, `ferry mirror export-telemetry` writes them for the courier. Back-off between attempts doubles up\n' +
     'to --retry-max seconds (default 60). --server-key pins the key courier acks must be signed with (from\n' +
     '`ferry server identity --out`, brought with the trust root); a different key than the one pinned\n' +
-    'refuses the start. --relay-key (repeatable; `ferry mirror identity --out` of another mirror) limits the\n' +
-    'batches this mirror relays to those signed by the mirrors named; without it, any well-formed batch is\n' +
-    'carried. ' +
+    'refuses the start. --relay-key (repeatable; `ferry mirror identity --out` of another mirror) names the\n' +
+    'mirrors whose batches this one relays, each checked against its key; without it, this mirror relays\n' +
+    'for no one. Agents enrol with a token (`ferry mirror token create`); --open-enrolment admits any agent\n' +
+    'that asks, with the groups it claims, and says so in the log and on the status page. SIGTERM/SIGINT\n' +
+    'stop it gracefully. ' +
     httpHelp +
-    '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
+    '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -180,6 +186,7 @@ export const mirrorServe: Command = {
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
     ...httpOptions,
+    'open-enrolment': { type: 'boolean' },
   },
   async run(p) {
     const { host, port } = parseListen(str(p, 'listen'));
@@ -206,6 +213,7 @@ export const mirrorServe: Command = {
       ...(serverKey && { serverKeyPath: resolve(serverKey) }),
       ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
       limits: httpLimits(p),
+      openEnrolment: p.values['open-enrolment'] === true,
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;
@@ -391,3 +399,154 @@ async function telemetryStatus(dataDir: string): Promise<TelemetryStatus | null>
     await release();
   }
 }
+
+/**
+ * Runs an enrolment command: through the serving mirror's control socket when one serves this data
+ * dir (it owns the tokens and agents), otherwise here, holding the outbox lock meanwhile.
+ */
+async function viaEnrolment<T extends object>(
+  dataDir: string,
+  method: 'GET' | 'POST',
+  route: string,
+  body: Record<string, unknown>,
+  local: (ops: EnrolmentOps) => Promise<T>,
+): Promise<T> {
+  const answer = await callControl(dataDir, method, route, method === 'POST' ? body : undefined);
+  if (answer) {
+    if (!answer.ok) throw new CodedError(answer.code ?? 'INTERNAL', answer.message ?? 'the mirror refused');
+    const rest: Record<string, unknown> = { ...answer };
+    delete rest.ok;
+    return rest as T;
+  }
+  const store = await Store.open(dataDir);
+  const site = (await store.readState()).site;
+  await mkdir(join(dataDir, 'telemetry'), { recursive: true });
+  let release;
+  try {
+    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 2000 });
+  } catch (e) {
+    if (isLockedError(e))
+      throw new MirrorError(
+        'STORE_LOCKED',
+        `a ferry mirror serve holds ${dataDir} but does not answer on its control socket`,
+      );
+    throw e;
+  }
+  const agents = new AgentsStore(dataDir);
+  try {
+    return await local(enrolmentOps(agents, site, silentLogger));
+  } finally {
+    await agents.close();
+    await release();
+  }
+}
+
+const tokenLine = (t: TokenView) =>
+  `${t.id}  ${t.state.padEnd(9)} used ${t.used}/${t.uses}  expires ${t.expiresAt}  groups ${t.groups.join(',') || '(none)'}`;
+
+export const mirrorTokenCreate: Command = {
+  summary:
+    'Makes an enrolment token: an agent presents it (`ferry agent run --token T` or --token-file F) to enrol\n' +
+    'at this mirror. It expires after --ttl (30m, 1h, 7d …), allows --uses enrolments (default 1), is bound to\n' +
+    "this mirror's site, and admits to the --group groups (the agent's own claim is not used). The token is\n" +
+    'printed once on stdout and never stored or logged: the mirror keeps its SHA-256 and names it by its id.\n' +
+    'Works while the mirror serves (it makes the token itself).',
+  usage: '--data DIR --ttl DURATION [--uses N] [--group G]... [--json]',
+  options: {
+    data: { type: 'string' },
+    ttl: { type: 'string' },
+    uses: { type: 'string' },
+    group: { type: 'string', multiple: true },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const dataDir = str(p, 'data');
+    const ttlMs = parseDuration(str(p, 'ttl'));
+    if (ttlMs === undefined) throw new FerryError('USAGE', '--ttl must be a duration like 30m, 1h or 7d');
+    const body = { ttlMs, uses: int(p, 'uses', 1), groups: list(p, 'group', false) };
+    const r = await viaEnrolment(dataDir, 'POST', '/tokens/create', body, (ops) => ops.createToken(body));
+    if (p.json) printJson(io, { ok: true, token: r.token, ...r.record });
+    else {
+      io.out(r.token);
+      io.err(
+        `token ${r.record.id} for site ${r.record.site}: ${r.record.uses} enrolment(s) until ${r.record.expiresAt}, ` +
+          `groups ${r.record.groups.join(',') || '(none)'}. It is shown this once: hand it over privately.`,
+      );
+    }
+    return 0;
+  },
+};
+
+export const mirrorTokenList: Command = {
+  summary:
+    "Lists the mirror's enrolment tokens by id (never their secrets): state (active, expired, exhausted,\n" +
+    'revoked), uses, expiry, groups, and the agents each one enrolled.',
+  usage: '--data DIR [--json]',
+  options: { data: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const r = await viaEnrolment(str(p, 'data'), 'GET', '/tokens', {}, (ops) => ops.listTokens());
+    if (p.json) printJson(io, { ok: true, ...r });
+    else if (r.tokens.length === 0) io.out('no enrolment tokens');
+    else for (const t of r.tokens) io.out(tokenLine(t));
+    return 0;
+  },
+};
+
+export const mirrorTokenRevoke: Command = {
+  summary:
+    'Revokes an enrolment token by id (from `token list`): enrolments with it are refused (TOKEN_REVOKED)\n' +
+    'from now on. Agents it already enrolled stay enrolled (`ferry mirror agent revoke` shuts one out).',
+  usage: 'ID --data DIR [--json]',
+  options: { data: { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const body = { id: p.positionals[0]! };
+    const r = await viaEnrolment(str(p, 'data'), 'POST', '/tokens/revoke', body, (ops) =>
+      ops.revokeToken(body),
+    );
+    if (p.json) printJson(io, { ok: true, ...r });
+    else io.out(`token ${r.record.id} ${r.alreadyRevoked ? 'was already revoked' : 'revoked'}`);
+    return 0;
+  },
+};
+
+const agentLine = (a: AgentView) =>
+  `${a.id}  ${a.revokedAt ? `REVOKED ${a.revokedAt}` : 'enrolled'}  ${a.hostname}  groups ${a.groups.join(',') || '(none)'}${a.tokenId ? `  token ${a.tokenId}` : ''}`;
+
+export const mirrorAgentList: Command = {
+  summary:
+    'Lists the agents enrolled at this mirror: id, host, groups, the token that admitted each, revocation.',
+  usage: '--data DIR [--json]',
+  options: { data: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const r = await viaEnrolment(str(p, 'data'), 'GET', '/agents', {}, (ops) => ops.listAgents());
+    if (p.json) printJson(io, { ok: true, ...r });
+    else if (r.agents.length === 0) io.out('no agents enrolled');
+    else for (const a of r.agents) io.out(agentLine(a));
+    return 0;
+  },
+};
+
+export const mirrorAgentRevoke: Command = {
+  summary:
+    'Revokes an enrolled agent: from now on this mirror refuses its heartbeats (AGENT_REVOKED) and its\n' +
+    're-enrolment, and a revocation record, signed with the telemetry it travels in, goes home so the\n' +
+    'server marks the agent revoked (`ferry server agents`). Works while the mirror serves.',
+  usage: 'AGENT_ID --data DIR [--reason TEXT] [--json]',
+  options: { data: { type: 'string' }, reason: { type: 'string' }, ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const body = { id: p.positionals[0]!, reason: str(p, 'reason', false) };
+    const r = await viaEnrolment(str(p, 'data'), 'POST', '/agents/revoke', body, (ops) =>
+      ops.revokeAgent(body),
+    );
+    if (p.json) printJson(io, { ok: true, ...r });
+    else
+      io.out(
+        r.alreadyRevoked
+          ? `agent ${r.agent.id} was already revoked (${r.agent.revokedAt ?? ''})`
+          : `agent ${r.agent.id} revoked; the server learns it with the next telemetry`,
+      );
+    return 0;
+  },
+};

@@ -125,7 +125,10 @@ function printFleet(io: Io, agents: AgentView[]): void {
       ? `, ${a.counterGaps.missing} missing (${a.counterGaps.first.join(', ')})`
       : '';
     io.out(
-      `${a.id} ${a.site} ${a.hostname} [${a.groups.join(',')}] version ${a.version ?? '-'} manifest ${a.manifestSequence ?? '-'} last seen ${a.lastSeen ?? 'never'}, ${a.heartbeats} heartbeat(s)${gaps}`,
+      `${a.id} ${a.site} ${a.hostname} [${a.groups.join(',')}] version ${a.version ?? '-'} manifest ${a.manifestSequence ?? '-'} last seen ${a.lastSeen ?? 'never'}, ${a.heartbeats} heartbeat(s)${gaps}` +
+        (a.revoked
+          ? ` REVOKED ${a.revoked.at} by mirror ${a.revoked.by}${a.revoked.reason ? ` (${a.revoked.reason})` : ''}`
+          : ''),
     );
   }
 }

@@ -2,6 +2,15 @@
  * Agent routes: `POST /v1/enroll` and `POST /v1/telemetry`. Request bodies are
  * read raw with a size cap and parsed strictly here (no body parser).
  *
+ * Enrolment needs a token made with `ferry mirror token create` (mirror/tokens.ts),
+ * inside the agent's signed request: missing, malformed, unknown, expired,
+ * exhausted, revoked and other-site tokens are refused (401/400/403 with a
+ * TOKEN_* code) before anything is written. The groups recorded are the token's,
+ * not the agent's claim. An agent already enrolled here gets its id back
+ * without a token and without any change; a revoked one is refused
+ * (AGENT_REVOKED). Only `serve --open-enrolment` admits requests without a
+ * token, with the groups they claim.
+ *
  * Telemetry takes one heartbeat envelope or {envelopes:[…]} from agents. Each
  * item is checked on its own (shape, enrolled agent, signature under that
  * agent's key, payload, counter); the answer is 202 {accepted, rejected:[{index, code}]}
@@ -11,8 +20,9 @@
  * batches this mirror carries on as they are (the server checks them end to
  * end). With pinned relay keys (`serve --relay-key`), each batch must verify
  * under the pinned key of the mirror it names, or the whole request is refused
- * with 403 RELAY_UNTRUSTED; without them any well-formed batch is carried. The
- * whole request is refused with 409 LOOP when a batch already crossed this mirror, and, when
+ * with 403 RELAY_UNTRUSTED; with none pinned, every batch is. A batch whose range
+ * of its mirror's sequence was taken before is a replay: acknowledged, not
+ * stored again (202 {stored, duplicates}). The whole request is refused with 409 LOOP when a batch already crossed this mirror, and, when
  * the sender is a peer looking for a route (`Ferry-Relay: peer`), with 503
  * NO_ROUTE while this mirror has no working upstream itself. Otherwise 202
  * {stored} once the batches are durable in the outbox.
@@ -21,15 +31,18 @@ import Router from '@koa/router';
 import type { Context } from 'koa';
 import { assertEnvelope, type Envelope } from '../../core/dsse.js';
 import { isCodedError, isFerryError } from '../../core/errors.js';
-import { openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
+import { agentIdOf, openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
 import {
   assertCarriedBatch,
   claimBatch,
   verifyClaimedBatch,
+  type BatchPayload,
   type CarriedBatch,
   type ClaimedBatch,
 } from '../../core/telemetry.js';
-import type { AcceptedHeartbeat, AgentsStore } from '../agents.js';
+import type { AcceptedHeartbeat, AgentsStore, EnrolGrant } from '../agents.js';
+import type { CheckedBatch } from '../relayed.js';
+import { isTokenError, type TokenCode } from '../tokens.js';
 import { HttpError, type HttpErrorCode } from './errors.js';
 import { readJsonBody } from '../../platform/http/server-body.js';
 
@@ -56,8 +69,18 @@ export const DEFAULT_AGENT_ROUTE_LIMITS: AgentRouteLimits = {
 
 export type TelemetryItemCode = Extract<
   HttpErrorCode,
-  'BAD_ENVELOPE' | 'UNKNOWN_AGENT' | 'BAD_SIGNATURE' | 'BAD_HEARTBEAT' | 'REPLAY'
+  'BAD_ENVELOPE' | 'UNKNOWN_AGENT' | 'AGENT_REVOKED' | 'BAD_SIGNATURE' | 'BAD_HEARTBEAT' | 'REPLAY'
 >;
+
+const TOKEN_STATUS: Record<TokenCode, number> = {
+  TOKEN_MISSING: 401,
+  TOKEN_MALFORMED: 400,
+  TOKEN_UNKNOWN: 403,
+  TOKEN_EXPIRED: 403,
+  TOKEN_EXHAUSTED: 403,
+  TOKEN_REVOKED: 403,
+  TOKEN_WRONG_SITE: 403,
+};
 
 function enrollError(e: unknown): never {
   if (isFerryError(e) && e.code === 'SIGNATURE_THRESHOLD')
@@ -88,6 +111,7 @@ async function checkItem(
     if ('unknownAgent' in opened) return { ok: false, code: 'UNKNOWN_AGENT' };
     const { heartbeat } = opened;
     const agentId = heartbeat.agentId;
+    if (await agents.isRevoked(agentId)) return { ok: false, code: 'AGENT_REVOKED' };
     // Cheap early refusal; the commit re-checks under its own serialisation.
     if (heartbeat.counter <= (await agents.lastCounter(agentId))) return { ok: false, code: 'REPLAY' };
     // Stored as DSSE and nothing else: unknown fields a client added do not reach the log.
@@ -151,7 +175,7 @@ export async function acceptAgentTelemetry(
  * A batch made by a pinned mirror (the first in its `via`) and signed by it; anything else is refused
  * (before anything is stored). The same checks as the server's (server/ingest.ts), with pinned keys.
  */
-function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, what: string): void {
+function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, what: string): BatchPayload {
   let claimed: ClaimedBatch;
   try {
     claimed = claimBatch(b.envelope);
@@ -169,7 +193,7 @@ function checkOrigin(b: CarriedBatch, trusted: ReadonlyMap<string, Uint8Array>, 
       `${what} comes from mirror ${origin}, whose key this mirror has not pinned (serve --relay-key)`,
     );
   try {
-    verifyClaimedBatch(b.envelope, claimed, key);
+    return verifyClaimedBatch(b.envelope, claimed, key);
   } catch (e) {
     throw new HttpError(
       403,
@@ -186,10 +210,10 @@ export interface RelayOptions {
   /** Whether this mirror can get batches home now (a peer's batches are taken only then). */
   hasRoute: () => boolean;
   /**
-   * Mirror id → public key of the mirrors whose batches this one carries. When set (even empty), a
-   * batch is taken only if it verifies under the key of the mirror it names; when absent, any is.
+   * Mirror id → public key of the mirrors whose batches this one carries (`serve --relay-key`): a
+   * batch is taken only if it verifies under the key of the mirror it names. Empty: none is.
    */
-  trusted?: ReadonlyMap<string, Uint8Array>;
+  trusted: ReadonlyMap<string, Uint8Array>;
 }
 
 export function agentsRouter(
@@ -212,6 +236,33 @@ export function agentsRouter(
     }
     if (Math.abs(Date.parse(payload.at) - now()) > l.enrollSkewMs)
       throw new HttpError(400, 'BAD_ENROLMENT', 'enrolment "at" is too far from the mirror clock');
+    const agentId = agentIdOf(Buffer.from(payload.publicKey, 'hex'));
+    ctx.set('Cache-Control', 'no-store');
+    const existing = await agents.get(agentId);
+    if (existing?.revokedAt !== undefined)
+      throw new HttpError(403, 'AGENT_REVOKED', `agent ${agentId} was revoked at this mirror`);
+    if (existing) {
+      // The key is the identity: an agent enrolled here needs no token to be told its id again.
+      ctx.body = { agentId, groups: existing.groups };
+      return;
+    }
+    let grant: EnrolGrant | undefined;
+    let refund: (() => Promise<void>) | undefined;
+    if (payload.token !== undefined) {
+      try {
+        const r = await agents.tokens.redeem(payload.token, await agents.site(), agentId);
+        grant = { groups: r.groups, tokenId: r.id };
+        refund = r.refund;
+      } catch (e) {
+        if (isTokenError(e)) throw new HttpError(TOKEN_STATUS[e.code], e.code, e.message);
+        throw e;
+      }
+    } else if (!agents.openEnrolment)
+      throw new HttpError(
+        401,
+        'TOKEN_MISSING',
+        'enrolment needs a token (ferry mirror token create; the agent takes it with --token)',
+      );
     const request: Envelope = {
       payloadType: body.payloadType,
       payload: body.payload,
@@ -220,9 +271,14 @@ export function agentsRouter(
         sig: x.sig,
       })),
     };
-    const record = await agents.enroll(payload, request);
-    ctx.set('Cache-Control', 'no-store');
-    ctx.body = { agentId: record.id };
+    let record;
+    try {
+      record = await agents.enroll(payload, request, grant);
+    } catch (e) {
+      await refund?.().catch(() => undefined); // the token's use was spent on nothing
+      throw e;
+    }
+    ctx.body = { agentId: record.id, groups: record.groups };
   });
 
   async function relayBatches(ctx: Context, body: Record<string, unknown>): Promise<void> {
@@ -232,7 +288,13 @@ export function agentsRouter(
       throw new HttpError(400, 'BAD_REQUEST', 'body must be {batches:[{envelope, via}…]}');
     if (list.length > l.relayBatches)
       throw new HttpError(413, 'BODY_TOO_LARGE', `at most ${l.relayBatches} batches per request`);
-    const batches: CarriedBatch[] = [];
+    if (relay.trusted.size === 0)
+      throw new HttpError(
+        403,
+        'RELAY_UNTRUSTED',
+        'this mirror relays for no other mirror (pin the ones it may carry with serve --relay-key)',
+      );
+    const batches: CheckedBatch[] = [];
     for (const [i, v] of list.entries()) {
       try {
         assertCarriedBatch(v, `batches[${i}]`);
@@ -242,26 +304,31 @@ export function agentsRouter(
       }
       if (v.via.includes(relay.selfId))
         throw new HttpError(409, 'LOOP', `batches[${i}] has already crossed this mirror (${relay.selfId})`);
-      if (relay.trusted) checkOrigin(v, relay.trusted, `batches[${i}]`);
+      const p = checkOrigin(v, relay.trusted, `batches[${i}]`);
       batches.push({
-        via: [...v.via],
-        envelope: {
-          payloadType: v.envelope.payloadType,
-          payload: v.envelope.payload,
-          signatures: v.envelope.signatures.map((x) => ({
-            ...(x.keyid !== undefined && { keyid: x.keyid }),
-            sig: x.sig,
-          })),
+        origin: p.mirror,
+        from: p.from,
+        to: p.to,
+        batch: {
+          via: [...v.via],
+          envelope: {
+            payloadType: v.envelope.payloadType,
+            payload: v.envelope.payload,
+            signatures: v.envelope.signatures.map((x) => ({
+              ...(x.keyid !== undefined && { keyid: x.keyid }),
+              sig: x.sig,
+            })),
+          },
         },
       });
     }
     if (ctx.get('Ferry-Relay') === 'peer' && !relay.hasRoute())
       throw new HttpError(503, 'NO_ROUTE', 'this mirror has no working upstream to relay through');
     const outbox = await agents.outbox();
-    await outbox.appendRelayed(batches);
+    const r = await agents.relayed.take(batches, (fresh) => outbox.appendRelayed(fresh));
     ctx.set('Cache-Control', 'no-store');
     ctx.status = 202;
-    ctx.body = { stored: batches.length };
+    ctx.body = r;
   }
 
   router.post('/telemetry', async (ctx) => {

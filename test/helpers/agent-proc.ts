@@ -15,16 +15,63 @@ export interface MirrorAt extends LoggedProc {
   port: number;
 }
 
-/** `ferry mirror serve` on 127.0.0.1:`port` (0: the kernel chooses) over an imported data dir. */
-export async function startMirrorAt(data: string, port = 0): Promise<MirrorAt> {
+export interface MirrorAtOptions {
+  /** `serve --open-enrolment`: agents enrol without a token (for tests that are not about enrolment). */
+  openEnrolment?: boolean;
+  /** More `serve` flags. */
+  args?: string[];
+}
+
+/** Tests whose subject is not enrolment: agents enrol without a token. */
+export const OPEN_ENROLMENT: MirrorAtOptions = { openEnrolment: true };
+
+/**
+ * `ferry mirror serve` on 127.0.0.1:`port` (0: the kernel chooses) over an imported data dir. Agents
+ * need a token to enrol (makeToken) unless `o.openEnrolment`.
+ */
+export async function startMirrorAt(data: string, port = 0, o: MirrorAtOptions = {}): Promise<MirrorAt> {
   const p = follow(
-    spawnFerry(['mirror', 'serve', '--data', data, '--listen', `127.0.0.1:${port}`]),
+    spawnFerry([
+      'mirror',
+      'serve',
+      '--data',
+      data,
+      '--listen',
+      `127.0.0.1:${port}`,
+      ...(o.openEnrolment ? ['--open-enrolment'] : []),
+      ...(o.args ?? []),
+    ]),
     'mirror',
   );
   const started = await p.waitForLog((l) => l.event === 'mirror.started');
   if (typeof started.url !== 'string')
     throw new Error(`mirror.started has no url: ${JSON.stringify(started)}`);
   return { ...p, url: started.url, port: Number(new URL(started.url).port) };
+}
+
+/**
+ * `ferry mirror token create --data DIR --ttl … --json` (through the serving mirror when one runs on
+ * DIR), which must succeed; resolves to the token string and its id.
+ */
+export async function makeToken(
+  data: string,
+  o: { ttl?: string; uses?: number; groups?: string[] } = {},
+): Promise<{ token: string; id: string }> {
+  const r = await runFerry([
+    'mirror',
+    'token',
+    'create',
+    '--data',
+    data,
+    '--ttl',
+    o.ttl ?? '1h',
+    ...(o.uses !== undefined ? ['--uses', String(o.uses)] : []),
+    ...(o.groups ?? []).flatMap((g) => ['--group', g]),
+    '--json',
+  ]);
+  if (r.code !== 0) throw new Error(`mirror token create failed (${r.code}): ${r.stdout}${r.stderr}`);
+  const v = JSON.parse(r.stdout) as { token: string; id: string };
+  return { token: v.token, id: v.id };
 }
 
 /** `ferry mirror import FILE --data DIR --trust ROOT --site plant-7`, which must succeed. */

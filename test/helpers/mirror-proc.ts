@@ -85,6 +85,12 @@ export interface MirrorProcOptions {
   site?: string;
   drop?: string;
   env?: NodeJS.ProcessEnv;
+  /** `--open-enrolment`: agents enrol without a token. */
+  openEnrolment?: boolean;
+  /** `--relay-key` files: the mirrors whose batches this one relays. */
+  relayKeys?: string[];
+  /** More `serve` flags. */
+  args?: string[];
 }
 
 export interface LoggedProc {
@@ -166,6 +172,9 @@ export async function startMirrorProc(o: MirrorProcOptions): Promise<MirrorProc>
   if (o.trust) args.push('--trust', o.trust);
   if (o.site) args.push('--site', o.site);
   if (o.drop) args.push('--drop', o.drop);
+  if (o.openEnrolment) args.push('--open-enrolment');
+  for (const k of o.relayKeys ?? []) args.push('--relay-key', k);
+  args.push(...(o.args ?? []));
   const c = spawnFerry(args, o.env);
   const p = followLogs(c, 'mirror');
   const started = await p.waitForLog((l) => l.event === 'mirror.started');

@@ -14,7 +14,7 @@ import { createServer, request as httpRequest, type IncomingHttpHeaders } from '
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { importInto, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle } from './helpers/fixtures.js';
 import { runFerry, spawnFerry, type LogLine } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
@@ -91,7 +91,7 @@ describe('an agent behind a trickling mirror', () => {
     });
     const data = join(dir, 'mirror');
     await importInto(data, b.volumes[0]!.path, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const slow = await front(mirror.url, 200);
     const fine = await front(mirror.url);
     try {

@@ -117,7 +117,12 @@ describe('agent outbox', () => {
 
   it('keeps every acknowledged append when its process is killed with SIGKILL mid-stream', async () => {
     // A child appends in a loop and prints each seq once append resolved; we kill it mid-way.
-    const url = await compiled(['agent/outbox.ts', 'platform/fsx.ts', 'core/errors.ts']);
+    const url = await compiled([
+      'agent/outbox.ts',
+      'platform/fsx.ts',
+      'platform/errors.ts',
+      'core/errors.ts',
+    ]);
     const script = `
       const { Outbox } = await import(${JSON.stringify(url)});
       const box = await Outbox.open(${JSON.stringify(join(dir, 'state'))});

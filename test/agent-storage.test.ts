@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { importInto, readTelemetry, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, readTelemetry, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle, snapshotDir } from './helpers/fixtures.js';
 import { runFerry } from './helpers/mirror-proc.js';
 import { mountTmpfs, resizeTmpfs, tmpfsUnavailable, umount } from './helpers/tmpfs.js';
@@ -65,7 +65,7 @@ describe.skipIf(noTmpfs !== undefined)('an agent whose disk is too small for a r
     const r2 = await release(2, big);
     const data = join(dir, 'mirror');
     await importInto(data, r1.file, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const env = { FERRY_AGENT_HTTP_LIMITS: JSON.stringify({ reserveBytes: MiB }) };
     const poll = async () => {
       const r = await runFerry(

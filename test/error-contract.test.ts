@@ -86,7 +86,7 @@ describe('the CLI prints any component’s code', () => {
 
     const human = await ferry([...args, '--out', join(outDir, 'b.ferry')]);
     expect(human.code).toBe(1);
-    expect(human.stderr).toMatch(/^ferry: POLICY_INVALID: artifact baseline: .*groups/m);
+    expect(human.stderr).toMatch(/^ferry: POLICY_INVALID: policy baseline .*groups/m);
 
     const json = await ferry([...args, '--out', join(outDir, 'b.ferry'), '--json']);
     expect(json.code).toBe(1);

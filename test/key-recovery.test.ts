@@ -197,7 +197,7 @@ describe('recovery after a bundle-key compromise', () => {
     // mirror and agent take it as the real thing would be taken
     const evil = await futureBundle(d, MAX, 'K', 400 * DAY);
     expect(await mirrorImport(d, evil, root1)).toMatchObject({ ok: true, sequence: MAX, status: 'active' });
-    const mirror = await startMirrorProc({ data: d.data });
+    const mirror = await startMirrorProc({ data: d.data, openEnrolment: true });
     expect(await served(mirror)).toEqual({ status: 200, sequence: MAX });
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sync: { kind: 'updated' }, sequence: MAX });
 

@@ -26,6 +26,7 @@ import {
   readTelemetry,
   startAgent,
   startMirrorAt,
+  OPEN_ENROLMENT,
 } from './helpers/agent-proc.js';
 import { buildBundle, ferry, snapshotDir, writeSpec, type ArtifactInput } from './helpers/fixtures.js';
 import { runFerry, sha256, type LogLine } from './helpers/mirror-proc.js';
@@ -90,7 +91,7 @@ describe('ferry bundle create refuses a policy an agent would drop', () => {
       what: 'a document that is not JSON',
       policy: '{"type": "ferry.policy/v1", ',
       code: 'POLICY_INVALID',
-      says: /policy baseline .*: document is not valid UTF-8 JSON/,
+      says: /policy baseline .*: document is not strict UTF-8 JSON/,
     },
     {
       what: 'an unknown field',
@@ -263,7 +264,7 @@ describe('an agent meeting a bad signed policy (bundle made by an older bundler)
     ]);
     // the mirror takes it: its signature is good, and policies are the agents' business
     await importInto(data, file, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const agent = startAgent([
       ...['--state', state, '--mirror', mirror.url, '--trust', w.rootPath, '--site', 'plant-7'],
       ...['--group', 'web', '--interval', '1'],

@@ -11,7 +11,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { initialState, readAgentState } from '../agent/state.js';
-import { importInto, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle, ferry, snapshotDir } from './helpers/fixtures.js';
 import { sha256 } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
@@ -67,7 +67,7 @@ describe('agent state.json written before one sequence space', () => {
       spec: { sequence: 22 },
     });
     await importInto(data, b22.volumes[0]!.path, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const r = await ferry(['agent', 'poll', '--now', '--state', dir, '--mirror', mirror.url, '--json']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ sync: { kind: 'updated', sequence: 22 }, sequence: 22 });

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { serializeEnvelope, signEnvelope } from '../core/dsse.js';
 import { MANIFEST_PAYLOAD_TYPE, MAX_MANIFEST_BYTES, type Manifest } from '../core/manifest.js';
-import { importInto, startAgent, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, startAgent, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle, snapshotDir } from './helpers/fixtures.js';
 import { runFerry } from './helpers/mirror-proc.js';
 import { entry, joinArchive, splitArchive } from './helpers/tarcraft.js';
@@ -195,7 +195,7 @@ describe('validly signed but hostile manifests', () => {
     const data = join(w.dir, 'mirror-good');
     const state = join(w.dir, 'agent');
     await importInto(data, genuineFile, w.rootPath);
-    const good = await startMirrorAt(data);
+    const good = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const common = ['--state', state, '--trust', w.rootPath, '--site', 'plant-7', '--group', 'web'];
     const first = await runFerry(['agent', 'poll', '--now', '--mirror', good.url, ...common, '--json']);
     expect(first.code, first.stderr).toBe(0);
@@ -249,7 +249,7 @@ describe('a mirror serving the root chain with a key twice', () => {
     const file = join(w.dir, 'roots.ferry');
     await buildBundle(w, file);
     await importInto(data, file, w.rootPath);
-    const good = await startMirrorAt(data);
+    const good = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const common = ['--state', state, '--trust', w.rootPath, '--site', 'plant-7', '--group', 'web'];
     expect((await runFerry(['agent', 'poll', '--now', '--mirror', good.url, ...common])).code).toBe(0);
     await good.stop();

@@ -22,7 +22,7 @@ import { syncOnce } from '../agent/sync.js';
 import { importBundle } from '../mirror/import.js';
 import { Store } from '../mirror/store.js';
 import { createLogger } from '../platform/log.js';
-import { importInto, startMirrorAt } from './helpers/agent-proc.js';
+import { importInto, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle, ferry, makeRootEnvelope, snapshotDir, type ArtifactInput } from './helpers/fixtures.js';
 import { sleep } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
@@ -89,7 +89,7 @@ describe('agent: a clock wrong for one poll is forgotten once it is right', () =
     const now = Date.now();
     const m1 = await bundleFile(1);
     await importInto(data, m1.file, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const stateDir = await newAgent('ahead');
 
     expect((await pollAt(stateDir, mirror.url, now)).outcome).toMatchObject({ kind: 'updated', sequence: 1 });
@@ -129,7 +129,7 @@ describe('agent: a clock wrong for one poll is forgotten once it is right', () =
     const data = join(w.dir, 'ahead-first', 'mirror');
     const now = Date.now();
     await importInto(data, (await bundleFile(1)).file, w.rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const stateDir = await newAgent('ahead-first');
     const before = await readFile(join(stateDir, 'state.json'), 'utf8');
 
@@ -205,7 +205,7 @@ describe('an expired trust root authorises nothing', () => {
 
     // while the root is valid: the mirror takes release 1 and the agent applies it
     await importInto(data, (await bundleFile(1, { dir })).file, rootPath);
-    const mirror = await startMirrorAt(data);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
     const first = await ferry(pollArgs(mirror.url));
     expect(first.code, first.stdout + first.stderr).toBe(0);
     expect(JSON.parse(first.stdout)).toMatchObject({ sequence: 1 });

@@ -15,7 +15,7 @@ import { placementKey, reconcileFiles, type FileReport } from './files.js';
 import { dueScripts } from './schedule.js';
 import { runScript } from './scripts.js';
 import { activeManifest } from './sync.js';
-import type { AgentState } from './state.js';
+import type { AgentState } from './agent-state.js';
 
 export interface ApplyContext {
   cacheDir: string;

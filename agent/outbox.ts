@@ -45,7 +45,7 @@ const TEMP = /^\..*\.tmp$/;
 const ACKED = 'acked';
 const nameOf = (m: Pick<Meta, 'seq' | 'kind'>) => `${String(m.seq).padStart(16, '0')}.${m.kind}`;
 
-export class Outbox {
+export class AgentOutbox {
   private chain: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -57,7 +57,7 @@ export class Outbox {
   ) {}
 
   /** Opens `<stateDir>/outbox`, removing torn temp files and indexing what is queued. */
-  static async open(stateDir: string, limits: Partial<OutboxLimits> = {}): Promise<Outbox> {
+  static async open(stateDir: string, limits: Partial<OutboxLimits> = {}): Promise<AgentOutbox> {
     const dir = join(stateDir, 'outbox');
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const entries: Meta[] = [];
@@ -80,7 +80,7 @@ export class Outbox {
       () => 0,
     );
     const highest = Math.max(acked, entries.at(-1)?.seq ?? 0);
-    return new Outbox(dir, { ...DEFAULT_OUTBOX_LIMITS, ...limits }, entries, highest + 1, acked);
+    return new AgentOutbox(dir, { ...DEFAULT_OUTBOX_LIMITS, ...limits }, entries, highest + 1, acked);
   }
 
   /** Entries queued and their total bytes. */

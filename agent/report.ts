@@ -12,12 +12,12 @@ import { isoUtc } from '../core/time.js';
 import type { ApplyReport } from './apply.js';
 import type { MirrorSet } from './fetch.js';
 import { enroll, type AgentIdentity } from './identity.js';
-import type { Outbox } from './outbox.js';
-import type { AgentState } from './state.js';
+import type { AgentOutbox } from './outbox.js';
+import type { AgentState } from './agent-state.js';
 
 export interface ReportContext {
   identity: AgentIdentity;
-  outbox: Outbox;
+  outbox: AgentOutbox;
   log: Logger;
   now: () => number;
   version: string;

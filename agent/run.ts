@@ -15,10 +15,10 @@ import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
 import { enroll, EnrolRefusedError, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
-import { Outbox } from './outbox.js';
+import { AgentOutbox } from './outbox.js';
 import { recordPolicyProblems } from './problems.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
-import { initialState, readAgentState, writeAgentState, type AgentState } from './state.js';
+import { initialState, readAgentState, writeAgentState, type AgentState } from './agent-state.js';
 import { readShortage, recordShortage, shortageDrift } from './storage.js';
 import { activeManifest, syncOnce, type SyncOutcome } from './sync.js';
 import { UpdateDriver } from './update/driver.js';
@@ -103,7 +103,7 @@ export async function loadOrInitState(o: AgentOptions): Promise<AgentState> {
 export class Agent {
   private state!: AgentState;
   private identity!: AgentIdentity;
-  private outbox!: Outbox;
+  private outbox!: AgentOutbox;
   private mirrors!: MirrorSet;
   private readonly bootAt: number;
   private readonly now: () => number;
@@ -132,7 +132,7 @@ export class Agent {
     const mirrors = this.o.mirrors.length > 0 ? this.o.mirrors : this.state.mirrors;
     this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
-    this.outbox = await Outbox.open(this.o.stateDir);
+    this.outbox = await AgentOutbox.open(this.o.stateDir);
     const installRoot = this.o.installRoot ? resolve(this.o.installRoot) : installRootOf(process.argv[1]);
     if (installRoot) {
       this.updater = await UpdateDriver.open({

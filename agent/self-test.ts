@@ -13,7 +13,7 @@ import { FerryError } from '../core/errors.js';
 import { agentIdOf } from '../core/heartbeat.js';
 import { loadPrivateKey } from '../platform/keyfile.js';
 import { trustStoredChain } from '../core/root.js';
-import { readAgentState, type AgentState } from './state.js';
+import { readAgentState, type AgentState } from './agent-state.js';
 
 export type SelfTestCheck = 'state' | 'key' | 'root';
 

@@ -29,7 +29,7 @@ import {
 import { decideFreshness, rootRefusal, underRoot } from '../core/freshness.js';
 import { fetchBlob, type MirrorSet } from './fetch.js';
 import { neededBlobs } from './desired.js';
-import type { AgentState } from './state.js';
+import type { AgentState } from './agent-state.js';
 
 export interface SyncContext {
   cacheDir: string;

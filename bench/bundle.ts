@@ -1,6 +1,6 @@
 /**
  * Bundle create/verify speed and memory, as ratios against tar, sha256sum and openssl measured in the
- * same run (CONVENTIONS 16). It prints a report and never fails on absolute times.
+ * same run. It prints a report and never fails on absolute times.
  *
  *   node dist/bench/bundle.js [--sizes 256M,1G] [--dir DIR] [--runs 3] [--json]
  */

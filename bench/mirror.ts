@@ -1,5 +1,5 @@
 /**
- * Mirror HTTP serving against nginx on the same files from the same disk, in the same run (CONVENTIONS 16):
+ * Mirror HTTP serving against nginx on the same files from the same disk, in the same run:
  * blob download throughput (1 and 64 streams) and manifest polls by many agents with If-None-Match. One
  * load generator, wrk, measures both servers. It prints a report and never fails on absolute times.
  *

@@ -102,7 +102,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     io.err(`ferry: USAGE: unknown command ${[group, name].filter(Boolean).join(' ')} (see ferry --help)`);
     return 2;
   }
-  // Operator and auditor commands sign and verify with libsodium (the design's choice); commands that
+  // Operator and auditor commands sign and verify with libsodium (the project's chosen Ed25519 library); commands that
   // verify heartbeats in bulk use sodium-native on a worker thread (core/ed25519.ts); the agent node:crypto.
   if (cmd.crypto === 'service') {
     const log = createLogger({ component: group });

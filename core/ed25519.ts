@@ -13,7 +13,7 @@ import { VerifyWorker } from './verify-worker.js';
 /**
  * Ed25519 behind one interface, with three interchangeable backends:
  *
- * - libsodium-wrappers (the design's choice), used by the operator and auditor
+ * - libsodium-wrappers (the project's chosen Ed25519 library), used by the operator and auditor
  *   commands: `ferry keys|trust|bundle|mirror import` select it at start;
  * - Node's built-in node:crypto (OpenSSL), used by long-running services
  *   (`ferry mirror serve`, the agent): it adds nothing to their memory, while

@@ -16,7 +16,7 @@ import { parseJsonStrict } from './json.js';
 export const HEARTBEAT_PAYLOAD_TYPE = 'application/vnd.ferry.heartbeat+json';
 export const HEARTBEAT_TYPE = 'ferry.heartbeat/v1';
 
-/** Hard limits on one heartbeat (CONVENTIONS 7). */
+/** Hard limits on one heartbeat. */
 export const HEARTBEAT_LIMITS = {
   maxPayloadBytes: 256 * 1024,
   maxArrayEntries: 1000,

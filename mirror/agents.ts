@@ -18,7 +18,7 @@ import { keyIdOf } from '../core/ed25519.js';
 import { CodedError } from '../core/errors.js';
 import { decodeHex } from '../core/encoding.js';
 import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
-import { Outbox, type CommitOutcome } from './outbox.js';
+import { MirrorOutbox, type CommitOutcome } from './outbox.js';
 import { RelaySeen } from './relayed.js';
 import { TokenStore } from './tokens.js';
 
@@ -84,7 +84,7 @@ export class AgentsStore {
   openEnrolment = false;
   private readonly records = new Map<string, AgentRecord>();
   private readonly keys = new Map<string, Uint8Array>();
-  private opened: Promise<Outbox> | undefined;
+  private opened: Promise<MirrorOutbox> | undefined;
 
   constructor(
     readonly dir: string,
@@ -100,16 +100,16 @@ export class AgentsStore {
   }
 
   /** Creates the directories and opens the outbox; every method awaits it. */
-  open(): Promise<Outbox> {
+  open(): Promise<MirrorOutbox> {
     return (this.opened ??= (async () => {
       const made = await mkdir(this.paths.agents, { recursive: true });
       if (made !== undefined) await fsyncDir(this.dir);
-      return Outbox.open(this.dir, { fsync: this.fsync, now: this.now });
+      return MirrorOutbox.open(this.dir, { fsync: this.fsync, now: this.now });
     })());
   }
 
   /** The outbox telemetry goes into. */
-  outbox(): Promise<Outbox> {
+  outbox(): Promise<MirrorOutbox> {
     return this.open();
   }
 

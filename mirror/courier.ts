@@ -27,7 +27,7 @@ import {
 } from '../core/telemetry.js';
 import type { MirrorIdentity } from './identity.js';
 import { serialize } from '../platform/lock.js';
-import type { Outbox } from './outbox.js';
+import type { MirrorOutbox } from './outbox.js';
 
 export interface ExportSummary {
   out: string;
@@ -45,7 +45,7 @@ export interface ExportSummary {
 }
 
 export function exportTelemetry(
-  outbox: Outbox,
+  outbox: MirrorOutbox,
   identity: MirrorIdentity,
   site: string,
   out: string,
@@ -58,7 +58,7 @@ export function exportTelemetry(
 }
 
 async function writeExport(
-  outbox: Outbox,
+  outbox: MirrorOutbox,
   identity: MirrorIdentity,
   site: string,
   out: string,
@@ -206,7 +206,7 @@ export interface AckSummary {
 
 /** Applies a server's ack (parsed JSON) to this mirror's outbox. */
 export async function importAck(
-  outbox: Outbox,
+  outbox: MirrorOutbox,
   identity: MirrorIdentity,
   ack: unknown,
   serverPublicKey: Uint8Array,
@@ -253,7 +253,7 @@ export async function readAckFile(path: string): Promise<unknown> {
  * only if the ack was good — the key pinned on first use.
  */
 export async function applyAck(
-  outbox: Outbox,
+  outbox: MirrorOutbox,
   identity: MirrorIdentity,
   dataDir: string,
   ack: unknown,

@@ -26,10 +26,10 @@ import type { Logger } from '../platform/log.js';
 import type { Metrics } from '../platform/metrics.js';
 import { BATCH_TYPE, signBatch, type CarriedBatch, type OwnRecord } from '../core/telemetry.js';
 import type { MirrorIdentity } from './identity.js';
-import type { Outbox, OutboxEntry, OutboxFigures } from './outbox.js';
+import type { MirrorOutbox, OutboxEntry, OutboxFigures } from './outbox.js';
 
 export interface ForwardOptions {
-  outbox: Outbox;
+  outbox: MirrorOutbox;
   identity: MirrorIdentity;
   site: string;
   upstream?: string;
@@ -97,7 +97,7 @@ export function forwardMetrics(m: Metrics): void {
 }
 
 /** Sets the outbox gauges (records, bytes, oldest waiting) from the outbox as it is now. */
-export function outboxGauges(m: Metrics, outbox: Outbox): void {
+export function outboxGauges(m: Metrics, outbox: MirrorOutbox): void {
   m.set('ferry_mirror_outbox_records', outbox.depth);
   m.set('ferry_mirror_outbox_bytes', outbox.bytes);
   m.set('ferry_mirror_outbox_oldest_timestamp_seconds', Math.floor((outbox.oldestWaitingAt ?? 0) / 1000));

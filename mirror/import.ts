@@ -37,7 +37,7 @@ import {
   storedRef,
   type ManifestRef,
   type MirrorState,
-} from './state.js';
+} from './trust-state.js';
 import type { Store } from './store.js';
 
 export interface ImportAccepted {

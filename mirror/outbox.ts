@@ -65,7 +65,7 @@ export interface OutboxOptions {
   now?: () => number;
 }
 
-export class Outbox {
+export class MirrorOutbox {
   private counters: Record<string, number> = {};
   /** Highest counter per agent among appends not yet durable. */
   private readonly inflight = new Map<string, number>();
@@ -94,16 +94,16 @@ export class Outbox {
     };
   }
 
-  static async open(dataDir: string, o: OutboxOptions = {}): Promise<Outbox> {
-    const p = Outbox.paths(dataDir);
+  static async open(dataDir: string, o: OutboxOptions = {}): Promise<MirrorOutbox> {
+    const p = MirrorOutbox.paths(dataDir);
     const journal = await Journal.open<OutboxInput>(p.journal, { fsync: o.fsync ?? 'group' });
-    const box = new Outbox(dataDir, journal, o.now ?? Date.now);
+    const box = new MirrorOutbox(dataDir, journal, o.now ?? Date.now);
     await box.load();
     return box;
   }
 
   private async load(): Promise<void> {
-    const p = Outbox.paths(this.dataDir);
+    const p = MirrorOutbox.paths(this.dataDir);
     const text = await readFile(p.checkpoint, 'utf8').catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined;
       throw e;
@@ -391,7 +391,7 @@ export class Outbox {
       acked: this.ackedSeq,
       exports: this.exportMarks,
     };
-    await writeFileAtomic(Outbox.paths(this.dataDir).checkpoint, JSON.stringify(c) + '\n');
+    await writeFileAtomic(MirrorOutbox.paths(this.dataDir).checkpoint, JSON.stringify(c) + '\n');
   }
 
   async close(): Promise<void> {

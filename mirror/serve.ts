@@ -19,7 +19,7 @@ import { Forwarder, outboxGauges } from './forward.js';
 import { mirrorIdentity, type MirrorIdentity } from './identity.js';
 import { acquireLock } from '../platform/lock.js';
 import { isLockedError } from '../platform/errors.js';
-import { Outbox } from './outbox.js';
+import { MirrorOutbox } from './outbox.js';
 import { startHttp, type ServerLimits } from '../platform/http/server.js';
 import { createHandler } from './http/app.js';
 import { importBundle, type ImportResult } from './import.js';
@@ -100,7 +100,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   // One serving process owns the outbox: a second `serve` on this data dir is refused, and the
   // courier commands go through this one's control socket.
   await mkdir(join(o.dataDir, 'telemetry'), { recursive: true });
-  const releaseOutbox = await acquireLock(Outbox.paths(o.dataDir).lock, { timeoutMs: 0 }).catch(
+  const releaseOutbox = await acquireLock(MirrorOutbox.paths(o.dataDir).lock, { timeoutMs: 0 }).catch(
     (e: unknown) => {
       if (isLockedError(e))
         throw new MirrorError('STORE_LOCKED', `another ferry mirror serve is using ${o.dataDir}`);

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { decodeManifest, type Manifest } from '../core/manifest.js';
-import type { MirrorState } from './state.js';
+import type { MirrorState } from './trust-state.js';
 import type { Store } from './store.js';
 
 export interface Snapshot {

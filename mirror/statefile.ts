@@ -1,5 +1,5 @@
 /**
- * state.json: parsed and checked at the edge like any file (CONVENTIONS 6),
+ * state.json: parsed and checked at the edge like any file,
  * written whole with core/fsx writeFileAtomic (temp + fsync + rename + dir
  * fsync). lowdb is not used: its writer (steno) renames a fixed-name temp file
  * without fsyncing the file or the directory, so a power cut can leave an
@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../platform/fsx.js';
 import { parseIsoUtc } from '../core/time.js';
 import { MirrorError } from './errors.js';
 import type { SequenceMark } from '../core/freshness.js';
-import type { ManifestRef, MirrorState } from './state.js';
+import type { ManifestRef, MirrorState } from './trust-state.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 

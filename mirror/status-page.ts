@@ -6,7 +6,7 @@
 import type { Manifest } from '../core/manifest.js';
 import { humanBytes } from '../core/units.js';
 import { html, layout, table, type Html } from '../platform/web.js';
-import type { MirrorState } from './state.js';
+import type { MirrorState } from './trust-state.js';
 import type { ForwardStatus } from './forward.js';
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */

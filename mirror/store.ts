@@ -23,7 +23,7 @@ import { loadPinnedRoot, trustStoredChain, type TrustedRoot } from '../core/root
 import { BlobStage } from './stage.js';
 import { MirrorError } from './errors.js';
 import { acquireLock, removeStaleCandidates, serialize, type LockOptions } from '../platform/lock.js';
-import type { ManifestRef, MirrorState } from './state.js';
+import type { ManifestRef, MirrorState } from './trust-state.js';
 import { initialState, isSiteName, parseMirrorState, writeMirrorState } from './statefile.js';
 
 export interface StoreOptions {

@@ -24,7 +24,7 @@ import {
 import { ServerError, type RejectionCode } from './errors.js';
 import { newTally, type BatchOutcome, type MirrorInfo, type Tally } from './ingest.js';
 import { fmt, type Interval } from './intervals.js';
-import { agentOf, counterGaps, coverageGaps, mirrorOf, type MirrorProgress } from './state.js';
+import { agentOf, counterGaps, coverageGaps, mirrorOf, type MirrorProgress } from './fleet-state.js';
 import type { ServerStore } from './store.js';
 
 /** Lines of a file with their exact bytes; `nl`: the line ended with a newline. */

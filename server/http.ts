@@ -20,7 +20,7 @@ import {
   type PublicError,
 } from '../platform/http/server-errors.js';
 import type { BatchOutcome } from './ingest.js';
-import { agentOf, agentView, coverageGaps, fleetView, mirrorOf, parkedOf } from './state.js';
+import { agentOf, agentView, coverageGaps, fleetView, mirrorOf, parkedOf } from './fleet-state.js';
 import type { ServerStore } from './store.js';
 import { fmt } from './intervals.js';
 

@@ -42,7 +42,7 @@ import {
   type ParkedRecord,
   type RejectionRecord,
   type ServerState,
-} from './state.js';
+} from './fleet-state.js';
 
 export interface MirrorInfo {
   id: string;

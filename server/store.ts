@@ -30,7 +30,7 @@ import {
   type AgentView,
   type JournalRecord,
   type ServerState,
-} from './state.js';
+} from './fleet-state.js';
 
 export interface OpenOptions {
   log?: Logger;

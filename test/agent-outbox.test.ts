@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import ts from 'typescript';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Outbox, type OutboxKind } from '../agent/outbox.js';
+import { AgentOutbox, type OutboxKind } from '../agent/outbox.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -41,11 +41,11 @@ async function compiled(files: string[]): Promise<string> {
 }
 
 const env = (n: number, size = 10) => Buffer.from(String(n).padEnd(size, '.'));
-const kinds = async (box: Outbox) => (await box.peek(1000)).map((e) => `${e.seq}:${e.kind}`);
+const kinds = async (box: AgentOutbox) => (await box.peek(1000)).map((e) => `${e.seq}:${e.kind}`);
 
 describe('agent outbox', () => {
   it('hands entries back oldest first, and ack removes them for good', async () => {
-    const box = await Outbox.open(dir);
+    const box = await AgentOutbox.open(dir);
     for (const k of ['heartbeat', 'result', 'update', 'heartbeat'] as OutboxKind[])
       expect(await box.append(k, env(1))).toMatchObject({ ok: true });
     const first = await box.peek(2);
@@ -63,7 +63,7 @@ describe('agent outbox', () => {
   });
 
   it('when full, drops the oldest heartbeats first and never a result or update', async () => {
-    const box = await Outbox.open(dir, { maxEntries: 4, maxBytes: 1000 });
+    const box = await AgentOutbox.open(dir, { maxEntries: 4, maxBytes: 1000 });
     await box.append('heartbeat', env(1)); // 1
     await box.append('result', env(2)); // 2
     await box.append('heartbeat', env(3)); // 3
@@ -80,7 +80,7 @@ describe('agent outbox', () => {
   });
 
   it('bounds bytes the same way, and refuses an entry larger than the whole outbox', async () => {
-    const box = await Outbox.open(dir, { maxEntries: 100, maxBytes: 100 });
+    const box = await AgentOutbox.open(dir, { maxEntries: 100, maxBytes: 100 });
     for (let i = 0; i < 4; i++) await box.append('heartbeat', env(i, 20));
     await box.append('result', env(9, 20));
     expect(box.size).toEqual({ entries: 5, bytes: 100 });
@@ -90,26 +90,26 @@ describe('agent outbox', () => {
   });
 
   it('survives a restart: same entries, sequences keep growing even after the queue emptied', async () => {
-    let box = await Outbox.open(dir);
+    let box = await AgentOutbox.open(dir);
     await box.append('heartbeat', env(1));
     await box.append('result', env(2));
-    box = await Outbox.open(dir);
+    box = await AgentOutbox.open(dir);
     expect(await kinds(box)).toEqual(['1:heartbeat', '2:result']);
     await box.ack(2);
-    box = await Outbox.open(dir);
+    box = await AgentOutbox.open(dir);
     expect(await box.peek(10)).toEqual([]);
     expect(await box.append('heartbeat', env(3))).toMatchObject({ ok: true, seq: 3 });
     expect(await box.ack(1)).toBe(0); // a stale ack neither removes nor lowers anything
-    box = await Outbox.open(dir);
+    box = await AgentOutbox.open(dir);
     expect(await kinds(box)).toEqual(['3:heartbeat']);
   });
 
   it('ignores and removes a torn temp file left by a crash', async () => {
-    let box = await Outbox.open(dir);
+    let box = await AgentOutbox.open(dir);
     await box.append('result', env(1));
     const torn = join(dir, 'outbox', '.0000000000000002.heartbeat.a1b2c3d4e5f6.tmp');
     await writeFile(torn, '{"payloadTy');
-    box = await Outbox.open(dir);
+    box = await AgentOutbox.open(dir);
     expect(await readdir(join(dir, 'outbox'))).not.toContain('.0000000000000002.heartbeat.a1b2c3d4e5f6.tmp');
     expect(await kinds(box)).toEqual(['1:result']);
     expect(await box.append('heartbeat', env(2))).toMatchObject({ ok: true, seq: 2 });
@@ -124,8 +124,8 @@ describe('agent outbox', () => {
       'core/errors.ts',
     ]);
     const script = `
-      const { Outbox } = await import(${JSON.stringify(url)});
-      const box = await Outbox.open(${JSON.stringify(join(dir, 'state'))});
+      const { AgentOutbox } = await import(${JSON.stringify(url)});
+      const box = await AgentOutbox.open(${JSON.stringify(join(dir, 'state'))});
       for (let i = 0; ; i++) {
         const r = await box.append(i % 3 ? 'heartbeat' : 'result', Buffer.alloc(4096, i % 256));
         process.stdout.write(r.seq + '\\n');
@@ -141,7 +141,7 @@ describe('agent outbox', () => {
     await once(child, 'exit');
     const acked = out.split('\n').filter(Boolean).map(Number);
     expect(acked.length).toBeGreaterThan(30);
-    const box = await Outbox.open(join(dir, 'state'));
+    const box = await AgentOutbox.open(join(dir, 'state'));
     const seqs = (await box.peek(100_000)).map((e) => e.seq);
     for (const s of acked) expect(seqs).toContain(s);
     expect((await readdir(join(dir, 'state', 'outbox'))).filter((n) => n.endsWith('.tmp'))).toEqual([]);

@@ -32,7 +32,7 @@ import { applyAck, exportTelemetry, importAck, serverKeyFor } from '../mirror/co
 import { Forwarder } from '../mirror/forward.js';
 import { createHandler } from '../mirror/http/app.js';
 import { mirrorIdentity } from '../mirror/identity.js';
-import { Outbox } from '../mirror/outbox.js';
+import { MirrorOutbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
 import { makeKey, makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 import { testHeartbeat } from './helpers/heartbeats.js';
@@ -154,7 +154,7 @@ describe('outbox', () => {
     const store = await newStore();
     let t = Date.parse('2026-03-01T00:00:00Z');
     const clock = { now: () => t };
-    let box = await Outbox.open(store.dir, clock);
+    let box = await MirrorOutbox.open(store.dir, clock);
     expect(box.figures()).toEqual({ depth: 0, acked: 0, head: 0, bytes: 0 });
     const a = await newAgent();
     const beat = (c: number) => ({
@@ -182,7 +182,7 @@ describe('outbox', () => {
     await box.ack(1);
     expect(box.figures().oldestAt).toBe('2026-03-01T01:00:00.000Z');
     await box.close();
-    box = await Outbox.open(store.dir, clock); // looked up again from the journal
+    box = await MirrorOutbox.open(store.dir, clock); // looked up again from the journal
     expect(box.figures()).toMatchObject({ depth: 3, oldestAt: '2026-03-01T01:00:00.000Z' });
     await box.ack(3);
     expect(box.oldestWaitingAt).toBe(Date.parse('2026-03-02T01:00:00Z'));

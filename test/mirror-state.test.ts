@@ -6,7 +6,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Freshness } from '../core/freshness.js';
-import { accept, activate, decide, retire, type ManifestRef, type MirrorState } from '../mirror/state.js';
+import {
+  accept,
+  activate,
+  decide,
+  retire,
+  type ManifestRef,
+  type MirrorState,
+} from '../mirror/trust-state.js';
 import { parseMirrorState } from '../mirror/statefile.js';
 
 const NOW = Date.parse('2026-11-22T10:00:00Z');

@@ -15,7 +15,7 @@ import type { Envelope } from '../core/dsse.js';
 import { signHeartbeat, type Heartbeat } from '../core/heartbeat.js';
 import { createHandler } from '../mirror/http/app.js';
 import { agentsFor } from '../mirror/agents.js';
-import { Outbox } from '../mirror/outbox.js';
+import { MirrorOutbox } from '../mirror/outbox.js';
 import { Store } from '../mirror/store.js';
 import { makeWorld, snapshotDir, type World } from './helpers/fixtures.js';
 
@@ -189,7 +189,7 @@ describe('POST /v1/telemetry', () => {
     await (await agentsFor(store).outbox()).checkpoint(); // nothing left for its timer to write
     const before = await snapshotDir(store.dir);
     const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-    const spy = vi.spyOn(Outbox.prototype, 'appendHeartbeats').mockRejectedValueOnce(full);
+    const spy = vi.spyOn(MirrorOutbox.prototype, 'appendHeartbeats').mockRejectedValueOnce(full);
     try {
       const r = await post('/v1/telemetry', signHeartbeat(heartbeat(a, 5), a.key));
       expect(r).toEqual({ status: 507, json: { code: 'STORAGE_FULL', message: 'mirror storage is full' } });

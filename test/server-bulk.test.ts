@@ -1,7 +1,7 @@
 /**
  * A courier's backlog: one export with 100,000 heartbeats from 1,000 agents,
  * imported by the built CLI. Signing them here is the slow part; the import's
- * own time is printed (not gated: CONVENTIONS 16), with a loose ceiling.
+ * own time is printed (not gated), with a loose ceiling.
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

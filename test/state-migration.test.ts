@@ -10,7 +10,7 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { initialState, readAgentState } from '../agent/state.js';
+import { initialState, readAgentState } from '../agent/agent-state.js';
 import { importInto, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
 import { buildBundle, ferry, snapshotDir } from './helpers/fixtures.js';
 import { sha256 } from './helpers/mirror-proc.js';

@@ -17,7 +17,7 @@ import { serializeEnvelope } from '../core/dsse.js';
 import { isoUtc } from '../core/time.js';
 import { applyOnce } from '../agent/apply.js';
 import { MirrorSet } from '../agent/fetch.js';
-import { initialState, readAgentState, writeAgentState, type AgentState } from '../agent/state.js';
+import { initialState, readAgentState, writeAgentState, type AgentState } from '../agent/agent-state.js';
 import { syncOnce } from '../agent/sync.js';
 import { importBundle } from '../mirror/import.js';
 import { Store } from '../mirror/store.js';

@@ -11,7 +11,7 @@ import type { MirrorSet } from '../fetch.js';
 import { crashPoint } from './crash.js';
 import { currentVersion, platformTag, removeVersion, versionDir } from './install.js';
 import { step, type UpdateAction, type UpdateEvent, type UpdateLimits, type UpdateState } from './machine.js';
-import { targetVersion } from './policy.js';
+import { targetVersion } from './version-choice.js';
 import * as steps from './steps.js';
 import {
   readBootRecord,

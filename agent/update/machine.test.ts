@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { badVersionKey } from './policy.js';
+import { badVersionKey } from './version-choice.js';
 import {
   initialUpdateState,
   step,

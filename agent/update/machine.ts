@@ -17,7 +17,7 @@
  * which also switches back by itself when the new binary never gets this far.
  */
 import { compareSemver, parseSemver } from '../../core/semver.js';
-import { badVersionKey } from './policy.js';
+import { badVersionKey } from './version-choice.js';
 
 export type Phase =
   | 'idle'

@@ -6,7 +6,7 @@ import { serializeEnvelope } from '../../core/dsse.js';
 import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '../../core/heartbeat.js';
 import { isoUtc } from '../../core/time.js';
 import type { ReportContext } from '../report.js';
-import type { AgentState } from '../state.js';
+import type { AgentState } from '../agent-state.js';
 import type { UpdateReport } from './update-file.js';
 
 /** Queues one heartbeat with counter `state.counter` (reserved and persisted by the caller). */

@@ -9,7 +9,7 @@ import { readFile, readlink, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { FerryError } from '../../core/errors.js';
 import { pointCurrentAt, versionBinary } from './install.js';
-import { badVersionKey } from './policy.js';
+import { badVersionKey } from './version-choice.js';
 import { readUpdateFile, writeUpdateFile, type UpdateFile } from './update-file.js';
 
 export interface ManualRollback {

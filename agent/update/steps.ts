@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import type { Logger } from '../../platform/log.js';
 import type { Artifact } from '../../core/manifest.js';
 import { blobCachePath, fetchBlob, type MirrorSet } from '../fetch.js';
-import { readAgentState } from '../state.js';
+import { readAgentState } from '../agent-state.js';
 import { crashPoint } from './crash.js';
 import { pointCurrentAt, removeVersion, sha256File, stageVersion, versionBinary } from './install.js';
 import type { UpdateEvent } from './machine.js';

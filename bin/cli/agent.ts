@@ -4,7 +4,7 @@ import { FerryError } from '../../core/errors.js';
 import { createLogger } from '../../platform/log.js';
 import { Agent } from '../../agent/run.js';
 import { readPolicyProblems } from '../../agent/problems.js';
-import { readAgentState } from '../../agent/state.js';
+import { readAgentState } from '../../agent/agent-state.js';
 import { readShortage } from '../../agent/storage.js';
 import { freeBytes, parseLimits, type ClientLimits } from '../../platform/http/client.js';
 import { installRootOf } from '../../agent/update/install.js';

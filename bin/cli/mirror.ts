@@ -11,7 +11,7 @@ import { mirrorIdentity, type MirrorIdentity } from '../../mirror/identity.js';
 import { acquireLock } from '../../platform/lock.js';
 import { checkBundleFile } from '../../platform/bundle-file.js';
 import { isLockedError } from '../../platform/errors.js';
-import { Outbox, type OutboxFigures } from '../../mirror/outbox.js';
+import { MirrorOutbox, type OutboxFigures } from '../../mirror/outbox.js';
 import { createLogger, silentLogger } from '../../platform/log.js';
 import { parseDuration } from '../../core/time.js';
 import { AgentsStore } from '../../mirror/agents.js';
@@ -239,7 +239,7 @@ async function viaMirror<T extends Record<string, unknown>>(
   dataDir: string,
   route: string,
   body: Record<string, unknown>,
-  local: (ctx: { outbox: Outbox; identity: MirrorIdentity; site: string }) => Promise<T>,
+  local: (ctx: { outbox: MirrorOutbox; identity: MirrorIdentity; site: string }) => Promise<T>,
 ): Promise<T & { via: 'serve' | 'local' }> {
   const answer = await callControl(dataDir, 'POST', route, body);
   if (answer) {
@@ -253,7 +253,7 @@ async function viaMirror<T extends Record<string, unknown>>(
   await mkdir(join(dataDir, 'telemetry'), { recursive: true });
   let release;
   try {
-    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 2000 });
+    release = await acquireLock(MirrorOutbox.paths(dataDir).lock, { timeoutMs: 2000 });
   } catch (e) {
     if (isLockedError(e))
       throw new MirrorError(
@@ -264,7 +264,7 @@ async function viaMirror<T extends Record<string, unknown>>(
   }
   try {
     const identity = await mirrorIdentity(dataDir);
-    const outbox = await Outbox.open(dataDir);
+    const outbox = await MirrorOutbox.open(dataDir);
     try {
       return { ...(await local({ outbox, identity, site })), via: 'local' };
     } finally {
@@ -374,15 +374,15 @@ async function telemetryStatus(dataDir: string): Promise<TelemetryStatus | null>
     return { serving: true, ...a };
   }
   // Read-only when nothing is there yet: status never creates the outbox or the mirror's key.
-  if (!(await stat(Outbox.paths(dataDir).journal).catch(() => undefined))) return null;
+  if (!(await stat(MirrorOutbox.paths(dataDir).journal).catch(() => undefined))) return null;
   let release;
   try {
-    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 0 });
+    release = await acquireLock(MirrorOutbox.paths(dataDir).lock, { timeoutMs: 0 });
   } catch {
     return null;
   }
   try {
-    const outbox = await Outbox.open(dataDir);
+    const outbox = await MirrorOutbox.open(dataDir);
     const pub = await loadPublicKey(join(dataDir, 'identity', 'mirror.pub')).catch(() => undefined);
     const serverKey = await pinnedServerKeyId(dataDir).catch(() => undefined);
     const s = {
@@ -423,7 +423,7 @@ async function viaEnrolment<T extends object>(
   await mkdir(join(dataDir, 'telemetry'), { recursive: true });
   let release;
   try {
-    release = await acquireLock(Outbox.paths(dataDir).lock, { timeoutMs: 2000 });
+    release = await acquireLock(MirrorOutbox.paths(dataDir).lock, { timeoutMs: 2000 });
   } catch (e) {
     if (isLockedError(e))
       throw new MirrorError(

@@ -5,7 +5,7 @@ import { importExport, type ImportReport } from '../../server/exports.js';
 import { ensureIdentity } from '../../server/identity.js';
 import { registerMirror } from '../../server/mirrors.js';
 import { startServer } from '../../server/serve.js';
-import { fleetView, type AgentView } from '../../server/state.js';
+import { fleetView, type AgentView } from '../../server/fleet-state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
 import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
 import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';

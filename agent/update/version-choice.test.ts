@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Artifact, Manifest } from '../../core/manifest.js';
-import { badVersionKey, targetVersion, type PolicyInput } from './policy.js';
+import { badVersionKey, targetVersion, type PolicyInput } from './version-choice.js';
 
 const T0 = Date.parse('2026-11-22T10:00:00Z');
 const DIGEST = 'd1'.repeat(32);

@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { readBundle, type BundleContents } from '../core/bundle/reader.js';
 import { fileSource } from '../platform/fsx.js';
+import { crashPoint } from '../platform/crash.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { FerryError, isFerryError } from '../core/errors.js';
 import { isoUtc } from '../core/time.js';
@@ -69,11 +70,6 @@ export interface ImportRefused {
 export type ImportResult = ImportAccepted | ImportRefused;
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-
-/** Exists for crash tests (test/mirror-crash.test.ts): FERRY_CRASH_AT=<phase> dies here like a power cut. */
-const crashPoint = (phase: string): void => {
-  if (process.env.FERRY_CRASH_AT === phase) process.kill(process.pid, 'SIGKILL');
-};
 
 export interface ImportOptions {
   /** Bytes of the file read so far (for a progress line). */

@@ -8,7 +8,7 @@
 import type { Logger } from '../../platform/log.js';
 import type { Artifact, Manifest } from '../../core/manifest.js';
 import type { MirrorSet } from '../fetch.js';
-import { crashPoint } from './crash.js';
+import { crashPoint } from '../../platform/crash.js';
 import { currentVersion, platformTag, removeVersion, versionDir } from './install.js';
 import { step, type UpdateAction, type UpdateEvent, type UpdateLimits, type UpdateState } from './machine.js';
 import { targetVersion } from './version-choice.js';

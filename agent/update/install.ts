@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { chmod, copyFile, mkdir, open, readFile, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fsyncDir } from '../../platform/fsx.js';
-import { crashPoint } from './crash.js';
+import { crashPoint } from '../../platform/crash.js';
 
 export function platformTag(): string {
   const os = process.platform === 'win32' ? 'windows' : process.platform;

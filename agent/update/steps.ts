@@ -10,7 +10,7 @@ import type { Logger } from '../../platform/log.js';
 import type { Artifact } from '../../core/manifest.js';
 import { blobCachePath, fetchBlob, type MirrorSet } from '../fetch.js';
 import { readAgentState } from '../agent-state.js';
-import { crashPoint } from './crash.js';
+import { crashPoint } from '../../platform/crash.js';
 import { pointCurrentAt, removeVersion, sha256File, stageVersion, versionBinary } from './install.js';
 import type { UpdateEvent } from './machine.js';
 

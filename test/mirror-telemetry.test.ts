@@ -226,6 +226,22 @@ describe('POST /v1/telemetry', () => {
     expect([await logged(), await counters()]).toEqual(before);
   });
 
+  it('refuses an envelope carrying `payload` twice (a decoy first), whole, and stores nothing', async () => {
+    const env = signHeartbeat(heartbeat(a, 25), a.key);
+    const decoy = Buffer.from(JSON.stringify(heartbeat(a, 26, { version: '6.6.6' }))).toString('base64');
+    // JSON.parse keeps the last of two equal keys and other parsers the first: the body is ambiguous
+    const raw =
+      `{"payloadType":${JSON.stringify(env.payloadType)},"payload":${JSON.stringify(decoy)},` +
+      `"payload":${JSON.stringify(env.payload)},"signatures":${JSON.stringify(env.signatures)}}`;
+    const before = await snapshotDir(store.dir);
+    const r = await post('/v1/telemetry', raw);
+    expect(r).toMatchObject({ status: 400, json: { code: 'BAD_REQUEST' } });
+    expect(String(r.json.message)).toMatch(/duplicate key "payload"/);
+    expect(await snapshotDir(store.dir)).toEqual(before);
+    // the same heartbeat, sent unambiguously, is taken
+    expect(await post('/v1/telemetry', env)).toMatchObject({ status: 202 });
+  });
+
   it("refuses a heartbeat for this agent's id signed by another agent's key", async () => {
     const b = await newAgent();
     await enroll(base, b, { ...info, token: await tokenFor() });

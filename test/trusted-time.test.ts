@@ -23,7 +23,14 @@ import { importBundle } from '../mirror/import.js';
 import { Store } from '../mirror/store.js';
 import { createLogger } from '../platform/log.js';
 import { importInto, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
-import { buildBundle, ferry, makeRootEnvelope, snapshotDir, type ArtifactInput } from './helpers/fixtures.js';
+import {
+  buildBundle,
+  ferry,
+  makeRootEnvelope,
+  snapshotDir,
+  type ArtifactInput,
+  storeView,
+} from './helpers/fixtures.js';
 import { sleep } from './helpers/mirror-proc.js';
 import { useWorld } from './helpers/world.js';
 
@@ -41,16 +48,6 @@ async function bundleFile(sequence: number, o: { now?: number; expires?: string;
     ...(o.now !== undefined && { now: o.now }),
   });
   return { file: r.volumes[0]!.path, manifest: r.manifest };
-}
-
-/** blobs/, manifests/ and state.json less its quarantine list: what a refusal must leave as it was. */
-async function storeView(data: string) {
-  const state = JSON.parse(await readFile(join(data, 'state.json'), 'utf8')) as Record<string, unknown>;
-  return {
-    blobs: await snapshotDir(join(data, 'blobs')),
-    manifests: await snapshotDir(join(data, 'manifests')),
-    state: { ...state, quarantine: null },
-  };
 }
 
 describe('agent: a clock wrong for one poll is forgotten once it is right', () => {

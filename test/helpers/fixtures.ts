@@ -202,3 +202,16 @@ export async function snapshotDir(dir: string): Promise<Record<string, string>> 
   await walk(dir);
   return out;
 }
+
+/**
+ * A mirror data dir as a refusal must leave it: blobs/, manifests/ and state.json less its quarantine
+ * list (the one thing a refusal adds, by design).
+ */
+export async function storeView(data: string) {
+  const state = JSON.parse(await readFile(join(data, 'state.json'), 'utf8')) as Record<string, unknown>;
+  return {
+    blobs: await snapshotDir(join(data, 'blobs')),
+    manifests: await snapshotDir(join(data, 'manifests')),
+    state: { ...state, quarantine: null },
+  };
+}

@@ -106,10 +106,66 @@ export interface RevocationInfo {
   reason: string;
 }
 
+/** What a site's mirror decided about a staged rollout (docs/rollout.md), carried home like heartbeats. */
+export const ROLLOUT_EVENTS = [
+  'started', // the mirror adopted a manifest with a new rollout
+  'wave_opened', // a wave opened (soak and evidence met, or approved)
+  'halted', // auto-halt (failure rate over maxFailureRate) or an operator's halt
+  'approved', // an operator approved the next wave (manual strategy)
+  'resumed', // an operator resumed a halted rollout
+  'aborted', // an operator aborted (revert: agents sent back to the previous version)
+  'completed', // every wave open and the last one soaked
+  'superseded', // a newer manifest replaced this rollout mid-way
+] as const;
+export type RolloutEventName = (typeof ROLLOUT_EVENTS)[number];
+
+/** Per-wave (or whole-rollout) counts of agents, as the mirror saw them when it decided. */
+export interface RolloutCounts {
+  agents: number;
+  pending: number;
+  updating: number;
+  committed: number;
+  failed: number;
+  rolledBack: number;
+  silent: number;
+}
+export const ROLLOUT_COUNT_KEYS = [
+  'agents',
+  'pending',
+  'updating',
+  'committed',
+  'failed',
+  'rolledBack',
+  'silent',
+] as const;
+
+export interface RolloutEventInfo {
+  /** 64 lowercase hex: names one rollout (same manifest plan, same id at every mirror of the site). */
+  rolloutId: string;
+  /** Sequence of the manifest that carries the plan. */
+  manifestSequence: number;
+  /** The agent version the rollout moves the site to. */
+  version: string;
+  event: RolloutEventName;
+  /** 0-based index of the wave the event is about. */
+  wave: number;
+  /** `mirror` when the mirror decided on its own evidence, else the operator's name as given. */
+  actor: string;
+  /** Counts in the wave the decision was about. */
+  counts?: RolloutCounts;
+  /** `maxFailureRate` of the plan, and the failure rate measured, for a halt. */
+  threshold?: number;
+  failureRate?: number;
+  /** For `aborted`: whether updated agents were sent back to the previous version. */
+  revert?: boolean;
+  reason: string;
+}
+
 export type OwnRecord =
   | { kind: 'heartbeat'; seq: number; at: string; agentId: string; counter: number; envelope: Envelope }
   | { kind: 'enrolment'; seq: number; at: string; agent: EnrolmentInfo }
-  | { kind: 'revocation'; seq: number; at: string; revocation: RevocationInfo };
+  | { kind: 'revocation'; seq: number; at: string; revocation: RevocationInfo }
+  | { kind: 'rollout'; seq: number; at: string; rollout: RolloutEventInfo };
 
 /** A batch from another mirror, held in custody by this one. */
 export interface RelayedRecord {
@@ -225,7 +281,58 @@ export function assertOwnRecord(v: unknown, what = 'record'): asserts v is OwnRe
   } else if (o.kind === 'revocation') {
     onlyKeys(o, ['kind', 'seq', 'at', 'revocation'], what);
     assertRevocationInfo(o.revocation, `${what}.revocation`);
-  } else throw invalid(`${what}: kind must be heartbeat, enrolment or revocation`);
+  } else if (o.kind === 'rollout') {
+    onlyKeys(o, ['kind', 'seq', 'at', 'rollout'], what);
+    assertRolloutEventInfo(o.rollout, `${what}.rollout`);
+  } else throw invalid(`${what}: kind must be heartbeat, enrolment, revocation or rollout`);
+}
+
+const isCount = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+const isRate = (v: unknown) => typeof v === 'number' && v >= 0 && v <= 1;
+
+export function assertRolloutEventInfo(v: unknown, what = 'rollout'): asserts v is RolloutEventInfo {
+  const o = obj(v, what);
+  onlyKeys(
+    o,
+    [
+      'rolloutId',
+      'manifestSequence',
+      'version',
+      'event',
+      'wave',
+      'actor',
+      'counts',
+      'threshold',
+      'failureRate',
+      'revert',
+      'reason',
+    ],
+    what,
+  );
+  if (typeof o.rolloutId !== 'string' || !HEX64.test(o.rolloutId))
+    throw invalid(`${what}: rolloutId must be 64 lowercase hex characters`);
+  if (!isSeq(o.manifestSequence)) throw invalid(`${what}: manifestSequence must be a positive integer`);
+  if (typeof o.version !== 'string' || o.version === '' || o.version.length > 128)
+    throw invalid(`${what}: version must be a string of 1-128 characters`);
+  if (!(ROLLOUT_EVENTS as readonly unknown[]).includes(o.event))
+    throw invalid(`${what}: event must be one of ${ROLLOUT_EVENTS.join(', ')}`);
+  if (!Number.isSafeInteger(o.wave) || (o.wave as number) < 0 || (o.wave as number) > 1000)
+    throw invalid(`${what}: wave must be an integer 0-1000`);
+  if (typeof o.actor !== 'string' || o.actor === '' || o.actor.length > 128)
+    throw invalid(`${what}: actor must be a string of 1-128 characters`);
+  if (o.counts !== undefined) {
+    const c = obj(o.counts, `${what}.counts`);
+    onlyKeys(c, ROLLOUT_COUNT_KEYS, `${what}.counts`);
+    for (const k of ROLLOUT_COUNT_KEYS)
+      if (!isCount(c[k])) throw invalid(`${what}.counts.${k} must be a non-negative integer`);
+  }
+  if (o.threshold !== undefined && !isRate(o.threshold)) throw invalid(`${what}: threshold must be 0-1`);
+  if (o.failureRate !== undefined && !isRate(o.failureRate))
+    throw invalid(`${what}: failureRate must be 0-1`);
+  if (o.revert !== undefined && typeof o.revert !== 'boolean')
+    throw invalid(`${what}: revert must be a boolean`);
+  if (typeof o.reason !== 'string' || o.reason.length > 512)
+    throw invalid(`${what}: reason must be a string of at most 512 characters`);
 }
 
 export function assertRevocationInfo(v: unknown, what = 'revocation'): asserts v is RevocationInfo {

@@ -20,7 +20,13 @@ import { writeFileAtomic } from '../platform/fsx.js';
 import type { Heartbeat } from '../core/heartbeat.js';
 import { isAgentId } from '../core/heartbeat.js';
 import { Journal, type Entry } from '../platform/journal.js';
-import type { CarriedBatch, EnrolmentInfo, OutboxRecord, RevocationInfo } from '../core/telemetry.js';
+import type {
+  CarriedBatch,
+  EnrolmentInfo,
+  OutboxRecord,
+  RevocationInfo,
+  RolloutEventInfo,
+} from '../core/telemetry.js';
 
 type NoSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 export type OutboxInput = NoSeq<OutboxRecord>;
@@ -323,6 +329,11 @@ export class MirrorOutbox {
   /** Records that the operator revoked an agent here, so the server learns it too. */
   async appendRevocation(revocation: RevocationInfo): Promise<void> {
     await this.appendRecords([{ kind: 'revocation', at: new Date(this.now()).toISOString(), revocation }]);
+  }
+
+  /** Records a rollout decision made at this site (docs/rollout.md), so the server learns what and why. */
+  async appendRolloutEvent(rollout: RolloutEventInfo): Promise<void> {
+    await this.appendRecords([{ kind: 'rollout', at: new Date(this.now()).toISOString(), rollout }]);
   }
 
   /** Takes custody of batches from other mirrors (structure checked by the caller). */

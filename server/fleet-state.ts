@@ -6,7 +6,7 @@
 import type { Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
 import type { Heartbeat, JsonObject } from '../core/heartbeat.js';
-import type { EnrolmentInfo, RevocationInfo } from '../core/telemetry.js';
+import type { EnrolmentInfo, RevocationInfo, RolloutEventInfo } from '../core/telemetry.js';
 import type { RejectionCode } from './errors.js';
 import { add, addRange, has, holes, size, type Interval } from './intervals.js';
 
@@ -25,6 +25,14 @@ export type JournalRecord =
   | ({ kind: 'parked' } & HeartbeatSlot)
   | { kind: 'enrolment'; at: string; mirror: string; mirrorSeq: number; site: string; agent: EnrolmentInfo }
   | { kind: 'revocation'; at: string; mirror: string; mirrorSeq: number; revocation: RevocationInfo }
+  | {
+      kind: 'rollout';
+      at: string;
+      mirror: string;
+      mirrorSeq: number;
+      site: string;
+      rollout: RolloutEventInfo;
+    }
   | { kind: 'coverage'; mirror: string; from: number; to: number }
   | { kind: 'export'; at: string; mirror: string; number: number; hash: string; from: number; to: number }
   | {
@@ -97,7 +105,15 @@ export interface ServerState {
    */
   pendingRevocations?: Record<string, { at: string; by: string; reason: string }>;
   totals: { heartbeats: number; enrolments: number; rejections: number; parked: number };
+  /**
+   * What each site's mirrors decided about staged rollouts, newest last, at most
+   * RECENT_ROLLOUT_EVENTS per site (all of them stay in the journal). Absent in older checkpoints.
+   */
+  rollouts?: Record<string, RolloutRecord[]>;
 }
+
+export type RolloutRecord = Extract<JournalRecord, { kind: 'rollout' }>;
+export const RECENT_ROLLOUT_EVENTS = 500;
 
 export const RECENT_REJECTIONS = 1000;
 
@@ -195,6 +211,13 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
       const revoked = { at: r.revocation.revokedAt, by: r.mirror, reason: r.revocation.reason };
       if (!agent) (s.pendingRevocations ??= {})[r.revocation.agentId] = revoked;
       else if (!agent.revoked) agent.revoked = revoked;
+      return;
+    }
+    case 'rollout': {
+      const rollouts = (s.rollouts ??= {});
+      const list = Object.hasOwn(rollouts, r.site) ? rollouts[r.site]! : (rollouts[r.site] = []);
+      list.push(r);
+      if (list.length > RECENT_ROLLOUT_EVENTS) list.splice(0, list.length - RECENT_ROLLOUT_EVENTS);
       return;
     }
     case 'parked':

@@ -60,6 +60,7 @@ export interface Tally {
   enrolments: number;
   duplicates: number;
   parked: number;
+  rolloutEvents: number;
   rejected: {
     mirror?: string;
     seq?: number;
@@ -81,7 +82,14 @@ interface Candidate {
   key: Uint8Array;
 }
 
-const newTally = (): Tally => ({ stored: 0, enrolments: 0, duplicates: 0, parked: 0, rejected: [] });
+const newTally = (): Tally => ({
+  stored: 0,
+  enrolments: 0,
+  duplicates: 0,
+  parked: 0,
+  rolloutEvents: 0,
+  rejected: [],
+});
 
 /** Verifications in flight at once: enough to keep libuv's pool busy, bounded memory. */
 const VERIFY_CHUNK = 512;
@@ -194,7 +202,18 @@ export class Ingest {
     }
     if (r.kind === 'enrolment') this.enrolment(mirror, r, tally);
     else if (r.kind === 'revocation') this.revocation(mirror, r, tally);
-    else this.heartbeat(mirror, r, tally);
+    else if (r.kind === 'rollout') {
+      // What the site's mirror decided, kept as it reported it (shown per site).
+      this.emit({
+        kind: 'rollout',
+        at: this.now,
+        mirror: mirror.id,
+        mirrorSeq: r.seq,
+        site: mirror.site,
+        rollout: r.rollout,
+      });
+      tally.rolloutEvents++;
+    } else this.heartbeat(mirror, r, tally);
   }
 
   private enrolment(mirror: MirrorInfo, r: Extract<OwnRecord, { kind: 'enrolment' }>, tally: Tally): void {

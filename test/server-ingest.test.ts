@@ -202,6 +202,45 @@ describe('carried batches', () => {
     await again.close();
   });
 
+  it('keeps what the mirror of a site decided about a rollout, per site, across a restart; a malformed event is refused', async () => {
+    const { dir, store } = await newStore();
+    const event = (seq: number, ev: string, extra: object = {}): OwnRecord =>
+      ({
+        kind: 'rollout',
+        seq,
+        at: new Date().toISOString(),
+        rollout: {
+          rolloutId: 'ab'.repeat(32),
+          manifestSequence: 42,
+          version: '1.4.2',
+          event: ev,
+          wave: 0,
+          actor: 'mirror',
+          reason: 'test',
+          ...extra,
+        },
+      }) as OwnRecord;
+    const counts = { agents: 2, pending: 0, updating: 0, committed: 1, failed: 1, rolledBack: 0, silent: 0 };
+    const [ok] = await send(
+      store,
+      batch(m1, 1, 2, [
+        event(1, 'wave_opened'),
+        event(2, 'halted', { counts, threshold: 0.1, failureRate: 0.5 }),
+      ]),
+    );
+    expect(ok).toMatchObject({ ok: true, tally: { rolloutEvents: 2 } });
+    // the same check guards signing and ingest: an unknown event never makes a batch
+    expect(() => batch(m1, 3, 3, [event(3, 'exploded')])).toThrow(/event must be one of/);
+    expect(() => batch(m1, 3, 3, [event(3, 'halted', { failureRate: 2 })])).toThrow(/failureRate/);
+    const events = (s: ServerStore) => (s.state.rollouts?.['plant-7'] ?? []).map((r) => r.rollout.event);
+    expect(events(store)).toEqual(['wave_opened', 'halted']);
+    expect(store.state.rollouts?.['plant-7']?.[1]?.rollout).toMatchObject({ counts, failureRate: 0.5 });
+    await store.close();
+    const again = await ServerStore.open(dir);
+    expect(events(again)).toEqual(['wave_opened', 'halted']);
+    await again.close();
+  });
+
   it('rejects heartbeats a relay altered (payload or outer counter) and replays in a new slot', async () => {
     const { store } = await newStore();
     const a = makeAgent();

@@ -116,6 +116,7 @@ export const ROLLOUT_EVENTS = [
   'aborted', // an operator aborted (revert: agents sent back to the previous version)
   'completed', // every wave open and the last one soaked
   'superseded', // a newer manifest replaced this rollout mid-way
+  'update_now', // an operator let one agent update ahead of its wave
 ] as const;
 export type RolloutEventName = (typeof ROLLOUT_EVENTS)[number];
 

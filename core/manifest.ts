@@ -172,8 +172,8 @@ function assertRollout(r: unknown, bad: Bad): void {
   if (!isObject(r)) throw bad('rollout', 'must be an object');
   onlyKnown(r, FIELDS.rollout, 'rollout', bad);
   if (!isSemver(r.agent)) throw bad('rollout.agent', 'must be a semver version');
-  if (r.strategy !== undefined && typeof r.strategy !== 'string')
-    throw bad('rollout.strategy', 'must be a string');
+  if (r.strategy !== undefined && !['immediate', 'staggered', 'manual'].includes(r.strategy as string))
+    throw bad('rollout.strategy', 'must be immediate, staggered or manual');
   if (!Array.isArray(r.waves) || r.waves.length === 0)
     throw bad('rollout.waves', 'must be a non-empty array');
   let last = 0;

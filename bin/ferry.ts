@@ -45,6 +45,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'token revoke': m.mirrorTokenRevoke,
       'agent list': m.mirrorAgentList,
       'agent revoke': m.mirrorAgentRevoke,
+      ...(await rolloutCommands()),
     };
   },
   server: async () => {
@@ -58,6 +59,18 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
     };
   },
 };
+
+async function rolloutCommands(): Promise<Record<string, Command>> {
+  const r = await import('./cli/rollout.js');
+  return {
+    'rollout status': r.mirrorRolloutStatus,
+    'rollout approve': r.mirrorRolloutApprove,
+    'rollout halt': r.mirrorRolloutHalt,
+    'rollout resume': r.mirrorRolloutResume,
+    'rollout abort': r.mirrorRolloutAbort,
+    'update-now': r.mirrorUpdateNow,
+  };
+}
 
 /** Columns group help wraps summaries at. */
 const HELP_WIDTH = 100;

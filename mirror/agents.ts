@@ -85,6 +85,7 @@ export class AgentsStore {
   private readonly records = new Map<string, AgentRecord>();
   private readonly keys = new Map<string, Uint8Array>();
   private opened: Promise<MirrorOutbox> | undefined;
+  private readonly committedListeners: ((items: AcceptedHeartbeat[]) => Promise<void>)[] = [];
 
   constructor(
     readonly dir: string,
@@ -245,7 +246,17 @@ export class AgentsStore {
    * highest already accepted from that agent (including earlier items of the batch).
    */
   async commit(items: AcceptedHeartbeat[]): Promise<CommitOutcome[]> {
-    return (await this.open()).appendHeartbeats(items);
+    const outcomes = await (await this.open()).appendHeartbeats(items);
+    if (this.committedListeners.length > 0) {
+      const accepted = items.filter((_, i) => outcomes[i] === 'accepted');
+      if (accepted.length > 0) for (const fn of this.committedListeners) await fn(accepted);
+    }
+    return outcomes;
+  }
+
+  /** Called with the heartbeats of each commit that were accepted, before the commit resolves. */
+  onCommitted(fn: (items: AcceptedHeartbeat[]) => Promise<void>): void {
+    this.committedListeners.push(fn);
   }
 
   async close(): Promise<void> {

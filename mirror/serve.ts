@@ -27,6 +27,10 @@ import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
 import type { TelemetryView } from './status-page.js';
 import { backendName } from '../core/ed25519.js';
+import type { GateLimits } from '../core/rollout/gate.js';
+import { MirrorRollout } from './rollout.js';
+import { rolloutControl } from './rollout-control.js';
+import { StateView } from './snapshot.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -63,6 +67,9 @@ export interface MirrorOptions {
   retryMaxMs?: number;
   /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
   limits?: Partial<ServerLimits>;
+  /** The rollout gate's deadlines (core/rollout/gate.ts) and how often its clock ticks (default 5 s). */
+  rolloutLimits?: Partial<GateLimits>;
+  rolloutTickMs?: number;
   log: Logger;
 }
 
@@ -72,6 +79,8 @@ export interface RunningMirror {
   metrics: Metrics;
   identity: MirrorIdentity;
   forwarder: Forwarder;
+  /** The site's rollout gate (`rolloutSummary()` for the fleet view). */
+  rollout: MirrorRollout;
   importFile(path: string): Promise<ImportResult>;
   /** Stops accepting connections, lets in-flight requests and the current import finish. */
   close(): Promise<void>;
@@ -160,11 +169,37 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
   });
+  // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
+  const view = new StateView(store);
+  const rollout = await MirrorRollout.open({
+    dataDir: o.dataDir,
+    outbox,
+    log,
+    ...(o.rolloutLimits && { limits: o.rolloutLimits }),
+  });
+  const followPlan = async () => rollout.adopt((await view.current()).active?.manifest ?? null);
+  await followPlan();
+  agents.onCommitted(async (items) => {
+    const list = [];
+    for (const { heartbeat } of items)
+      list.push({ heartbeat, groups: (await agents.get(heartbeat.agentId))?.groups ?? [] });
+    await rollout.heartbeats(list);
+  });
+  const rolloutTicker = setInterval(() => {
+    followPlan()
+      .then(() => rollout.tick())
+      .catch((e: unknown) =>
+        log.warn('rollout.tick_failed', { error: e instanceof Error ? e.message : String(e) }),
+      );
+  }, o.rolloutTickMs ?? 5000);
+  rolloutTicker.unref();
   const http = await startHttp({
     host: o.host,
     port: o.port,
     handler: createHandler({
       store,
+      view,
+      rollout,
       log,
       metrics,
       agents,
@@ -210,6 +245,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       },
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
       ...enrolmentControl(agents, site, log),
+      ...rolloutControl(rollout, agents),
     },
     log,
   );
@@ -247,11 +283,12 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       const closed = http.close(SHUTDOWN_GRACE_MS);
       await drop?.close();
       await closed;
+      clearInterval(rolloutTicker);
       await forwarder.stop();
       await control?.close();
       await agents.close(); // the outbox, after the last request that could append
       await releaseOutbox();
       log.info('mirror.stopped', {});
     })());
-  return { url, store, metrics, identity, forwarder, importFile, close };
+  return { url, store, metrics, identity, forwarder, rollout, importFile, close };
 }

@@ -24,6 +24,8 @@ import { accounting, opsRouter } from './ops.js';
 import { bodyLimit } from '../../platform/http/server-body.js';
 import { routers } from './routes.js';
 import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
+import type { MirrorRollout } from '../rollout.js';
+import { rolloutRouter } from './rollout.js';
 
 export interface AppDeps {
   store: Store;
@@ -41,6 +43,8 @@ export interface AppDeps {
   relay?: RelayOptions;
   /** The outbox and its routes, for the status page. */
   telemetry?: () => TelemetryView;
+  /** The site's rollout gate; without it there is no `GET /v1/rollout/:agentId`. */
+  rollout?: MirrorRollout;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -56,6 +60,7 @@ export function createApp({
   agentLimits,
   relay,
   telemetry,
+  rollout,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -75,6 +80,7 @@ export function createApp({
     ...routers(store, view),
     agentsRouter(agents, store.now, agentLimits, relay),
     opsRouter(view, metrics, store.now, telemetry),
+    ...(rollout ? [rolloutRouter(rollout, agents, view)] : []),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

@@ -58,6 +58,8 @@ export interface MirrorRolloutOptions {
   log: Logger;
   now?: () => number;
   limits?: Partial<GateLimits>;
+  /** The agents enrolled (and not revoked) here, given to the gate with each new plan. */
+  roster?: () => Promise<{ agentId: string; groups: string[] }[]>;
 }
 
 /** A heartbeat's update outcomes (`results[].update`, agent/update/report.ts), read defensively. */
@@ -137,7 +139,8 @@ export class MirrorRollout {
       if (plan === null && run === null) return;
       if (plan && run && plan.id === run.plan.id && plan.manifestSequence === run.plan.manifestSequence)
         return;
-      await this.feed({ type: 'plan', plan });
+      const roster = plan && plan.id !== run?.plan.id ? ((await this.o.roster?.()) ?? []) : [];
+      await this.feed({ type: 'plan', plan, roster });
     });
   }
 

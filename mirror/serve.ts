@@ -175,6 +175,10 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     dataDir: o.dataDir,
     outbox,
     log,
+    roster: async () =>
+      (await agents.list())
+        .filter((a) => a.revokedAt === undefined)
+        .map((a) => ({ agentId: a.id, groups: a.groups })),
     ...(o.rolloutLimits && { limits: o.rolloutLimits }),
   });
   const followPlan = async () => rollout.adopt((await view.current()).active?.manifest ?? null);

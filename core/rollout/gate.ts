@@ -94,7 +94,8 @@ export type OperatorEvent =
     };
 
 export type GateEvent =
-  | { type: 'plan'; plan: Plan | null }
+  /** The active manifest's plan, with the agents enrolled at the site (so waves are judged over the whole fleet). */
+  | { type: 'plan'; plan: Plan | null; roster?: { agentId: string; groups: string[] }[] }
   /** A verified heartbeat: the version running and the update outcomes it carries. */
   | { type: 'agent'; agentId: string; groups: string[]; running: string; updates: UpdateOutcome[] }
   /** The gate told this agent it may start. */
@@ -228,7 +229,12 @@ function record(
   };
 }
 
-function startRun(s: GateState, plan: Plan, actions: GateAction[]): void {
+function startRun(
+  s: GateState,
+  plan: Plan,
+  roster: readonly { agentId: string; groups: string[] }[],
+  actions: GateAction[],
+): void {
   const last = plan.waves.length - 1;
   const run: Run = {
     plan,
@@ -251,12 +257,22 @@ function startRun(s: GateState, plan: Plan, actions: GateAction[]): void {
       forced: false,
     };
   }
+  for (const r of roster)
+    agents[r.agentId] ??= {
+      ...newAgent(s, r.agentId, r.groups),
+      wave: waveOf(plan.id, r.agentId, plan.waves),
+    };
   s.agents = agents;
   actions.push(record(run, 'started', 'mirror', `${plan.strategy} rollout of agent ${plan.version}`));
   actions.push(record(run, 'wave_opened', 'mirror', plan.strategy === 'immediate' ? 'all waves' : 'canary'));
 }
 
-function onPlan(s: GateState, plan: Plan | null, actions: GateAction[]): void {
+function onPlan(
+  s: GateState,
+  plan: Plan | null,
+  roster: readonly { agentId: string; groups: string[] }[],
+  actions: GateAction[],
+): void {
   const run = s.run;
   if (run && plan && run.plan.id === plan.id) {
     s.run = { ...run, plan };
@@ -268,7 +284,7 @@ function onPlan(s: GateState, plan: Plan | null, actions: GateAction[]): void {
       : 'the active manifest carries no rollout';
     actions.push(record(run, 'superseded', 'mirror', why));
   }
-  if (plan) startRun(s, plan, actions);
+  if (plan) startRun(s, plan, roster, actions);
   else s.run = null;
 }
 
@@ -324,7 +340,11 @@ function evaluate(s: GateState, limits: GateLimits, actions: GateAction[]): void
     }
     const cur = t[run.wave]!;
     const c = cur.counts;
-    const settled = c.agents === 0 || cur.evidence + c.failed + c.rolledBack + c.silent >= c.agents;
+    // A wave with no agent passes at once, so the first wave that has some is the canary; but
+    // nothing passes while the gate knows no agent at all.
+    const fleet = t.reduce((n, x) => n + x.counts.agents, 0);
+    const settled =
+      c.agents === 0 ? fleet > 0 : cur.evidence + c.failed + c.rolledBack + c.silent >= c.agents;
     if (!settled) {
       if (run.settledAt !== null) s.run = { ...run, settledAt: null };
       return;
@@ -427,7 +447,7 @@ export function step(
   let refused: StepResult['refused'];
   switch (event.type) {
     case 'plan':
-      onPlan(s, event.plan, actions);
+      onPlan(s, event.plan, event.roster ?? [], actions);
       break;
     case 'agent':
       onAgent(s, event);

@@ -302,6 +302,24 @@ describe('the gate: staggered waves', () => {
     expect(sim.answer(byWave(plan, ids, 1)[0]!).code).toBe('GO');
   });
 
+  it('knowing no agent, opens only the first wave and never completes', () => {
+    const sim = new Sim();
+    sim.feed({ type: 'plan', plan: planOf(manifest())! });
+    sim.pass(120 * MIN);
+    expect(sim.s.run).toMatchObject({ phase: 'running', wave: 0 });
+    expect(sim.events()).toEqual(['started', 'wave_opened']);
+  });
+
+  it('judges waves over the enrolled roster given with the plan', () => {
+    const sim = new Sim();
+    const plan = planOf(manifest())!;
+    const ids = idsWithWaves(plan, [1, 1, 1]);
+    sim.feed({ type: 'plan', plan, roster: ids.map((agentId) => ({ agentId, groups: [] })) });
+    expect(sim.s.run!.wave).toBe(0);
+    expect(tally(sim.s).map((t) => t.counts.pending)).toEqual([1, 1, 1]);
+    expect(sim.answer(ids[2]!).code).toBe('WAVE_NOT_OPEN');
+  });
+
   it('a canary of one agent that fails halts the rollout, the rest untouched', () => {
     const sim = new Sim();
     const plan = planOf(manifest({}, { maxFailureRate: 0.5 }))!;

@@ -12,6 +12,7 @@ import { crashPoint } from '../../platform/crash.js';
 import { currentVersion, platformTag, removeVersion, versionDir } from './install.js';
 import { step, type UpdateAction, type UpdateEvent, type UpdateLimits, type UpdateState } from './machine.js';
 import { targetVersion } from './version-choice.js';
+import { askRolloutGate } from './rollout-gate.js';
 import * as steps from './steps.js';
 import {
   readBootRecord,
@@ -125,7 +126,7 @@ export class UpdateDriver {
       const phase = this.rec.machine.phase;
       if (phase !== 'idle' && phase !== 'committed' && phase !== 'rolled-back') return;
       if (!view.manifest || view.payloadDigest === null) return;
-      const d = targetVersion({
+      const input = {
         manifest: view.manifest,
         payloadDigest: view.payloadDigest,
         platform: this.o.platform ?? platformTag(),
@@ -134,7 +135,21 @@ export class UpdateDriver {
         running: this.o.version,
         highestCommitted: this.rec.machine.highestCommitted,
         badVersions: this.rec.file.badVersions,
-      });
+      };
+      let d = targetVersion(input);
+      // The site's gate may hold back what the rollout offers; it cannot add anything (rollout-gate.ts).
+      if (d.kind === 'update' && d.source === 'rollout' && view.agentId !== null) {
+        const gate = await askRolloutGate({
+          mirrors: view.mirrors,
+          agentId: view.agentId,
+          manifest: view.manifest,
+          version: d.version,
+          timeoutMs: this.o.timeoutMs,
+          now: this.o.now,
+        });
+        this.o.log.debug('update.gate', { ...gate });
+        if (!gate.allowed) d = targetVersion({ ...input, allowedByRollout: false });
+      }
       if (d.kind === 'stay') {
         this.o.log.debug('update.stay', { reason: d.reason });
         return;

@@ -262,36 +262,43 @@ describe('real agents follow the site gate', () => {
     );
   });
 
-  it('a bad version fails its health check on the canary, rolls back; the rollout halts; the others never start it', async () => {
-    const [a, b, c] = nodes as [Node, Node, Node];
-    await publish('3.0.0', MANUAL);
-    await eventually('awaiting approval', async () =>
-      (await rolloutStatus()).phase === 'awaiting-approval' ? true : undefined,
-    );
-    await ferryOk('mirror', 'update-now', '--agent', await a.agentId(), '--data', data, '--actor', 'ops');
-    a.poke();
-    const st = await eventually(
-      'halted',
-      async () => {
-        const s = await rolloutStatus();
-        return s.phase === 'halted' ? s : undefined;
-      },
-      60_000,
-    );
-    expect(st.haltReason).toMatch(/1 of 1 failed/);
-    expect(a.began('3.0.0')).toBe(1);
-    await eventually(
-      'a back on 2.0.0',
-      async () => ((await a.version()) === '2.0.0' ? true : undefined),
-      30_000,
-    );
-    const approve = await runFerry(['mirror', 'rollout', 'approve', '--data', data, '--actor', 'ops']);
-    expect(approve.code).toBe(1);
-    expect(approve.stderr).toMatch(/NOT_AWAITING_APPROVAL/);
-    await cyclesPass([b, c], 3);
-    for (const n of [b, c]) {
-      expect(n.began('3.0.0')).toBe(0);
-      expect(await n.version()).toBe('2.0.0');
-    }
-  });
+  it(
+    'a bad version fails its health check on the canary, rolls back; the rollout halts; the others never start it',
+    { timeout: 180_000 },
+    async () => {
+      const [a, b, c] = nodes as [Node, Node, Node];
+      await publish('3.0.0', MANUAL);
+      await eventually('awaiting approval', async () =>
+        (await rolloutStatus()).phase === 'awaiting-approval' ? true : undefined,
+      );
+      await ferryOk('mirror', 'update-now', '--agent', await a.agentId(), '--data', data, '--actor', 'ops');
+      a.poke();
+      const st = await eventually(
+        'halted',
+        async () => {
+          const s = await rolloutStatus();
+          return s.phase === 'halted' ? s : undefined;
+        },
+        60_000,
+      ).catch((e: Error) => {
+        const seen = a.logs.filter((l) => String(l.event).startsWith('update')).slice(-10);
+        throw new Error(`${e.message}; the canary's update log: ${JSON.stringify(seen)}`);
+      });
+      expect(st.haltReason).toMatch(/1 of 1 failed/);
+      expect(a.began('3.0.0')).toBe(1);
+      await eventually(
+        'a back on 2.0.0',
+        async () => ((await a.version()) === '2.0.0' ? true : undefined),
+        30_000,
+      );
+      const approve = await runFerry(['mirror', 'rollout', 'approve', '--data', data, '--actor', 'ops']);
+      expect(approve.code).toBe(1);
+      expect(approve.stderr).toMatch(/NOT_AWAITING_APPROVAL/);
+      await cyclesPass([b, c], 3);
+      for (const n of [b, c]) {
+        expect(n.began('3.0.0')).toBe(0);
+        expect(await n.version()).toBe('2.0.0');
+      }
+    },
+  );
 });

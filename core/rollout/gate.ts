@@ -322,10 +322,12 @@ function evaluate(s: GateState, limits: GateLimits, actions: GateAction[]): void
     const t = tally(s, limits);
     const threshold = run.plan.maxFailureRate;
     for (const [i, w] of t.entries()) {
-      if (i > run.wave || w.counts.agents === 0) continue;
-      const rate = w.failures / w.counts.agents;
+      // In a wave not yet open only the agents let go early (update-now) have started: they are its sample.
+      const base = i <= run.wave ? w.counts.agents : w.counts.agents - w.counts.pending;
+      if (base === 0) continue;
+      const rate = w.failures / base;
       if (rate > threshold) {
-        const reason = `wave ${i}: ${w.failures} of ${w.counts.agents} failed (rate ${rate.toFixed(3)} > ${threshold})`;
+        const reason = `wave ${i}: ${w.failures} of ${base} failed (rate ${rate.toFixed(3)} > ${threshold})`;
         s.run = { ...run, phase: 'halted', haltReason: reason };
         actions.push(
           record(s.run, 'halted', 'mirror', reason, {

@@ -521,6 +521,21 @@ describe('the gate: manual strategy, operators, pins, window', () => {
     expect(sim.answer(late).code).toBe('HALTED');
   });
 
+  it('a failure of an agent let go early halts, though its wave is not open', () => {
+    const sim = new Sim();
+    const plan = planOf(manifest({}, { strategy: 'manual' }))!;
+    const ids = idsWithWaves(plan, [1, 0, 3]);
+    for (const id of ids) sim.hb(id);
+    sim.feed({ type: 'plan', plan });
+    const early = byWave(plan, ids, 2)[0]!;
+    sim.feed({ type: 'update-now', actor: 'ops', agentId: early, groups: [] });
+    sim.update(early, 'rolled-back');
+    expect(sim.s.run).toMatchObject({
+      phase: 'halted',
+      haltReason: expect.stringMatching(/wave 2: 1 of 1 failed/) as string,
+    });
+  });
+
   it('a pin holds an agent or a group out of the rollout and out of its counts', () => {
     const sim = new Sim();
     const plan = planOf(

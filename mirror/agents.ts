@@ -85,6 +85,10 @@ export class AgentsStore {
   private readonly records = new Map<string, AgentRecord>();
   private readonly keys = new Map<string, Uint8Array>();
   private opened: Promise<MirrorOutbox> | undefined;
+  private readonly recordListeners = new Set<(r: AgentRecord) => void>();
+  private readonly heartbeatListeners = new Set<(items: AcceptedHeartbeat[]) => void>();
+  private committing = 0;
+  private settled = 0;
 
   constructor(
     readonly dir: string,
@@ -104,7 +108,9 @@ export class AgentsStore {
     return (this.opened ??= (async () => {
       const made = await mkdir(this.paths.agents, { recursive: true });
       if (made !== undefined) await fsyncDir(this.dir);
-      return MirrorOutbox.open(this.dir, { fsync: this.fsync, now: this.now });
+      const outbox = await MirrorOutbox.open(this.dir, { fsync: this.fsync, now: this.now });
+      this.settled = outbox.head;
+      return outbox;
     })());
   }
 
@@ -195,6 +201,27 @@ export class AgentsStore {
       JSON.stringify(record, null, 2) + '\n',
     );
     this.records.set(record.id, record);
+    for (const fn of this.recordListeners) fn(record);
+  }
+
+  /** Calls `fn` with every agent record written (enrolled, changed or revoked). */
+  onRecord(fn: (r: AgentRecord) => void): () => void {
+    this.recordListeners.add(fn);
+    return () => this.recordListeners.delete(fn);
+  }
+
+  /** Calls `fn` with the heartbeats of each commit that were accepted, once they are durable. */
+  onHeartbeats(fn: (items: AcceptedHeartbeat[]) => void): () => void {
+    this.heartbeatListeners.add(fn);
+    return () => this.heartbeatListeners.delete(fn);
+  }
+
+  /**
+   * An outbox seq up to which every accepted heartbeat has been passed to the `onHeartbeats`
+   * listeners: the outbox head at the last moment no commit was under way.
+   */
+  settledSeq(): number {
+    return this.settled;
   }
 
   /** Whether the operator revoked this agent here. */
@@ -245,7 +272,16 @@ export class AgentsStore {
    * highest already accepted from that agent (including earlier items of the batch).
    */
   async commit(items: AcceptedHeartbeat[]): Promise<CommitOutcome[]> {
-    return (await this.open()).appendHeartbeats(items);
+    const outbox = await this.open();
+    this.committing++;
+    try {
+      const outcomes = await outbox.appendHeartbeats(items);
+      const accepted = items.filter((_, i) => outcomes[i] === 'accepted');
+      if (accepted.length) for (const fn of this.heartbeatListeners) fn(accepted);
+      return outcomes;
+    } finally {
+      if (--this.committing === 0) this.settled = outbox.head;
+    }
   }
 
   async close(): Promise<void> {

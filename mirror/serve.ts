@@ -27,6 +27,10 @@ import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
 import type { TelemetryView } from './status-page.js';
 import { backendName } from '../core/ed25519.js';
+import { FleetService } from './fleet-store.js';
+import type { RolloutSource } from './fleet.js';
+import type { FleetViewMode } from './http/fleet.js';
+import { fleetControl } from './fleet-control.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -61,6 +65,12 @@ export interface MirrorOptions {
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** An agent not heard from for this long is silent (an `agent_silent` alert); default 15 min. */
+  silentAfterMs?: number;
+  /** Who sees per-agent detail over HTTP: the mirror's own host (default) or the whole site. */
+  fleetView?: FleetViewMode;
+  /** The site's rollout gate, for per-wave progress and `rollout_halted`. */
+  rollout?: RolloutSource;
   /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
   limits?: Partial<ServerLimits>;
   log: Logger;
@@ -113,6 +123,16 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   agents.openEnrolment = o.openEnrolment === true;
   const outbox = await agents.outbox();
   const site = (await store.readState()).site;
+  const fleet = await FleetService.open({
+    dataDir: o.dataDir,
+    agents,
+    outbox,
+    now: store.now,
+    log,
+    ...(o.silentAfterMs !== undefined && { silentAfterMs: o.silentAfterMs }),
+    ...(o.rollout && { rollout: o.rollout }),
+  });
+  const fleetView = o.fleetView ?? 'local';
   const forwarder = new Forwarder({
     outbox,
     identity,
@@ -174,6 +194,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         trusted: relayKeys,
       },
       telemetry: telemetryView,
+      fleet: { service: fleet, mode: fleetView },
     }),
     log,
     metrics: { registry: metrics, prefix: 'ferry_mirror' },
@@ -209,6 +230,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         return { ...r };
       },
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
+      ...fleetControl(fleet, store),
       ...enrolmentControl(agents, site, log),
     },
     log,
@@ -236,6 +258,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     relayFrom: [...relayKeys.keys()],
     enrolment: agents.openEnrolment ? 'open' : 'token',
     active: state.active?.sequence ?? null,
+    fleetView,
+    silentAfterSec: fleet.silentAfterMs / 1000,
     crypto: backendName(),
   });
 
@@ -249,6 +273,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       await closed;
       await forwarder.stop();
       await control?.close();
+      await fleet.close();
       await agents.close(); // the outbox, after the last request that could append
       await releaseOutbox();
       log.info('mirror.stopped', {});

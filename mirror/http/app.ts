@@ -24,6 +24,7 @@ import { accounting, opsRouter } from './ops.js';
 import { bodyLimit } from '../../platform/http/server-body.js';
 import { routers } from './routes.js';
 import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
+import { fleetRouter, type FleetHttp } from './fleet.js';
 
 export interface AppDeps {
   store: Store;
@@ -41,6 +42,8 @@ export interface AppDeps {
   relay?: RelayOptions;
   /** The outbox and its routes, for the status page. */
   telemetry?: () => TelemetryView;
+  /** The fleet view (mirror/fleet-store.ts): `GET /v1/fleet`, on the status page and in /metrics. */
+  fleet?: FleetHttp;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -56,6 +59,7 @@ export function createApp({
   agentLimits,
   relay,
   telemetry,
+  fleet,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -74,7 +78,8 @@ export function createApp({
   for (const router of [
     ...routers(store, view),
     agentsRouter(agents, store.now, agentLimits, relay),
-    opsRouter(view, metrics, store.now, telemetry),
+    opsRouter(view, metrics, store.now, telemetry, fleet),
+    ...(fleet ? [fleetRouter(view, fleet)] : []),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

@@ -29,14 +29,9 @@ const BAR_KEYS = ROLLOUT_COUNT_KEYS.filter((k): k is BarKey => k !== 'agents');
 
 function bar(c: RolloutCounts): Html {
   const total = BAR_KEYS.reduce((n, k) => n + c[k], 0);
-  const parts = BAR_KEYS.filter((k) => c[k] > 0).map(
-    (k) =>
-      html`<span
-        class="s-${k}"
-        style="width:${((100 * c[k]) / Math.max(1, total)).toFixed(2)}%"
-        title="${k} ${c[k]}"
-      ></span>`,
-  );
+  const width = (k: BarKey) => ((100 * c[k]) / Math.max(1, total)).toFixed(2);
+  // prettier-ignore
+  const parts = BAR_KEYS.filter((k) => c[k] > 0).map((k) => html`<span class="s-${k}" style="width:${width(k)}%" title="${k} ${c[k]}"></span>`);
   const words = BAR_KEYS.map((k) => `${k} ${c[k]}`).join(' · ');
   return html`<div class="bar">${parts}</div>
     <small>${words}</small>`;

@@ -18,10 +18,12 @@ import { writeFileAtomic } from '../platform/fsx.js';
 import type { Logger } from '../platform/log.js';
 import type { AgentRecord, AgentsStore } from './agents.js';
 import {
-  alertsOf,
+  agentAlerts,
+  rolloutAlerts,
   Fleet,
   matches,
   summarise,
+  type AgentFlags,
   type Enrolled,
   type FleetAgentView,
   type FleetAlert,
@@ -61,6 +63,18 @@ export interface FleetPage extends FleetReport {
   agents: FleetAgentView[];
 }
 
+/** How stale the fleet view may be while heartbeats keep changing it. */
+export const VIEW_FRESH_MS = 1_000;
+
+interface Evaluation {
+  manifestTag: string;
+  at: number;
+  generation: number;
+  flags: AgentFlags[];
+  summary: FleetSummary;
+  alerts: FleetAlert[];
+}
+
 interface SnapshotFile {
   v: 1;
   journalSeq: number;
@@ -94,7 +108,7 @@ export class FleetService {
   private dirty = false;
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> | undefined;
-  private cache: { key: string; views: FleetAgentView[]; summary: FleetSummary } | undefined;
+  private cache: Evaluation | undefined;
   private readonly unsubscribe: (() => void)[] = [];
 
   private constructor(private readonly o: FleetServiceOptions) {
@@ -185,26 +199,35 @@ export class FleetService {
     return this.writing;
   }
 
-  /** Every agent's view and the summary, computed once per change, manifest and second. */
-  private evaluate(
-    manifest: Manifest | null,
-    manifestTag: string,
-  ): { views: FleetAgentView[]; summary: FleetSummary } {
+  /**
+   * Every agent's flags, the summary and the agents' alerts. Worked out again only when the manifest
+   * changed, or something changed and the last answer is older than VIEW_FRESH_MS, or the clock moved
+   * to another second (silence): at 10,000 agents heartbeats change the fleet hundreds of times a
+   * second, and every page and scrape in between shares one evaluation.
+   */
+  private evaluate(manifest: Manifest | null, manifestTag: string): Evaluation {
     const now = this.o.now();
-    const key = `${this.fleet.generation}:${manifestTag}:${Math.floor(now / 1000)}`;
-    if (this.cache?.key === key) return this.cache;
-    const views = this.fleet.views({ manifest, now, silentAfterMs: this.silentAfterMs });
-    this.cache = { key, views, summary: summarise(views) };
+    const c = this.cache;
+    const generation = this.fleet.generation;
+    if (
+      c?.manifestTag === manifestTag &&
+      Math.floor(c.at / 1000) === Math.floor(now / 1000) &&
+      (c.generation === generation || now - c.at < VIEW_FRESH_MS)
+    )
+      return c;
+    const flags = this.fleet.flags({ manifest, now, silentAfterMs: this.silentAfterMs });
+    const alerts = agentAlerts(this.fleet, flags, this.silentAfterMs);
+    this.cache = { manifestTag, at: now, generation, flags, summary: summarise(this.fleet, flags), alerts };
     return this.cache;
   }
 
   /** Summary, alerts and the rollout: what every view of the fleet starts with. */
   report(manifest: Manifest | null, manifestTag = ''): FleetReport {
-    const { views, summary } = this.evaluate(manifest, manifestTag);
+    const { summary, alerts } = this.evaluate(manifest, manifestTag);
     const rollout = this.rollout?.rolloutSummary() ?? null;
     return {
       summary,
-      alerts: alertsOf(views, rollout, this.silentAfterMs),
+      alerts: [...rolloutAlerts(rollout), ...alerts],
       rollout,
       silentAfterSec: Math.round(this.silentAfterMs / 1000),
     };
@@ -212,10 +235,10 @@ export class FleetService {
 
   /** One page of agents matching `q.filter`, with the report. */
   page(manifest: Manifest | null, manifestTag: string, q: FleetQuery): FleetPage {
-    const { views } = this.evaluate(manifest, manifestTag);
+    const { flags } = this.evaluate(manifest, manifestTag);
     const filter = q.filter ?? 'all';
     const size = Math.min(Math.max(1, q.size ?? DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE);
-    const chosen = filter === 'all' ? views : views.filter((v) => matches(v, filter));
+    const chosen = filter === 'all' ? flags : flags.filter((f) => matches(f, filter));
     const pages = Math.max(1, Math.ceil(chosen.length / size));
     const page = Math.min(Math.max(1, q.page ?? 1), pages);
     return {
@@ -225,7 +248,7 @@ export class FleetService {
       pages,
       size,
       total: chosen.length,
-      agents: chosen.slice((page - 1) * size, page * size),
+      agents: chosen.slice((page - 1) * size, page * size).map((f) => this.fleet.view(f)),
     };
   }
 

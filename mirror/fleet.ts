@@ -86,13 +86,7 @@ export interface FleetAlert {
 }
 
 /** One agent as pages and the API show it. */
-export interface FleetAgentView extends Enrolled, Partial<Observed> {
-  revoked: boolean;
-  behind: boolean;
-  wanted: string | null;
-  failing: boolean;
-  silent: boolean;
-}
+export interface FleetAgentView extends Enrolled, Partial<Observed>, AgentFlags {}
 
 export interface FleetSummary {
   agents: number;
@@ -158,6 +152,18 @@ export interface FleetContext {
   silentAfterMs: number;
 }
 
+/** What filters and counts need of one agent: computed for every agent, kept small. */
+export interface AgentFlags {
+  id: string;
+  revoked: boolean;
+  behind: boolean;
+  wanted: string | null;
+  failing: boolean;
+  silent: boolean;
+}
+
+type BehindMemo = Map<string, { wanted: string } | null>;
+
 /** The fleet in memory: enrolment records and what heartbeats said, by agent id. */
 export class Fleet {
   readonly enrolled = new Map<string, Enrolled>();
@@ -165,6 +171,7 @@ export class Fleet {
   /** Bumped on every change, so derived views can be cached. */
   generation = 0;
   private sorted: string[] | null = null;
+  private readonly contact = new Map<string, { iso: string; ms: number }>();
 
   setEnrolled(e: Enrolled): void {
     if (!this.enrolled.has(e.id)) this.sorted = null;
@@ -186,100 +193,127 @@ export class Fleet {
     return (this.sorted ??= [...this.enrolled.keys()].sort());
   }
 
-  view(id: string, c: FleetContext): FleetAgentView | undefined {
-    const e = this.enrolled.get(id);
-    if (!e) return undefined;
-    const o = this.observed.get(id);
+  /** lastContact in ms, parsed once per heartbeat. */
+  private contactMs(id: string, o: Observed): number {
+    const c = this.contact.get(id);
+    if (c?.iso === o.lastContact) return c.ms;
+    const ms = Date.parse(o.lastContact);
+    this.contact.set(id, { iso: o.lastContact, ms });
+    return ms;
+  }
+
+  /**
+   * One agent's flags. `memo` keeps the manifest's answer for agents alike (same platform, groups
+   * and version, no pin of their own), so a fleet of thousands costs a handful of decisions.
+   */
+  private flagsOf(e: Enrolled, c: FleetContext, memo: BehindMemo): AgentFlags {
+    const o = this.observed.get(e.id);
     const revoked = e.revokedAt !== undefined;
-    const wanted =
-      o && c.manifest && !revoked
-        ? isBehind(c.manifest, { agentId: id, groups: e.groups, platform: e.platform }, o.version)
-        : null;
-    const contact = Date.parse(o?.lastContact ?? e.enrolledAt);
+    let wanted: { wanted: string } | null = null;
+    if (o && c.manifest && !revoked) {
+      const own = c.manifest.pins?.[`agent:${e.id}`] !== undefined;
+      const key = `${e.platform}\n${e.groups.join('\n')}\n\n${o.version}`;
+      const known = own ? undefined : memo.get(key);
+      if (known !== undefined) wanted = known;
+      else {
+        wanted = isBehind(c.manifest, { agentId: e.id, groups: e.groups, platform: e.platform }, o.version);
+        if (!own) memo.set(key, wanted);
+      }
+    }
+    const contact = o ? this.contactMs(e.id, o) : Date.parse(e.enrolledAt);
     return {
-      ...e,
-      ...o,
+      id: e.id,
       revoked,
       behind: wanted !== null,
-      wanted: wanted?.wanted ?? null,
+      wanted: wanted === null ? null : wanted.wanted,
       failing: !revoked && o?.lastUpdate != null && FAILED_OUTCOMES.has(o.lastUpdate.outcome),
       silent: !revoked && c.now - contact > c.silentAfterMs,
     };
   }
 
-  /** Every agent's view, in id order (one pass; the caller caches it per generation and clock). */
-  views(c: FleetContext): FleetAgentView[] {
-    const out: FleetAgentView[] = [];
+  /** Every agent's flags, in id order (the caller caches them per generation, manifest and clock). */
+  flags(c: FleetContext): AgentFlags[] {
+    const memo: BehindMemo = new Map();
+    const out: AgentFlags[] = [];
     for (const id of this.ids()) {
-      const v = this.view(id, c);
-      if (v) out.push(v);
+      const e = this.enrolled.get(id);
+      if (e) out.push(this.flagsOf(e, c, memo));
     }
     return out;
   }
+
+  /** The whole view of one agent, for the rows shown. */
+  view(f: AgentFlags): FleetAgentView {
+    const e = this.enrolled.get(f.id)!;
+    const o = this.observed.get(f.id);
+    return { ...e, ...o, ...f };
+  }
 }
 
-export function summarise(views: readonly FleetAgentView[]): FleetSummary {
+export function summarise(fleet: Fleet, flags: readonly AgentFlags[]): FleetSummary {
   const s: FleetSummary = { agents: 0, revoked: 0, behind: 0, failing: 0, silent: 0, byVersion: {} };
-  for (const v of views) {
-    if (v.revoked) {
+  for (const f of flags) {
+    if (f.revoked) {
       s.revoked++;
       continue;
     }
     s.agents++;
-    if (v.behind) s.behind++;
-    if (v.failing) s.failing++;
-    if (v.silent) s.silent++;
-    const version = v.version ?? 'unknown';
+    if (f.behind) s.behind++;
+    if (f.failing) s.failing++;
+    if (f.silent) s.silent++;
+    const version = fleet.observed.get(f.id)?.version ?? 'unknown';
     s.byVersion[version] = (s.byVersion[version] ?? 0) + 1;
   }
   return s;
 }
 
-export function matches(v: FleetAgentView, f: FleetFilter): boolean {
-  if (f === 'all') return true;
-  return v[f];
+export function matches(f: AgentFlags, filter: FleetFilter): boolean {
+  if (filter === 'all') return true;
+  return f[filter];
 }
 
-/** The alerts that stand now: each names its agents (the first few) and why. */
-export function alertsOf(
-  views: readonly FleetAgentView[],
-  rollout: RolloutSummary | null,
-  silentAfterMs: number,
-): FleetAlert[] {
+/** The rollout's alert, while it is halted. */
+export function rolloutAlerts(rollout: RolloutSummary | null): FleetAlert[] {
+  if (rollout?.state !== 'halted') return [];
+  const why = rollout.haltReason ?? 'no reason given';
+  return [
+    {
+      kind: 'rollout_halted',
+      count: 0,
+      agents: [],
+      message: `rollout ${rollout.rolloutId} of ${rollout.version} halted at wave ${rollout.wave + 1}: ${why}`,
+    },
+  ];
+}
+
+/** The agents' alerts that stand now: each names its agents (the first few) and why. */
+export function agentAlerts(fleet: Fleet, flags: readonly AgentFlags[], silentAfterMs: number): FleetAlert[] {
   const out: FleetAlert[] = [];
-  const failing = views.filter((v) => v.failing);
+  const failing = flags.filter((f) => f.failing);
+  const name = (f: AgentFlags) => fleet.enrolled.get(f.id)?.hostname ?? '';
   if (failing.length)
     out.push({
       kind: 'update_failed',
       count: failing.length,
-      agents: failing.slice(0, ALERT_AGENTS).map((v) => ({
-        id: v.id,
-        hostname: v.hostname,
-        reason: `${v.lastUpdate!.outcome} ${v.lastUpdate!.version}: ${v.lastUpdate!.reason}`,
-      })),
+      agents: failing.slice(0, ALERT_AGENTS).map((f) => {
+        const u = fleet.observed.get(f.id)!.lastUpdate!;
+        return { id: f.id, hostname: name(f), reason: `${u.outcome} ${u.version}: ${u.reason}` };
+      }),
       message: `${failing.length} agent(s) failed to update`,
     });
-  if (rollout?.state === 'halted')
-    out.push({
-      kind: 'rollout_halted',
-      count: 0,
-      agents: [],
-      message: `rollout ${rollout.rolloutId} of ${rollout.version} halted at wave ${rollout.wave + 1}: ${
-        rollout.haltReason ?? 'no reason given'
-      }`,
-    });
-  const silent = views.filter((v) => v.silent);
+  const silent = flags.filter((f) => f.silent);
   if (silent.length)
     out.push({
       kind: 'agent_silent',
       count: silent.length,
-      agents: silent.slice(0, ALERT_AGENTS).map((v) => ({
-        id: v.id,
-        hostname: v.hostname,
-        reason: v.lastContact
-          ? `last heard from at ${v.lastContact}`
-          : `never heard from since enrolment at ${v.enrolledAt}`,
-      })),
+      agents: silent.slice(0, ALERT_AGENTS).map((f) => {
+        const last = fleet.observed.get(f.id)?.lastContact;
+        const enrolledAt = fleet.enrolled.get(f.id)?.enrolledAt ?? '';
+        const reason = last
+          ? `last heard from at ${last}`
+          : `never heard from since enrolment at ${enrolledAt}`;
+        return { id: f.id, hostname: name(f), reason };
+      }),
       message: `${silent.length} agent(s) silent for more than ${Math.round(silentAfterMs / 1000)} s`,
     });
   return out;

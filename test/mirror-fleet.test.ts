@@ -211,8 +211,8 @@ describe('the fleet at the site', () => {
 
     // The failed agent tries again and commits: the alert resolves itself, one fewer behind.
     await beat(m, failed, { version: '1.4.2', results: [updateResult('committed', '1.4.2', 'healthy')] });
-    f = await fleet(m);
-    expect(f.alerts).toEqual([]);
+    // (the view may lag a change by up to a second: mirror/fleet-store.ts VIEW_FRESH_MS)
+    f = await until(m, (x) => x.alerts.length === 0);
     expect(f.summary).toMatchObject({ behind: 1, failing: 0 });
     expect(await (await fetch(`${m.url}/metrics`)).text()).toMatch(
       /^ferry_alerts\{kind="update_failed"\} 0$/m,
@@ -275,8 +275,7 @@ describe('the fleet at the site', () => {
       /^ferry_alerts\{kind="agent_silent"\} 1$/m,
     );
     await beat(m, quiet, { version: '1.4.2' });
-    const back = await fleet(m);
-    expect(back.alerts).toEqual([]);
+    const back = await until(m, (x) => x.alerts.length === 0, 10_000);
     expect(back.summary.silent).toBe(0);
     // --fleet-view site: a host elsewhere on the site network sees the detail too.
     const remote = await getFrom(`${m.url}/v1/fleet`);
@@ -288,7 +287,7 @@ describe('the fleet at the site', () => {
     const m = await activeMirror(join(w.dir, 'data-local'));
     const a = await newAgent(m, 'secret-host-7', ['canary']);
     await beat(m, a, { version: '1.3.0' });
-    for (const headers of [{}, { 'X-Forwarded-For': '127.0.0.1' }]) {
+    for (const headers of [{}, { 'X-Forwarded-For': '127.0.0.1' }] as Record<string, string>[]) {
       const api = await getFrom(`${m.url}/v1/fleet`, headers);
       expect(api.status).toBe(403);
       expect(JSON.parse(api.body)).toMatchObject({ code: 'FLEET_VIEW_LOCAL' });

@@ -164,6 +164,16 @@ export interface AgentFlags {
 
 type BehindMemo = Map<string, { wanted: string } | null>;
 
+/** What was last worked out for one agent: still good while its record and the manifest are the same. */
+interface Derived {
+  enrolled: Enrolled;
+  observed: Observed | undefined;
+  manifest: Manifest | null;
+  /** lastContact (or enrolment) in ms. */
+  contactMs: number;
+  flags: AgentFlags;
+}
+
 /** The fleet in memory: enrolment records and what heartbeats said, by agent id. */
 export class Fleet {
   readonly enrolled = new Map<string, Enrolled>();
@@ -171,7 +181,7 @@ export class Fleet {
   /** Bumped on every change, so derived views can be cached. */
   generation = 0;
   private sorted: string[] | null = null;
-  private readonly contact = new Map<string, { iso: string; ms: number }>();
+  private readonly derived = new Map<string, Derived>();
 
   setEnrolled(e: Enrolled): void {
     if (!this.enrolled.has(e.id)) this.sorted = null;
@@ -193,21 +203,19 @@ export class Fleet {
     return (this.sorted ??= [...this.enrolled.keys()].sort());
   }
 
-  /** lastContact in ms, parsed once per heartbeat. */
-  private contactMs(id: string, o: Observed): number {
-    const c = this.contact.get(id);
-    if (c?.iso === o.lastContact) return c.ms;
-    const ms = Date.parse(o.lastContact);
-    this.contact.set(id, { iso: o.lastContact, ms });
-    return ms;
-  }
-
   /**
-   * One agent's flags. `memo` keeps the manifest's answer for agents alike (same platform, groups
-   * and version, no pin of their own), so a fleet of thousands costs a handful of decisions.
+   * One agent's flags. What depends only on its record and the manifest is kept per agent until
+   * either changes; `memo` shares the manifest's answer among agents alike (same platform, groups
+   * and version, no pin of their own), so a fleet of thousands costs a handful of decisions. Only
+   * silence is worked out afresh, from the clock.
    */
   private flagsOf(e: Enrolled, c: FleetContext, memo: BehindMemo): AgentFlags {
     const o = this.observed.get(e.id);
+    const d = this.derived.get(e.id);
+    if (d && d.enrolled === e && d.observed === o && d.manifest === c.manifest) {
+      d.flags.silent = !d.flags.revoked && c.now - d.contactMs > c.silentAfterMs;
+      return d.flags;
+    }
     const revoked = e.revokedAt !== undefined;
     let wanted: { wanted: string } | null = null;
     if (o && c.manifest && !revoked) {
@@ -220,18 +228,23 @@ export class Fleet {
         if (!own) memo.set(key, wanted);
       }
     }
-    const contact = o ? this.contactMs(e.id, o) : Date.parse(e.enrolledAt);
-    return {
+    const contactMs = Date.parse(o ? o.lastContact : e.enrolledAt);
+    const flags: AgentFlags = {
       id: e.id,
       revoked,
       behind: wanted !== null,
       wanted: wanted === null ? null : wanted.wanted,
       failing: !revoked && o?.lastUpdate != null && FAILED_OUTCOMES.has(o.lastUpdate.outcome),
-      silent: !revoked && c.now - contact > c.silentAfterMs,
+      silent: !revoked && c.now - contactMs > c.silentAfterMs,
     };
+    this.derived.set(e.id, { enrolled: e, observed: o, manifest: c.manifest, contactMs, flags });
+    return flags;
   }
 
-  /** Every agent's flags, in id order (the caller caches them per generation, manifest and clock). */
+  /**
+   * Every agent's flags, in id order (the caller caches them per generation, manifest and clock).
+   * The flag objects are reused from one call to the next: read them before calling again.
+   */
   flags(c: FleetContext): AgentFlags[] {
     const memo: BehindMemo = new Map();
     const out: AgentFlags[] = [];

@@ -300,6 +300,14 @@ describe('the fleet at the site', () => {
     }
     // The mirror's own host sees it all.
     expect((await fleet(m)).agents.map((x) => x.hostname)).toEqual(['secret-host-7']);
+    // A revoked agent is shown as such and counts no more among the agents, behind or silent.
+    const r = await ferry(['mirror', 'agent', 'revoke', a.id.agentId, '--data', join(w.dir, 'data-local')]);
+    expect(r.code, r.stderr).toBe(0);
+    const after = await until(m, (x) => x.summary.agents === 0);
+    expect(after.summary).toMatchObject({ agents: 0, behind: 0, revoked: 1 });
+    expect(after.agents).toEqual([
+      expect.objectContaining({ hostname: 'secret-host-7', revoked: true, behind: false }),
+    ]);
     expect(await m.stop()).toEqual({ code: 0, signal: null });
   }, 60_000);
 });

@@ -150,6 +150,12 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
     ferry(['agent', 'poll', '--now', '--state', agentState, '--json'], 0);
     console.log(`  ${relative(work, conf)} now: ${JSON.stringify(await readFile(conf, 'utf8'))}`);
     ferry(['mirror', 'status', '--data', data], 0);
+    const fleet = (await (await fetch(`${url}/v1/fleet`)).json()) as {
+      summary: { agents: number; behind: number };
+    };
+    console.log(
+      `  GET /v1/fleet → ${fleet.summary.agents} agent(s), ${fleet.summary.behind} behind the version the manifest wants (also on the status page, and as ferry_agents* metrics)`,
+    );
 
     step('10. Telemetry home with no link at all: the courier carries a signed export out and the ack back');
     const server = join(work, 'server');

@@ -39,6 +39,8 @@ export const WIRE_CODES = [
   'LOOP',
   'NO_ROUTE',
   'RELAY_UNTRUSTED',
+  // the fleet view
+  'FLEET_VIEW_LOCAL',
   // the service itself
   'STORE_LOCKED',
   'STORE_INVALID',

@@ -85,7 +85,12 @@ export class AgentsStore {
   private readonly records = new Map<string, AgentRecord>();
   private readonly keys = new Map<string, Uint8Array>();
   private opened: Promise<MirrorOutbox> | undefined;
+  /** Awaited before a commit resolves (the rollout gate records its evidence first). */
   private readonly committedListeners: ((items: AcceptedHeartbeat[]) => Promise<void>)[] = [];
+  private readonly recordListeners = new Set<(r: AgentRecord) => void>();
+  private readonly heartbeatListeners = new Set<(items: AcceptedHeartbeat[]) => void>();
+  private committing = 0;
+  private settled = 0;
 
   constructor(
     readonly dir: string,
@@ -105,7 +110,9 @@ export class AgentsStore {
     return (this.opened ??= (async () => {
       const made = await mkdir(this.paths.agents, { recursive: true });
       if (made !== undefined) await fsyncDir(this.dir);
-      return MirrorOutbox.open(this.dir, { fsync: this.fsync, now: this.now });
+      const outbox = await MirrorOutbox.open(this.dir, { fsync: this.fsync, now: this.now });
+      this.settled = outbox.head;
+      return outbox;
     })());
   }
 
@@ -196,6 +203,27 @@ export class AgentsStore {
       JSON.stringify(record, null, 2) + '\n',
     );
     this.records.set(record.id, record);
+    for (const fn of this.recordListeners) fn(record);
+  }
+
+  /** Calls `fn` with every agent record written (enrolled, changed or revoked). */
+  onRecord(fn: (r: AgentRecord) => void): () => void {
+    this.recordListeners.add(fn);
+    return () => this.recordListeners.delete(fn);
+  }
+
+  /** Calls `fn` with the heartbeats of each commit that were accepted, once they are durable. */
+  onHeartbeats(fn: (items: AcceptedHeartbeat[]) => void): () => void {
+    this.heartbeatListeners.add(fn);
+    return () => this.heartbeatListeners.delete(fn);
+  }
+
+  /**
+   * An outbox seq up to which every accepted heartbeat has been passed to the `onHeartbeats`
+   * listeners: the outbox head at the last moment no commit was under way.
+   */
+  settledSeq(): number {
+    return this.settled;
   }
 
   /** Whether the operator revoked this agent here. */
@@ -246,12 +274,19 @@ export class AgentsStore {
    * highest already accepted from that agent (including earlier items of the batch).
    */
   async commit(items: AcceptedHeartbeat[]): Promise<CommitOutcome[]> {
-    const outcomes = await (await this.open()).appendHeartbeats(items);
-    if (this.committedListeners.length > 0) {
+    const outbox = await this.open();
+    this.committing++;
+    try {
+      const outcomes = await outbox.appendHeartbeats(items);
       const accepted = items.filter((_, i) => outcomes[i] === 'accepted');
-      if (accepted.length > 0) for (const fn of this.committedListeners) await fn(accepted);
+      if (accepted.length) {
+        for (const fn of this.heartbeatListeners) fn(accepted);
+        for (const fn of this.committedListeners) await fn(accepted);
+      }
+      return outcomes;
+    } finally {
+      if (--this.committing === 0) this.settled = outbox.head;
     }
-    return outcomes;
   }
 
   /** Called with the heartbeats of each commit that were accepted, before the commit resolves. */

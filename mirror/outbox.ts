@@ -357,10 +357,27 @@ export class MirrorOutbox {
     await this.checkpoint();
     await this.refreshOldest();
     for (const fn of this.ackListeners) fn();
-    if (this.holds === 0) await this.journal.trim(Math.min(this.ackedSeq, this.applied));
+    if (this.holds === 0) await this.journal.trim(this.trimmable());
   }
 
   private holds = 0;
+  private readonly floors = new Set<() => number>();
+
+  /**
+   * Keeps the records above `floor()` from being trimmed even once acknowledged: for a reader that
+   * replays them at its next start (the fleet view, from its last snapshot on).
+   */
+  keepFrom(floor: () => number): () => void {
+    this.floors.add(floor);
+    return () => this.floors.delete(floor);
+  }
+
+  /** Up to where acknowledged records may go. */
+  private trimmable(): number {
+    let upTo = Math.min(this.ackedSeq, this.applied);
+    for (const f of this.floors) upTo = Math.min(upTo, f());
+    return upTo;
+  }
 
   /** Runs `fn` with trimming put off (a reader walking the journal, like an export, sees every record). */
   async holdingTrim<T>(fn: () => Promise<T>): Promise<T> {
@@ -368,7 +385,7 @@ export class MirrorOutbox {
     try {
       return await fn();
     } finally {
-      if (--this.holds === 0) await this.journal.trim(Math.min(this.ackedSeq, this.applied));
+      if (--this.holds === 0) await this.journal.trim(this.trimmable());
     }
   }
 

@@ -44,6 +44,8 @@ export interface RolloutSummary {
   /** Highest wave open (0-based) and how many the plan has. */
   wave: number;
   waves: number;
+  /** Each wave's share of the fleet, as the plan says. */
+  percents: number[];
   perWave: RolloutCounts[];
   haltReason: string | null;
   revert: boolean;
@@ -203,6 +205,7 @@ export class MirrorRollout {
       phase: run.phase,
       wave: run.wave,
       waves: run.plan.waves.length,
+      percents: run.plan.waves.map((w) => w.percent),
       perWave: tally(this.s, this.limits).map((t) => t.counts),
       haltReason: run.haltReason,
       revert: run.revert,

@@ -28,9 +28,36 @@ import { Store } from './store.js';
 import type { TelemetryView } from './status-page.js';
 import { backendName } from '../core/ed25519.js';
 import type { GateLimits } from '../core/rollout/gate.js';
-import { MirrorRollout } from './rollout.js';
+import { MirrorRollout, type RolloutSummary as GateSummary } from './rollout.js';
+import type { Phase as RolloutPhase } from '../core/rollout/gate.js';
 import { rolloutControl } from './rollout-control.js';
 import { StateView } from './snapshot.js';
+import { FleetService } from './fleet-store.js';
+import type { RolloutSource, RolloutSummary as FleetRolloutSummary } from './fleet.js';
+import type { FleetViewMode } from './http/fleet.js';
+import { fleetControl } from './fleet-control.js';
+
+const PHASE_STATE: Record<RolloutPhase, FleetRolloutSummary['state']> = {
+  running: 'running',
+  'awaiting-approval': 'waiting_approval',
+  halted: 'halted',
+  aborted: 'aborted',
+  completed: 'completed',
+};
+
+/** The gate's summary as the fleet view shows it (per-wave bars, `rollout_halted`). */
+function fleetRolloutOf(s: GateSummary | null): FleetRolloutSummary | null {
+  if (!s) return null;
+  return {
+    rolloutId: s.id,
+    version: s.version,
+    strategy: s.strategy,
+    state: PHASE_STATE[s.phase],
+    wave: s.wave,
+    waves: s.perWave.map((counts, i) => ({ percent: s.percents[i] ?? 100, counts })),
+    ...(s.haltReason !== null && { haltReason: s.haltReason }),
+  };
+}
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -65,6 +92,12 @@ export interface MirrorOptions {
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** An agent not heard from for this long is silent (an `agent_silent` alert); default 15 min. */
+  silentAfterMs?: number;
+  /** Who sees per-agent detail over HTTP: the mirror's own host (default) or the whole site. */
+  fleetView?: FleetViewMode;
+  /** The site's rollout gate, for per-wave progress and `rollout_halted`. */
+  rollout?: RolloutSource;
   /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
   limits?: Partial<ServerLimits>;
   /** The rollout gate's deadlines (core/rollout/gate.ts) and how often its clock ticks (default 5 s). */
@@ -122,6 +155,18 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   agents.openEnrolment = o.openEnrolment === true;
   const outbox = await agents.outbox();
   const site = (await store.readState()).site;
+  let gate: MirrorRollout | undefined;
+  const fleet = await FleetService.open({
+    dataDir: o.dataDir,
+    agents,
+    outbox,
+    now: store.now,
+    log,
+    ...(o.silentAfterMs !== undefined && { silentAfterMs: o.silentAfterMs }),
+    // The gate is made below (it needs the fleet's roster); the view asks it only when shown.
+    rollout: o.rollout ?? { rolloutSummary: () => fleetRolloutOf(gate?.rolloutSummary() ?? null) },
+  });
+  const fleetView = o.fleetView ?? 'local';
   const forwarder = new Forwarder({
     outbox,
     identity,
@@ -171,7 +216,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
-  const rollout = await MirrorRollout.open({
+  const rollout = (gate = await MirrorRollout.open({
     dataDir: o.dataDir,
     outbox,
     log,
@@ -180,7 +225,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         .filter((a) => a.revokedAt === undefined)
         .map((a) => ({ agentId: a.id, groups: a.groups })),
     ...(o.rolloutLimits && { limits: o.rolloutLimits }),
-  });
+  }));
   const followPlan = async () => rollout.adopt((await view.current()).active?.manifest ?? null);
   await followPlan();
   agents.onCommitted(async (items) => {
@@ -213,6 +258,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         trusted: relayKeys,
       },
       telemetry: telemetryView,
+      fleet: { service: fleet, mode: fleetView },
     }),
     log,
     metrics: { registry: metrics, prefix: 'ferry_mirror' },
@@ -248,6 +294,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         return { ...r };
       },
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
+      ...fleetControl(fleet, store),
       ...enrolmentControl(agents, site, log),
       ...rolloutControl(rollout, agents),
     },
@@ -276,6 +323,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     relayFrom: [...relayKeys.keys()],
     enrolment: agents.openEnrolment ? 'open' : 'token',
     active: state.active?.sequence ?? null,
+    fleetView,
+    silentAfterSec: fleet.silentAfterMs / 1000,
     crypto: backendName(),
   });
 
@@ -290,6 +339,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       clearInterval(rolloutTicker);
       await forwarder.stop();
       await control?.close();
+      await fleet.close();
       await agents.close(); // the outbox, after the last request that could append
       await releaseOutbox();
       log.info('mirror.stopped', {});

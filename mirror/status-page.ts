@@ -8,6 +8,10 @@ import { humanBytes } from '../core/units.js';
 import { html, layout, table, type Html } from '../platform/web.js';
 import type { MirrorState } from './trust-state.js';
 import type { ForwardStatus } from './forward.js';
+import { FLEET_CSS, fleetBlock, type FleetBlockView } from './fleet-page.js';
+
+/** The page reloads itself this often (a meta refresh: no script). */
+export const STATUS_REFRESH_SEC = 15;
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -34,6 +38,7 @@ export interface StatusView {
   manifest: Manifest | null;
   now: number;
   telemetry?: TelemetryView;
+  fleet?: FleetBlockView;
 }
 
 type Target = ForwardStatus['targets'][number];
@@ -99,6 +104,11 @@ export function renderStatusPage(v: StatusView): string {
       trust root v${v.rootVersion} · ${state.pending.length} pending · ${state.quarantine.length} quarantined
     </p>
     ${enrolmentLine(v.telemetry)}
+    ${
+      v.fleet &&
+      html`<h2>Fleet</h2>
+        <div id="fleet">${fleetBlock(v.fleet)}</div>`
+    }
     <h2>Active bundle</h2>
     ${activeBlock(v)}
     <h2>Telemetry outbox</h2>
@@ -136,5 +146,9 @@ export function renderStatusPage(v: StatusView): string {
       ],
       rows: [...state.imports].reverse(),
     })}`;
-  return layout({ title: `ferry mirror — ${state.site}`, body });
+  return layout({
+    title: `ferry mirror — ${state.site}`,
+    body,
+    ...(v.fleet && { css: FLEET_CSS, refreshSec: STATUS_REFRESH_SEC }),
+  });
 }

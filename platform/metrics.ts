@@ -44,6 +44,11 @@ export class Metrics {
     this.family(name).values.set(key(labels), { labels, value });
   }
 
+  /** Drops every labelled value of a gauge (before setting the ones that exist now). */
+  reset(name: string): void {
+    this.family(name).values.clear();
+  }
+
   get(name: string, labels: Labels = {}): number {
     return this.family(name).values.get(key(labels))?.value ?? 0;
   }

@@ -100,6 +100,8 @@ export interface LayoutOptions {
   body: Html;
   /** More inline CSS for this page (written in the source). */
   css?: string;
+  /** Reload the page every so many seconds (a meta refresh: no script needed). */
+  refreshSec?: number;
 }
 
 /** A whole page: head with charset, title, CSP and inline styles; the body as given. */
@@ -111,6 +113,7 @@ export function layout(o: LayoutOptions): string {
         <meta charset="utf-8" />
         <meta http-equiv="Content-Security-Policy" content="${PAGE_CSP}" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
+        ${o.refreshSec !== undefined && html`<meta http-equiv="refresh" content="${Math.max(1, Math.round(o.refreshSec))}" />`}
         <title>${o.title}</title>
         <style>
           ${css}

@@ -2,11 +2,12 @@
  * Which agent version should this host run? Pure function of the accepted
  * manifest and what the agent remembers; the driver acts on the answer.
  *
- * Candidate: the pin for `agent:<id>`, else the pin shared by the agent's
+ * Candidate (core/agent-version.ts): the pin for `agent:<id>`, else the pin shared by the agent's
  * groups, else `rollout.agent`, else the highest agent version in the manifest
  * for this platform. Never below `minAgentVersion`, the highest committed
  * version or the running one, unless a signed pin names the version.
  */
+import { agentArtifactsFor, agentCandidate, type CandidateSource } from '../../core/agent-version.js';
 import type { Artifact, Manifest } from '../../core/manifest.js';
 import { compareSemver, isSemver } from '../../core/semver.js';
 
@@ -30,7 +31,7 @@ export interface PolicyInput {
 export type PolicyRefusalCode =
   'PIN_CONFLICT' | 'DOWNGRADE_REFUSED' | 'ARTIFACT_CONFLICT' | 'VERSION_INVALID';
 
-export type CandidateSource = 'agent-pin' | 'group-pin' | 'rollout' | 'highest';
+export type { CandidateSource };
 
 export type UpdateDecision =
   | { kind: 'stay'; reason: string }
@@ -46,31 +47,6 @@ export type UpdateDecision =
 /** A failure is remembered per signed manifest: a new manifest may offer the version again. */
 export const badVersionKey = (payloadDigest: string, version: string) => `${payloadDigest}:${version}`;
 
-type Candidate = { version: string; source: CandidateSource } | { refuse: UpdateDecision } | undefined;
-
-function pickCandidate(i: PolicyInput, agentArtifacts: Artifact[]): Candidate {
-  const pins = i.manifest.pins ?? {};
-  const own = i.agentId === null ? undefined : pins[`agent:${i.agentId}`];
-  if (own !== undefined) return { version: own, source: 'agent-pin' };
-  const groupPins = new Map<string, string>();
-  for (const g of i.groups) {
-    const v = pins[`group:${g}`];
-    if (v !== undefined) groupPins.set(g, v);
-  }
-  const distinct = new Set(groupPins.values());
-  if (distinct.size > 1) {
-    const list = [...groupPins].map(([g, v]) => `group:${g}=${v}`).join(', ');
-    return { refuse: { kind: 'refuse', code: 'PIN_CONFLICT', reason: `group pins disagree: ${list}` } };
-  }
-  const [groupPin] = distinct;
-  if (groupPin !== undefined) return { version: groupPin, source: 'group-pin' };
-  if (i.manifest.rollout) return { version: i.manifest.rollout.agent, source: 'rollout' };
-  let highest: string | undefined;
-  for (const a of agentArtifacts)
-    if (highest === undefined || compareSemver(a.version, highest) > 0) highest = a.version;
-  return highest === undefined ? undefined : { version: highest, source: 'highest' };
-}
-
 export function targetVersion(i: PolicyInput): UpdateDecision {
   const stay = (reason: string): UpdateDecision => ({ kind: 'stay', reason });
   // manifest.ts's isSemver is looser than SemVer 2.0.0 (it takes 1.0.0-01); nothing
@@ -82,10 +58,10 @@ export function targetVersion(i: PolicyInput): UpdateDecision {
   ].filter((v): v is string => typeof v === 'string' && !isSemver(v));
   if (loose.length > 0)
     return { kind: 'refuse', code: 'VERSION_INVALID', reason: `not SemVer 2.0.0: ${loose.join(', ')}` };
-  const agentArtifacts = i.manifest.artifacts.filter((a) => a.kind === 'agent' && a.platform === i.platform);
-  const c = pickCandidate(i, agentArtifacts);
+  const agentArtifacts = agentArtifactsFor(i.manifest, i.platform);
+  const c = agentCandidate(i.manifest, i);
   if (c === undefined) return stay(`the manifest has no agent for ${i.platform}`);
-  if ('refuse' in c) return c.refuse;
+  if ('conflict' in c) return { kind: 'refuse', code: 'PIN_CONFLICT', reason: c.conflict };
   const { version, source } = c;
   // Equal precedence is not enough (1.0.0+a and 1.0.0+b are different builds).
   const matches = agentArtifacts.filter((a) => a.version === version);

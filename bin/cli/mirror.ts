@@ -19,6 +19,7 @@ import { enrolmentOps, type AgentView, type EnrolmentOps } from '../../mirror/en
 import type { TokenView } from '../../mirror/tokens.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror } from '../../mirror/serve.js';
+import { fleetStatus, fleetStatusOptions, fleetStatusUsage, printFleet } from './fleet.js';
 import { Store } from '../../mirror/store.js';
 import {
   humanBytes,
@@ -96,11 +97,14 @@ export const mirrorImport: Command = {
 
 export const mirrorStatus: Command = {
   summary:
-    'Shows what a mirror data directory serves: site, trust root, active and pending manifests, quarantine.',
-  usage: '--data DIR [--json]',
-  options: { data: { type: 'string' }, ...jsonOption },
+    'Shows what a mirror data directory serves: site, trust root, active and pending manifests, quarantine;\n' +
+    'and, from the serving mirror, the fleet: agents, how many are behind, alerts, the rollout by wave.\n' +
+    '--agents lists one page of agents (--page, --size, --filter behind|failing|silent).',
+  usage: `--data DIR ${fleetStatusUsage} [--json]`,
+  options: { data: { type: 'string' }, ...fleetStatusOptions, ...jsonOption },
   async run(p, io) {
     const dataDir = str(p, 'data');
+    const fleet = await fleetStatus(dataDir, p);
     const store = await Store.open(dataDir);
     const state = await store.readState();
     const root = store.trustedRoot(state);
@@ -118,6 +122,7 @@ export const mirrorStatus: Command = {
         quarantine,
         imports,
         telemetry,
+        fleet,
       });
       return 0;
     }
@@ -135,6 +140,7 @@ export const mirrorStatus: Command = {
       for (const t of telemetry.targets)
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
     }
+    printFleet(io, fleet);
     return 0;
   },
 };
@@ -168,11 +174,14 @@ export const mirrorServe: Command = {
     'mirrors whose batches this one relays, each checked against its key; without it, this mirror relays\n' +
     'for no one. Agents enrol with a token (`ferry mirror token create`); --open-enrolment admits any agent\n' +
     'that asks, with the groups it claims, and says so in the log and on the status page. SIGTERM/SIGINT\n' +
-    'stop it gracefully. ' +
+    'stop it gracefully. --silent-after (default 15m) is how long an agent may go without a heartbeat\n' +
+    'before it counts as silent (an agent_silent alert). --fleet-view local (default) shows the agent list\n' +
+    "on the status page and at GET /v1/fleet only to clients on the mirror's own host; site shows it to\n" +
+    'anyone who reaches the port. ' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -187,8 +196,17 @@ export const mirrorServe: Command = {
     'relay-key': { type: 'string', multiple: true },
     ...httpOptions,
     'open-enrolment': { type: 'boolean' },
+    'silent-after': { type: 'string' },
+    'fleet-view': { type: 'string' },
   },
   async run(p) {
+    const silentAfter = str(p, 'silent-after', false);
+    const silentAfterMs = silentAfter ? parseDuration(silentAfter) : undefined;
+    if (silentAfter && silentAfterMs === undefined)
+      throw new FerryError('USAGE', '--silent-after must be a duration like 90s, 15m or 2h');
+    const fleetView = str(p, 'fleet-view', false) || 'local';
+    if (fleetView !== 'local' && fleetView !== 'site')
+      throw new FerryError('USAGE', '--fleet-view must be local or site');
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'mirror' });
     const trust = str(p, 'trust', false);
@@ -214,6 +232,8 @@ export const mirrorServe: Command = {
       ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
       limits: httpLimits(p),
       openEnrolment: p.values['open-enrolment'] === true,
+      ...(silentAfterMs !== undefined && { silentAfterMs }),
+      fleetView,
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;

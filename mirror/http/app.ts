@@ -26,6 +26,7 @@ import { routers } from './routes.js';
 import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
 import type { MirrorRollout } from '../rollout.js';
 import { rolloutRouter } from './rollout.js';
+import { fleetRouter, type FleetHttp } from './fleet.js';
 
 export interface AppDeps {
   store: Store;
@@ -45,6 +46,8 @@ export interface AppDeps {
   telemetry?: () => TelemetryView;
   /** The site's rollout gate; without it there is no `GET /v1/rollout/:agentId`. */
   rollout?: MirrorRollout;
+  /** The fleet view (mirror/fleet-store.ts): `GET /v1/fleet`, on the status page and in /metrics. */
+  fleet?: FleetHttp;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -61,6 +64,7 @@ export function createApp({
   relay,
   telemetry,
   rollout,
+  fleet,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -81,6 +85,8 @@ export function createApp({
     agentsRouter(agents, store.now, agentLimits, relay),
     opsRouter(view, metrics, store.now, telemetry),
     ...(rollout ? [rolloutRouter(rollout, agents, view)] : []),
+    opsRouter(view, metrics, store.now, telemetry, fleet),
+    ...(fleet ? [fleetRouter(view, fleet)] : []),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

@@ -83,7 +83,6 @@ export function createApp({
   for (const router of [
     ...routers(store, view),
     agentsRouter(agents, store.now, agentLimits, relay),
-    opsRouter(view, metrics, store.now, telemetry),
     ...(rollout ? [rolloutRouter(rollout, agents, view)] : []),
     opsRouter(view, metrics, store.now, telemetry, fleet),
     ...(fleet ? [fleetRouter(view, fleet)] : []),

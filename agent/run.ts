@@ -11,6 +11,7 @@ import { FerryError } from '../core/errors.js';
 import type { ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { loadPinnedRoot } from '../core/root.js';
+import { acquireLock } from '../platform/lock.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
@@ -115,6 +116,8 @@ export class Agent {
   private metricsServer: Server | undefined;
   /** Self-update, when this process runs from an install root (versions/, current). */
   private updater: UpdateDriver | undefined;
+  /** Releases `agent.lock`, held from init until the agent stops (see close). */
+  private releaseLock: (() => Promise<void>) | undefined;
 
   private readonly o: AgentOptions;
 
@@ -128,6 +131,18 @@ export class Agent {
 
   async init(): Promise<void> {
     this.state = await loadOrInitState(this.o);
+    // One agent per state directory; `ferry agent doctor --fix` waits for none to hold it.
+    try {
+      this.releaseLock = await acquireLock(join(this.o.stateDir, 'agent.lock'), { timeoutMs: 0 });
+    } catch (e) {
+      throw new FerryError(
+        'AGENT_RUNNING',
+        `another agent runs on ${this.o.stateDir}: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
+    }
     await writeAgentState(this.o.stateDir, this.state);
     const mirrors = this.o.mirrors.length > 0 ? this.o.mirrors : this.state.mirrors;
     this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
@@ -343,7 +358,15 @@ export class Agent {
       this.updater?.stop();
       await rm(pidFile, { force: true });
       this.metricsServer?.close();
+      await this.close();
     }
+  }
+
+  /** Lets go of the state directory (the lock init took); run() does this when it ends. */
+  async close(): Promise<void> {
+    const release = this.releaseLock;
+    this.releaseLock = undefined;
+    await release?.();
   }
 
   pollNow(): void {

@@ -23,12 +23,14 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   agent: async () => {
     const m = await import('./cli/agent.js');
+    const d = await import('./cli/doctor.js');
     return {
       run: m.agentRun,
       poll: m.agentPoll,
       status: m.agentStatus,
       rollback: m.agentRollback,
       version: m.agentVersion,
+      doctor: d.agentDoctor,
     };
   },
   mirror: async () => {

@@ -220,7 +220,7 @@ export const agentPoll: Command = {
     }
     const agent = await agentFrom(p, false); // --mirror here is for this poll only
     await agent.init();
-    const r = await agent.cycle();
+    const r = await agent.cycle().finally(() => agent.close());
     const summary = {
       sync: r.sync,
       sequence: r.state.active?.sequence ?? null,

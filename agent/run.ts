@@ -27,6 +27,15 @@ import { limitsFromEnv } from './update/limits.js';
 import { installRootOf } from './update/install.js';
 import type { UpdateLimits } from './update/machine.js';
 import { queueUpdateReports } from './update/report.js';
+import type { DoctorSummary } from '../core/heartbeat.js';
+import { runDoctor } from './doctor/run.js';
+import {
+  DEFAULT_DOCTOR_INTERVAL_SEC,
+  doctorDue,
+  readLastSummary,
+  summarize,
+  writeLastSummary,
+} from './doctor/summary.js';
 
 export interface AgentOptions {
   stateDir: string;
@@ -58,6 +67,8 @@ export interface AgentOptions {
    * agent; sent inside the signed enrolment request and never logged.
    */
   token?: string;
+  /** How often the read-only doctor checks run for the heartbeat (default daily; also after a failed update). */
+  doctorIntervalSec?: number;
 }
 
 export interface CycleResult {
@@ -116,6 +127,7 @@ export class Agent {
   private metricsServer: Server | undefined;
   /** Self-update, when this process runs from an install root (versions/, current). */
   private updater: UpdateDriver | undefined;
+  private installRoot: string | undefined;
   /** Releases `agent.lock`, held from init until the agent stops (see close). */
   private releaseLock: (() => Promise<void>) | undefined;
 
@@ -149,6 +161,7 @@ export class Agent {
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await AgentOutbox.open(this.o.stateDir);
     const installRoot = this.o.installRoot ? resolve(this.o.installRoot) : installRootOf(process.argv[1]);
+    this.installRoot = installRoot;
     if (installRoot) {
       this.updater = await UpdateDriver.open({
         stateDir: this.o.stateDir,
@@ -247,9 +260,10 @@ export class Agent {
       ...(limits && { limits }),
       ...(this.o.token !== undefined && { token: this.o.token }),
     };
-    if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
+    const updateFailed = this.updater ? await this.selfUpdate(synced.outcome.kind, rctx) : false;
+    const doctor = await this.diagnose(updateFailed);
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
-    await queueHeartbeat(rctx, this.state, applied.report, shortage ? [shortageDrift(shortage)] : []);
+    await queueHeartbeat(rctx, this.state, applied.report, shortage ? [shortageDrift(shortage)] : [], doctor);
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
 
@@ -281,8 +295,49 @@ export class Agent {
     };
   }
 
-  /** After apply, before the heartbeat: health checks, soak, a new update; queues its reports. */
-  private async selfUpdate(sync: SyncOutcome['kind'], rctx: Parameters<typeof queueUpdateReports>[0]) {
+  /**
+   * The doctor's read-only checks, when due (daily by default, and after a failed update); the
+   * latest summary either way, for the heartbeat. A failure here never stops the cycle.
+   */
+  private async diagnose(updateFailed: boolean): Promise<DoctorSummary | undefined> {
+    const last = await readLastSummary(this.o.stateDir);
+    const interval = this.o.doctorIntervalSec ?? DEFAULT_DOCTOR_INTERVAL_SEC;
+    if (!doctorDue(last, this.now(), interval, updateFailed)) return last;
+    try {
+      const report = await runDoctor({
+        stateDir: this.o.stateDir,
+        installRoot: this.installRoot,
+        systemRoot: '/',
+        allowlist: this.o.allowlist ?? ['sh', 'bash'],
+        deep: false,
+        inAgent: true,
+        timeoutMs: 5_000,
+        now: this.now,
+      });
+      const summary = summarize(report);
+      await writeLastSummary(this.o.stateDir, summary);
+      this.o.log.info('doctor.ran', {
+        ok: summary.ok,
+        warn: summary.warn,
+        fail: summary.fail,
+        failing: summary.problems.filter((p) => p.status === 'fail').map((p) => p.id),
+        ...(updateFailed && { after: 'update-failed' }),
+      });
+      return summary;
+    } catch (e) {
+      this.o.log.warn('doctor.failed', { error: e });
+      return last;
+    }
+  }
+
+  /**
+   * After apply, before the heartbeat: health checks, soak, a new update; queues its reports.
+   * True when one of them says an update failed or was rolled back.
+   */
+  private async selfUpdate(
+    sync: SyncOutcome['kind'],
+    rctx: Parameters<typeof queueUpdateReports>[0],
+  ): Promise<boolean> {
     const u = this.updater!;
     try {
       await u.afterCycle({
@@ -297,9 +352,10 @@ export class Agent {
       this.o.log.error('update.failed', { error: e });
     }
     const reports = u.takeReports();
-    if (reports.length === 0) return;
+    if (reports.length === 0) return false;
     await this.save({ ...this.state, counter: this.state.counter + 1 });
     if (await queueUpdateReports(rctx, this.state, reports)) await u.markReported(reports.length);
+    return reports.some((r) => r.outcome === 'failed' || r.outcome === 'rolled-back');
   }
 
   /** Enrols with the first mirror that admits this agent; answers the last refusal when none did. */

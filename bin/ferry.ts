@@ -35,6 +35,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   mirror: async () => {
     const m = await import('./cli/mirror.js');
+    const d = await import('./cli/mirror-doctor.js');
     return {
       serve: m.mirrorServe,
       import: m.mirrorImport,
@@ -47,6 +48,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'token revoke': m.mirrorTokenRevoke,
       'agent list': m.mirrorAgentList,
       'agent revoke': m.mirrorAgentRevoke,
+      doctor: d.mirrorDoctor,
     };
   },
   server: async () => {

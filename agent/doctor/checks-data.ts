@@ -172,7 +172,7 @@ export async function checkUpdate(c: DoctorContext): Promise<CheckResult> {
     return stale(t, `${ev}: its deadline ${new Date(m.deadline).toISOString()} passed`);
   if (m.soakUntil !== null && c.now >= m.soakUntil)
     return stale(t, `${ev}: its soak ended ${new Date(m.soakUntil).toISOString()} without a commit`);
-  const pid = await runningAgent(c.stateDir);
+  const pid = c.o.inAgent ? process.pid : await runningAgent(c.stateDir);
   if (pid === undefined && ['downloading', 'verifying', 'staged', 'self-testing'].includes(m.phase))
     return stale(t, `${ev}, but no agent runs to finish it`);
   if (pid === undefined)

@@ -42,6 +42,8 @@ export interface DoctorOptions {
   allowlist: readonly string[];
   /** Re-hash every cached blob, not a sample. */
   deep: boolean;
+  /** Run by the agent itself (it is the agent that runs). */
+  inAgent?: boolean;
   /** Skip the mirror probes (a caller that has just talked to the mirrors). */
   offline?: boolean;
   /** Per-request timeout of the mirror probes (ms). */

@@ -54,7 +54,10 @@ function printReport(io: Io, r: DoctorReport): void {
 }
 
 function printFix(io: Io, f: FixOutcome): void {
-  printReport(io, f.before);
+  // what is wrong first (the full list follows after a real run)
+  for (const l of reportLines({ ...f.before, checks: f.before.checks.filter((c) => c.status !== 'ok') }))
+    io.out(l);
+  io.out(summaryLine(f.before));
   io.out('');
   if (f.planned.length === 0) io.out('No fix applies to what was found.');
   else io.out(f.dryRun ? 'Would change (dry run, nothing changed):' : 'Changes:');

@@ -48,7 +48,7 @@ export async function queueHeartbeat(
   report: ApplyReport,
   /** More drift the cycle saw beyond managed files (a storage shortage). */
   extraDrift: JsonObject[] = [],
-  /** The latest doctor summary (agent/doctor/summary.ts), carried by every heartbeat once there is one. */
+  /** A doctor summary just made (agent/doctor/summary.ts), to go home in this heartbeat. */
   doctor?: DoctorSummary,
 ): Promise<void> {
   const counter = state.counter;

@@ -261,9 +261,16 @@ export class Agent {
       ...(this.o.token !== undefined && { token: this.o.token }),
     };
     const updateFailed = this.updater ? await this.selfUpdate(synced.outcome.kind, rctx) : false;
+    const extraDrift = shortage ? [shortageDrift(shortage)] : [];
     const doctor = await this.diagnose(updateFailed);
+    if (doctor) {
+      // A heartbeat of its own, before this cycle's: no results ride with it, so a mirror that
+      // predates the field and refuses it loses nothing else (docs/decisions.md).
+      await this.save({ ...this.state, counter: this.state.counter + 1 });
+      await queueHeartbeat(rctx, this.state, { ...applied.report, scripts: [] }, extraDrift, doctor);
+    }
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
-    await queueHeartbeat(rctx, this.state, applied.report, shortage ? [shortageDrift(shortage)] : [], doctor);
+    await queueHeartbeat(rctx, this.state, applied.report, extraDrift);
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
 
@@ -296,13 +303,13 @@ export class Agent {
   }
 
   /**
-   * The doctor's read-only checks, when due (daily by default, and after a failed update); the
-   * latest summary either way, for the heartbeat. A failure here never stops the cycle.
+   * The doctor's read-only checks, when due (daily by default, and after a failed update): the new
+   * summary, to go home, or undefined when none was due. A failure here never stops the cycle.
    */
   private async diagnose(updateFailed: boolean): Promise<DoctorSummary | undefined> {
     const last = await readLastSummary(this.o.stateDir);
     const interval = this.o.doctorIntervalSec ?? DEFAULT_DOCTOR_INTERVAL_SEC;
-    if (!doctorDue(last, this.now(), interval, updateFailed)) return last;
+    if (!doctorDue(last, this.now(), interval, updateFailed)) return undefined;
     try {
       const report = await runDoctor({
         stateDir: this.o.stateDir,
@@ -326,7 +333,7 @@ export class Agent {
       return summary;
     } catch (e) {
       this.o.log.warn('doctor.failed', { error: e });
-      return last;
+      return undefined;
     }
   }
 

@@ -236,6 +236,8 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
       s.totals.heartbeats++;
       if (!agent.latest || r.counter >= agent.latest.counter) {
         const p = hb ?? heartbeatPayload(r.envelope);
+        // the summary comes in the heartbeat after each run of the agent's checks; it stands until the next
+        const doctor = p.doctor ?? agent.latest?.doctor;
         agent.latest = {
           counter: r.counter,
           sentAt: p.sentAt,
@@ -247,7 +249,7 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
           resources: p.resources,
           receivedAt: r.at,
           via: r.mirror,
-          ...(p.doctor && { doctor: p.doctor }),
+          ...(doctor && { doctor }),
         };
       }
       return;

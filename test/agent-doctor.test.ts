@@ -8,6 +8,7 @@
  * hashed before and after) and for real (condition gone, checks green again).
  */
 import { chmod, cp, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serializeEnvelope } from '../core/dsse.js';
@@ -178,6 +179,19 @@ describe('ferry agent doctor: the checks', () => {
     const lines = text.stdout.trim().split('\n');
     expect(lines.filter((l) => l.startsWith('[✓]')).length).toBe(r.report.checks.length);
     expect(lines.at(-1)).toMatch(/^• No issues found! \(\d+ checks passed\)$/);
+  });
+
+  it('ferry-agent doctor, the single-file agent, finds the same', async () => {
+    const bin = join(base, 'bin', 'ferry-agent');
+    const built = await runNode([join(REPO, 'scripts/build-agent.mjs'), '--out', bin]);
+    expect(built.code, built.out).toBe(0);
+    const r = await runNode([bin, 'doctor', '--state', goldState, '--root', goldNode, '--json']);
+    expect(r.code, r.out).toBe(0);
+    const mine = JSON.parse(r.out) as Report;
+    const theirs = (await doctor(goldState, goldNode)).report;
+    expect(mine.checks.map((c) => `${c.id}:${c.status}`)).toEqual(
+      theirs.checks.map((c) => `${c.id}:${c.status}`),
+    );
   });
 
   it('doctor itself changes nothing, whatever it finds', async () => {
@@ -378,6 +392,19 @@ describe('ferry agent doctor: the checks', () => {
     });
   }
 });
+
+/** `node ARGS…` to the end: exit code and stdout (stderr appended when it fails). */
+function runNode(args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, out: code === 0 ? out : out + err }));
+  });
+}
 
 async function writeUpdate(state: string, phase: string, over: Record<string, unknown> = {}) {
   const machine = {

@@ -96,7 +96,7 @@ describe('heartbeat doctor field', () => {
 });
 
 describe('where the summary is kept', () => {
-  it('the server keeps it as the agent latest, and a heartbeat without one carries none', () => {
+  it('the server keeps it as the agent latest until the next one, across heartbeats without one', () => {
     const s = emptyState();
     const agentId = 'a'.repeat(32);
     const base = {
@@ -126,7 +126,14 @@ describe('where the summary is kept', () => {
     );
     expect(s.agents[agentId]!.latest!.doctor).toEqual(summary());
     apply(s, { kind: 'heartbeat', ...base, mirrorSeq: 3, agentId, counter: 2 }, testHeartbeat(agentId, 2));
-    expect(s.agents[agentId]!.latest!.doctor).toBeUndefined();
+    expect(s.agents[agentId]!.latest).toMatchObject({ counter: 2, doctor: summary() });
+    const next = summary({ at: '2026-11-30T10:00:00.000Z', fail: 0, problems: [] });
+    apply(
+      s,
+      { kind: 'heartbeat', ...base, mirrorSeq: 4, agentId, counter: 3 },
+      testHeartbeat(agentId, 3, { doctor: next }),
+    );
+    expect(s.agents[agentId]!.latest!.doctor).toEqual(next);
   });
 
   it('the mirror keeps each agent latest report and rewrites it only when the checks ran again', async () => {

@@ -2,8 +2,8 @@
  * The diagnosis that goes home: a compact summary of a doctor report for the
  * signed heartbeat (core/heartbeat.ts `doctor`), and the agent's schedule for
  * running the read-only checks — daily by default, and after a failed update.
- * The last summary is kept in `<state>/doctor.json`, so every heartbeat can
- * carry it and a restart does not run the checks again before they are due.
+ * Each new summary goes home in a heartbeat of its own; the last is kept in
+ * `<state>/doctor.json`, so a restart does not run the checks again before they are due.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';

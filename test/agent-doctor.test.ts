@@ -9,6 +9,9 @@
  */
 import { chmod, cp, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serializeEnvelope } from '../core/dsse.js';
@@ -200,6 +203,37 @@ describe('ferry agent doctor: the checks', () => {
     const before = await everything(c.state, c.node);
     expect((await doctor(c.state, c.node, ['--deep'])).code).toBe(1);
     expect(await everything(c.state, c.node)).toEqual(before);
+  });
+
+  it('mirrors: one that serves a manifest that does not verify fails, naming the refusal', async () => {
+    // a mirror in between that serves the real root chain and the real manifest with its payload changed
+    const root = Buffer.from(await (await fetch(`${mirror.url}/v1/root`)).arrayBuffer());
+    const real = JSON.parse(await (await fetch(`${mirror.url}/v1/manifest`)).text()) as { payload: string };
+    const payload = JSON.parse(Buffer.from(real.payload, 'base64').toString('utf8')) as { sequence: number };
+    const forged = {
+      ...real,
+      payload: Buffer.from(JSON.stringify({ ...payload, sequence: 99 })).toString('base64'),
+    };
+    const liar = createServer((req, res) => {
+      res.setHeader('Content-Type', 'application/json');
+      res.end(req.url === '/v1/root' ? root : JSON.stringify(forged));
+    });
+    liar.listen(0, '127.0.0.1');
+    await once(liar, 'listening');
+    try {
+      const c = await copy();
+      const url = `http://127.0.0.1:${(liar.address() as AddressInfo).port}`;
+      await editState(c.state, (s) => (s.mirrors = [url, mirror.url]));
+      const r = await doctor(c.state, c.node);
+      expect(r.code).toBe(1);
+      expect(notOk(r.report)).toEqual(['mirrors:fail']);
+      expect(check(r.report, 'mirrors').evidence).toMatch(
+        new RegExp(`^${url}: refused: SIGNATURE_THRESHOLD: .*; ${mirror.url}: manifest sequence 1 verifies`),
+      );
+      expect(check(r.report, 'manifest').evidence).not.toContain('99'); // nothing it served is believed
+    } finally {
+      liar.close();
+    }
   });
 
   it('state-dir: a state directory that is not one fails, and so does everything that needs it', async () => {

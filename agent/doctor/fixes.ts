@@ -17,7 +17,7 @@ import { blobCachePath } from '../fetch.js';
 import { checkFile, placeFile } from '../files.js';
 import { AgentOutbox, compactionPlan, DEFAULT_OUTBOX_LIMITS, listOutbox } from '../outbox.js';
 import { loadContext, type DoctorContext } from './context.js';
-import { corruptBlobs, staleTemps } from './checks-data.js';
+import { corruptBlobs, staleTemps } from './checks-disk.js';
 import { keyPathOf } from './checks-node.js';
 import { agentLockPath, runningAgent } from './holder.js';
 import { runDoctor } from './run.js';

@@ -5,25 +5,10 @@
  * the rest run as usual.
  */
 import { loadContext } from './context.js';
-import {
-  checkBinary,
-  checkCache,
-  checkFiles,
-  checkManifest,
-  checkOutbox,
-  checkTemps,
-  checkUpdate,
-} from './checks-data.js';
-import {
-  checkClock,
-  checkConfig,
-  checkInterpreters,
-  checkKey,
-  checkRoot,
-  checkState,
-  checkStateDir,
-  checkUnit,
-} from './checks-node.js';
+import { checkBinary, checkManifest, checkOutbox, checkUpdate } from './checks-data.js';
+import { checkCache, checkFiles, checkTemps } from './checks-disk.js';
+import { checkClock, checkConfig, checkKey, checkRoot, checkState, checkStateDir } from './checks-node.js';
+import { checkInterpreters, checkUnit } from './checks-system.js';
 import { checkMirrors, probeMirrors } from './mirrors.js';
 import { counts, errText, type CheckResult, type DoctorOptions, type DoctorReport } from './types.js';
 

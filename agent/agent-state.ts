@@ -138,6 +138,11 @@ export async function readAgentState(dir: string): Promise<AgentState | undefine
   return v;
 }
 
+/** True for a state.json written by an older agent (read fine, migrated in memory until the next write). */
+export function isOlderFormat(v: unknown): boolean {
+  return isObj(v) && isObj(v.trust) && 'publishers' in v.trust;
+}
+
 /**
  * A state.json written before the one sequence space kept a mark per
  * publisher and `highestTime`, which mixed the agent's own clock readings into

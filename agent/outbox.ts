@@ -45,6 +45,51 @@ const TEMP = /^\..*\.tmp$/;
 const ACKED = 'acked';
 const nameOf = (m: Pick<Meta, 'seq' | 'kind'>) => `${String(m.seq).padStart(16, '0')}.${m.kind}`;
 
+/** One queued entry as listed on disk (read-only: nothing is removed or opened for writing). */
+export interface OutboxListing {
+  seq: number;
+  kind: OutboxKind;
+  size: number;
+  mtimeMs: number;
+}
+
+/** The queue under `<stateDir>/outbox` as it stands, oldest first, and its torn temp files. */
+export async function listOutbox(stateDir: string): Promise<{ entries: OutboxListing[]; temps: string[] }> {
+  const dir = join(stateDir, 'outbox');
+  const entries: OutboxListing[] = [];
+  const temps: string[] = [];
+  for (const name of await readdir(dir).catch(() => [])) {
+    if (TEMP.test(name)) temps.push(join(dir, name));
+    const m = NAME.exec(name);
+    if (!m) continue;
+    const st = await stat(join(dir, name)).catch(() => undefined);
+    if (st) entries.push({ seq: Number(m[1]), kind: m[2] as OutboxKind, size: st.size, mtimeMs: st.mtimeMs });
+  }
+  return { entries: entries.sort((a, b) => a.seq - b.seq), temps };
+}
+
+/**
+ * The queue's own rule for a queue over its bounds: the oldest heartbeats go
+ * first; results and update outcomes are never dropped. Returns the sequences
+ * to drop, and whether that brings the queue within its bounds.
+ */
+export function compactionPlan(
+  entries: readonly Pick<Meta, 'seq' | 'kind' | 'size'>[],
+  limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS,
+): { drop: number[]; fits: boolean } {
+  let kept = [...entries].sort((a, b) => a.seq - b.seq);
+  const over = (l: typeof kept) =>
+    l.length > limits.maxEntries || l.reduce((n, e) => n + e.size, 0) > limits.maxBytes;
+  const drop: number[] = [];
+  while (over(kept)) {
+    const oldest = kept.find((e) => e.kind === 'heartbeat');
+    if (!oldest) return { drop, fits: false };
+    drop.push(oldest.seq);
+    kept = kept.filter((e) => e !== oldest);
+  }
+  return { drop, fits: true };
+}
+
 export class AgentOutbox {
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -112,6 +157,16 @@ export class AgentOutbox {
       this.entries = [...kept, meta];
       if (drop.length) await this.remove(drop);
       return { ok: true, seq: meta.seq, dropped: drop.map((d) => d.seq) };
+    });
+  }
+
+  /** Brings a queue over its bounds back within them by compactionPlan; returns the sequences dropped. */
+  compact(): Promise<number[]> {
+    return this.serial(async () => {
+      const { drop } = compactionPlan(this.entries, this.limits);
+      const seqs = new Set(drop);
+      if (drop.length) await this.remove(this.entries.filter((e) => seqs.has(e.seq)));
+      return drop;
     });
   }
 

@@ -5,7 +5,13 @@
  */
 import { arch, hostname, loadavg, platform } from 'node:os';
 import { serializeEnvelope } from '../core/dsse.js';
-import { signHeartbeat, HEARTBEAT_TYPE, type Heartbeat, type JsonObject } from '../core/heartbeat.js';
+import {
+  signHeartbeat,
+  HEARTBEAT_TYPE,
+  type DoctorSummary,
+  type Heartbeat,
+  type JsonObject,
+} from '../core/heartbeat.js';
 import { request, type ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { isoUtc } from '../core/time.js';
@@ -42,6 +48,8 @@ export async function queueHeartbeat(
   report: ApplyReport,
   /** More drift the cycle saw beyond managed files (a storage shortage). */
   extraDrift: JsonObject[] = [],
+  /** A doctor summary just made (agent/doctor/summary.ts), to go home in this heartbeat. */
+  doctor?: DoctorSummary,
 ): Promise<void> {
   const counter = state.counter;
   const results: JsonObject[] = report.scripts.map((s) => ({
@@ -84,6 +92,7 @@ export async function queueHeartbeat(
     disconnectedSec:
       state.disconnectedSince === null ? 0 : Math.round((now - state.disconnectedSince) / 1000),
     resources: { rssBytes: process.memoryUsage.rss(), load1: loadavg()[0] ?? 0 },
+    ...(doctor && { doctor }),
   };
   const bytes = Buffer.from(serializeEnvelope(signHeartbeat(hb, ctx.identity.key)));
   const r = await ctx.outbox.append(results.length > 0 ? 'result' : 'heartbeat', bytes);

@@ -11,6 +11,7 @@ import { FerryError } from '../core/errors.js';
 import type { ClientLimits } from '../platform/http/client.js';
 import type { Logger } from '../platform/log.js';
 import { loadPinnedRoot } from '../core/root.js';
+import { acquireLock } from '../platform/lock.js';
 import { applyOnce, type ApplyReport } from './apply.js';
 import { MirrorSet } from './fetch.js';
 import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
@@ -26,6 +27,15 @@ import { limitsFromEnv } from './update/limits.js';
 import { installRootOf } from './update/install.js';
 import type { UpdateLimits } from './update/machine.js';
 import { queueUpdateReports } from './update/report.js';
+import type { DoctorSummary } from '../core/heartbeat.js';
+import { runDoctor } from './doctor/run.js';
+import {
+  DEFAULT_DOCTOR_INTERVAL_SEC,
+  doctorDue,
+  readLastSummary,
+  summarize,
+  writeLastSummary,
+} from './doctor/summary.js';
 
 export interface AgentOptions {
   stateDir: string;
@@ -57,6 +67,8 @@ export interface AgentOptions {
    * agent; sent inside the signed enrolment request and never logged.
    */
   token?: string;
+  /** How often the read-only doctor checks run for the heartbeat (default daily; also after a failed update). */
+  doctorIntervalSec?: number;
 }
 
 export interface CycleResult {
@@ -115,6 +127,9 @@ export class Agent {
   private metricsServer: Server | undefined;
   /** Self-update, when this process runs from an install root (versions/, current). */
   private updater: UpdateDriver | undefined;
+  private installRoot: string | undefined;
+  /** Releases `agent.lock`, held from init until the agent stops (see close). */
+  private releaseLock: (() => Promise<void>) | undefined;
 
   private readonly o: AgentOptions;
 
@@ -128,12 +143,25 @@ export class Agent {
 
   async init(): Promise<void> {
     this.state = await loadOrInitState(this.o);
+    // One agent per state directory; `ferry agent doctor --fix` waits for none to hold it.
+    try {
+      this.releaseLock = await acquireLock(join(this.o.stateDir, 'agent.lock'), { timeoutMs: 0 });
+    } catch (e) {
+      throw new FerryError(
+        'AGENT_RUNNING',
+        `another agent runs on ${this.o.stateDir}: ${(e as Error).message}`,
+        {
+          cause: e,
+        },
+      );
+    }
     await writeAgentState(this.o.stateDir, this.state);
     const mirrors = this.o.mirrors.length > 0 ? this.o.mirrors : this.state.mirrors;
     this.mirrors = new MirrorSet(mirrors, { baseBackoffMs: 5_000, maxBackoffMs: 300_000 });
     this.identity = await loadOrCreateIdentity(this.o.stateDir);
     this.outbox = await AgentOutbox.open(this.o.stateDir);
     const installRoot = this.o.installRoot ? resolve(this.o.installRoot) : installRootOf(process.argv[1]);
+    this.installRoot = installRoot;
     if (installRoot) {
       this.updater = await UpdateDriver.open({
         stateDir: this.o.stateDir,
@@ -232,9 +260,17 @@ export class Agent {
       ...(limits && { limits }),
       ...(this.o.token !== undefined && { token: this.o.token }),
     };
-    if (this.updater) await this.selfUpdate(synced.outcome.kind, rctx);
+    const updateFailed = this.updater ? await this.selfUpdate(synced.outcome.kind, rctx) : false;
+    const extraDrift = shortage ? [shortageDrift(shortage)] : [];
+    const doctor = await this.diagnose(updateFailed);
+    if (doctor) {
+      // A heartbeat of its own, before this cycle's: no results ride with it, so a mirror that
+      // predates the field and refuses it loses nothing else (docs/decisions.md).
+      await this.save({ ...this.state, counter: this.state.counter + 1 });
+      await queueHeartbeat(rctx, this.state, { ...applied.report, scripts: [] }, extraDrift, doctor);
+    }
     await this.save({ ...this.state, counter: this.state.counter + 1 }); // reserve the counter first
-    await queueHeartbeat(rctx, this.state, applied.report, shortage ? [shortageDrift(shortage)] : []);
+    await queueHeartbeat(rctx, this.state, applied.report, extraDrift);
     const sent =
       synced.outcome.kind === 'unreachable' ? 0 : await drainOutbox(rctx, this.mirrors, this.state);
 
@@ -266,8 +302,49 @@ export class Agent {
     };
   }
 
-  /** After apply, before the heartbeat: health checks, soak, a new update; queues its reports. */
-  private async selfUpdate(sync: SyncOutcome['kind'], rctx: Parameters<typeof queueUpdateReports>[0]) {
+  /**
+   * The doctor's read-only checks, when due (daily by default, and after a failed update): the new
+   * summary, to go home, or undefined when none was due. A failure here never stops the cycle.
+   */
+  private async diagnose(updateFailed: boolean): Promise<DoctorSummary | undefined> {
+    const last = await readLastSummary(this.o.stateDir);
+    const interval = this.o.doctorIntervalSec ?? DEFAULT_DOCTOR_INTERVAL_SEC;
+    if (!doctorDue(last, this.now(), interval, updateFailed)) return undefined;
+    try {
+      const report = await runDoctor({
+        stateDir: this.o.stateDir,
+        installRoot: this.installRoot,
+        systemRoot: '/',
+        allowlist: this.o.allowlist ?? ['sh', 'bash'],
+        deep: false,
+        inAgent: true,
+        timeoutMs: 5_000,
+        now: this.now,
+      });
+      const summary = summarize(report);
+      await writeLastSummary(this.o.stateDir, summary);
+      this.o.log.info('doctor.ran', {
+        ok: summary.ok,
+        warn: summary.warn,
+        fail: summary.fail,
+        failing: summary.problems.filter((p) => p.status === 'fail').map((p) => p.id),
+        ...(updateFailed && { after: 'update-failed' }),
+      });
+      return summary;
+    } catch (e) {
+      this.o.log.warn('doctor.failed', { error: e });
+      return undefined;
+    }
+  }
+
+  /**
+   * After apply, before the heartbeat: health checks, soak, a new update; queues its reports.
+   * True when one of them says an update failed or was rolled back.
+   */
+  private async selfUpdate(
+    sync: SyncOutcome['kind'],
+    rctx: Parameters<typeof queueUpdateReports>[0],
+  ): Promise<boolean> {
     const u = this.updater!;
     try {
       await u.afterCycle({
@@ -282,9 +359,10 @@ export class Agent {
       this.o.log.error('update.failed', { error: e });
     }
     const reports = u.takeReports();
-    if (reports.length === 0) return;
+    if (reports.length === 0) return false;
     await this.save({ ...this.state, counter: this.state.counter + 1 });
     if (await queueUpdateReports(rctx, this.state, reports)) await u.markReported(reports.length);
+    return reports.some((r) => r.outcome === 'failed' || r.outcome === 'rolled-back');
   }
 
   /** Enrols with the first mirror that admits this agent; answers the last refusal when none did. */
@@ -343,7 +421,15 @@ export class Agent {
       this.updater?.stop();
       await rm(pidFile, { force: true });
       this.metricsServer?.close();
+      await this.close();
     }
+  }
+
+  /** Lets go of the state directory (the lock init took); run() does this when it ends. */
+  async close(): Promise<void> {
+    const release = this.releaseLock;
+    this.releaseLock = undefined;
+    await release?.();
   }
 
   pollNow(): void {

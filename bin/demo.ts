@@ -9,7 +9,7 @@
  * courier (signed export, ack back) and over a link (upstream forwarding).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, writeFile, mkdir, copyFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, writeFile, mkdir, copyFile, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,6 +84,27 @@ async function background(args: string[], started: string, stopped: string): Pro
   };
 }
 
+/**
+ * The doctor on the demo's node (`node/` is its filesystem root, where the unit goes as the kit
+ * installs it): one thing broken (the key's mode), found, fixed after a dry run, and checked again.
+ */
+async function doctorDemo(agentState: string, nodeRoot: string): Promise<void> {
+  const units = join(nodeRoot, 'etc/systemd/system');
+  await mkdir(join(units, 'multi-user.target.wants'), { recursive: true });
+  await copyFile(
+    join(dirname(FERRY), '../../systemd/ferry-agent.service'),
+    join(units, 'ferry-agent.service'),
+  );
+  await symlink('../ferry-agent.service', join(units, 'multi-user.target.wants/ferry-agent.service'));
+  const key = join(agentState, 'keys/agent.key');
+  console.log(`$ chmod 644 ${relative(work, key)}   # someone loosened the agent's key`);
+  await chmod(key, 0o644);
+  const doctor = ['agent', 'doctor', '--state', agentState, '--root', nodeRoot];
+  ferry(doctor, 1);
+  ferry([...doctor, '--fix', '--dry-run'], 1);
+  ferry([...doctor, '--fix'], 0);
+}
+
 /** Runs `ferry mirror serve` with a drop folder, drops a bundle in, and talks to it as an agent would. */
 async function serveDemo(dir: string, root: string, bundle: string): Promise<void> {
   const drop = join(dir, 'drop');
@@ -156,6 +177,7 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
     console.log(
       `  GET /v1/fleet → ${fleet.summary.agents} agent(s), ${fleet.summary.behind} behind the version the manifest wants (also on the status page, and as ferry_agents* metrics)`,
     );
+    await doctorDemo(agentState, join(work, 'node'));
 
     step('10. Telemetry home with no link at all: the courier carries a signed export out and the ack back');
     const server = join(work, 'server');

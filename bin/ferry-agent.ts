@@ -1,5 +1,5 @@
 /**
- * The agent's own executable: `ferry-agent run|poll|status|rollback|version|self-test`.
+ * The agent's own executable: `ferry-agent run|poll|status|rollback|version|self-test|doctor`.
  * `npm run build:agent` bundles this entry point and everything it imports into
  * the single file dist/ferry-agent that bundles carry as an artifact of kind
  * `agent`. It reaches only the agent's commands, so the mirror (Koa, chokidar)
@@ -9,6 +9,7 @@
  */
 import { selfTest } from '../agent/self-test.js';
 import { agentPoll, agentRollback, agentRun, agentStatus } from './cli/agent.js';
+import { agentDoctor } from './cli/doctor.js';
 import { runCommand, stdio, str, type Command, type Io } from './cli/common.js';
 import { VERSION } from './version.js';
 
@@ -43,6 +44,7 @@ const COMMANDS: Record<string, Command> = {
   rollback: agentRollback,
   version,
   'self-test': agentSelfTest,
+  doctor: agentDoctor,
 };
 
 function help(io: Io): void {

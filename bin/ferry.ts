@@ -23,16 +23,19 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   agent: async () => {
     const m = await import('./cli/agent.js');
+    const d = await import('./cli/doctor.js');
     return {
       run: m.agentRun,
       poll: m.agentPoll,
       status: m.agentStatus,
       rollback: m.agentRollback,
       version: m.agentVersion,
+      doctor: d.agentDoctor,
     };
   },
   mirror: async () => {
     const m = await import('./cli/mirror.js');
+    const d = await import('./cli/mirror-doctor.js');
     return {
       serve: m.mirrorServe,
       import: m.mirrorImport,
@@ -46,6 +49,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'agent list': m.mirrorAgentList,
       'agent revoke': m.mirrorAgentRevoke,
       ...(await rolloutCommands()),
+      doctor: d.mirrorDoctor,
     };
   },
   server: async () => {

@@ -46,6 +46,61 @@ export interface Heartbeat {
   /** Seconds without a mirror since the last successful poll. */
   disconnectedSec: number;
   resources: { rssBytes: number; load1: number };
+  /** The latest self-diagnosis (`ferry agent doctor`'s read-only checks), when the agent has run one. */
+  doctor?: DoctorSummary;
+}
+
+/**
+ * A compact doctor report: the counts, and the checks that are not ok with
+ * their evidence, bounded so that a heartbeat stays small whatever the node finds.
+ */
+export interface DoctorSummary {
+  /** ISO 8601 time the checks ran. */
+  at: string;
+  ok: number;
+  warn: number;
+  fail: number;
+  /** Checks not ok, failures first, at most DOCTOR_LIMITS.maxProblems. */
+  problems: DoctorProblem[];
+}
+
+export interface DoctorProblem {
+  id: string;
+  status: 'warn' | 'fail';
+  evidence: string;
+}
+
+export const DOCTOR_LIMITS = { maxProblems: 32, maxEvidenceChars: 512, maxChecks: 1000 } as const;
+
+const CHECK_ID = /^[a-z0-9][a-z0-9-]{0,63}$/;
+const DOCTOR_KEYS = ['at', 'ok', 'warn', 'fail', 'problems'];
+
+/** Validates a heartbeat's `doctor` field; names the bad part. */
+export function assertDoctorSummary(v: unknown, field = 'doctor'): asserts v is DoctorSummary {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(`${field} must be an object`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o))
+    if (!DOCTOR_KEYS.includes(k)) throw bad(`${field} has unknown field ${JSON.stringify(k)}`);
+  if (typeof o.at !== 'string' || o.at.length > 64 || Number.isNaN(Date.parse(o.at)))
+    throw bad(`${field}.at must be an ISO 8601 time`);
+  for (const k of ['ok', 'warn', 'fail'] as const) {
+    const n = o[k];
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > DOCTOR_LIMITS.maxChecks)
+      throw bad(`${field}.${k} must be an integer of 0-${DOCTOR_LIMITS.maxChecks}`);
+  }
+  if (!Array.isArray(o.problems) || o.problems.length > DOCTOR_LIMITS.maxProblems)
+    throw bad(`${field}.problems must be an array of at most ${DOCTOR_LIMITS.maxProblems}`);
+  o.problems.forEach((p: unknown, i) => {
+    const f = `${field}.problems[${i}]`;
+    if (typeof p !== 'object' || p === null || Array.isArray(p)) throw bad(`${f} must be an object`);
+    const q = p as Record<string, unknown>;
+    if (Object.keys(q).some((k) => k !== 'id' && k !== 'status' && k !== 'evidence'))
+      throw bad(`${f} has unknown fields`);
+    if (typeof q.id !== 'string' || !CHECK_ID.test(q.id)) throw bad(`${f}.id must be a check id`);
+    if (q.status !== 'warn' && q.status !== 'fail') throw bad(`${f}.status must be warn or fail`);
+    if (typeof q.evidence !== 'string' || q.evidence.length > DOCTOR_LIMITS.maxEvidenceChars)
+      throw bad(`${f}.evidence must be a string of at most ${DOCTOR_LIMITS.maxEvidenceChars} characters`);
+  });
 }
 
 const AGENT_ID = /^[0-9a-f]{32}$/;
@@ -134,6 +189,7 @@ const KEYS = new Set([
   'drift',
   'disconnectedSec',
   'resources',
+  'doctor',
 ]);
 
 /** Validates untrusted JSON as a heartbeat payload; names the bad field. */
@@ -163,6 +219,7 @@ export function assertHeartbeat(v: unknown): asserts v is Heartbeat {
     throw bad('resources has unknown fields');
   if (!nonNegative(r.rssBytes)) throw bad('resources.rssBytes must be a non-negative number');
   if (!nonNegative(r.load1)) throw bad('resources.load1 must be a non-negative number');
+  if (o.doctor !== undefined) assertDoctorSummary(o.doctor);
 }
 
 /** Serialises and signs a heartbeat with the agent's key; refuses one that breaks the limits. */

@@ -5,7 +5,7 @@
  */
 import type { Envelope } from '../core/dsse.js';
 import { decodeBase64Strict } from '../core/encoding.js';
-import type { Heartbeat, JsonObject } from '../core/heartbeat.js';
+import type { DoctorSummary, Heartbeat, JsonObject } from '../core/heartbeat.js';
 import type { EnrolmentInfo, RevocationInfo, RolloutEventInfo } from '../core/telemetry.js';
 import type { RejectionCode } from './errors.js';
 import { add, addRange, has, holes, size, type Interval } from './intervals.js';
@@ -61,6 +61,8 @@ export interface AgentLatest {
   resources: { rssBytes: number; load1: number };
   receivedAt: string;
   via: string;
+  /** The agent's latest self-diagnosis, when its heartbeat carried one. */
+  doctor?: DoctorSummary;
 }
 
 export interface AgentState {
@@ -234,6 +236,8 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
       s.totals.heartbeats++;
       if (!agent.latest || r.counter >= agent.latest.counter) {
         const p = hb ?? heartbeatPayload(r.envelope);
+        // the summary comes in the heartbeat after each run of the agent's checks; it stands until the next
+        const doctor = p.doctor ?? agent.latest?.doctor;
         agent.latest = {
           counter: r.counter,
           sentAt: p.sentAt,
@@ -245,6 +249,7 @@ export function apply(s: ServerState, r: JournalRecord, hb?: Heartbeat): void {
           resources: p.resources,
           receivedAt: r.at,
           via: r.mirror,
+          ...(doctor && { doctor }),
         };
       }
       return;

@@ -76,6 +76,7 @@ async function agentFrom(p: Parsed, persistMirrors = true): Promise<Agent> {
     ...(p.values['update-soak'] !== undefined && { updateLimits: { soakMs: int(p, 'update-soak') * 1000 } }),
     ...(httpLimits && { httpLimits }),
     ...(token !== undefined && { token }),
+    ...(p.values['doctor-interval'] !== undefined && { doctorIntervalSec: int(p, 'doctor-interval') }),
   });
 }
 
@@ -103,6 +104,7 @@ const CONFIG_KEYS: Record<string, { flag: string; kind: 'string' | 'list' | 'num
   updateSoak: { flag: 'update-soak', kind: 'number' },
   token: { flag: 'token', kind: 'string' },
   tokenFile: { flag: 'token-file', kind: 'string' },
+  doctorInterval: { flag: 'doctor-interval', kind: 'number' },
 };
 
 /** Fills options from `--config FILE` (JSON) where the command line did not give them. */
@@ -156,6 +158,7 @@ const RUN_OPTIONS = {
   'update-soak': { type: 'string' },
   token: { type: 'string' },
   'token-file': { type: 'string' },
+  'doctor-interval': { type: 'string' },
 } as const;
 
 export const agentRun: Command = {
@@ -176,9 +179,11 @@ export const agentRun: Command = {
     'minDeadlineMs, floorBytesPerSec, reserveBytes) changes these.\n' +
     'Enrolment: --token T (or --token-file F holding it; config keys token, tokenFile) is the token the site\n' +
     'operator made with `ferry mirror token create`; it is needed only until a mirror has enrolled this agent\n' +
-    'and is never logged.',
+    'and is never logged.\n' +
+    'Diagnosis: the read-only checks of `ferry agent doctor` run every --doctor-interval SEC (default\n' +
+    '86400; config key doctorInterval) and after a failed update; every heartbeat carries the latest summary.',
   usage:
-    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC] [--token T | --token-file F]',
+    '[--config FILE] --state DIR --mirror URL[,URL...] [--trust root.json --site S] [--group G]... [--interval SEC] [--allow-interpreter NAME]... [--report-only] [--metrics-listen HOST:PORT] [--metrics-file PATH] [--install-root DIR] [--update-soak SEC] [--token T | --token-file F] [--doctor-interval SEC]',
   options: RUN_OPTIONS,
   async run(parsed) {
     const p = await withConfig(parsed);
@@ -220,7 +225,7 @@ export const agentPoll: Command = {
     }
     const agent = await agentFrom(p, false); // --mirror here is for this poll only
     await agent.init();
-    const r = await agent.cycle();
+    const r = await agent.cycle().finally(() => agent.close());
     const summary = {
       sync: r.sync,
       sequence: r.state.active?.sequence ?? null,

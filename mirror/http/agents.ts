@@ -31,7 +31,8 @@ import Router from '@koa/router';
 import type { Context } from 'koa';
 import { assertEnvelope, type Envelope } from '../../core/dsse.js';
 import { isCodedError, isFerryError } from '../../core/errors.js';
-import { agentIdOf, openHeartbeatAsync, verifyEnrollRequest } from '../../core/heartbeat.js';
+import { agentIdOf, openHeartbeatAsync, verifyEnrollRequest, type Heartbeat } from '../../core/heartbeat.js';
+import { doctorReportsFor } from '../doctor-reports.js';
 import {
   assertCarriedBatch,
   claimBatch,
@@ -161,6 +162,10 @@ export async function acceptAgentTelemetry(
   outcomes.forEach((o, i) => {
     if (o === 'REPLAY') rejected.push({ index: valid[i]!.index, code: 'REPLAY' });
   });
+  await keepDoctorReports(
+    agents.dir,
+    valid.filter((_, i) => outcomes[i] !== 'REPLAY').map((x) => x.item.heartbeat),
+  );
   rejected.sort((a, b) => a.index - b.index);
   const accepted = list.length - rejected.length;
   if (accepted === 0) {
@@ -169,6 +174,18 @@ export async function acceptAgentTelemetry(
     return { status: 400, body: { code, message: 'no envelope in this request was accepted', rejected } };
   }
   return { status: 202, body: { accepted, rejected } };
+}
+
+/**
+ * Each agent's latest self-diagnosis, from heartbeats now durable (mirror/doctor-reports.ts). Best
+ * effort: the heartbeat is acknowledged either way, and carries the report home regardless.
+ */
+async function keepDoctorReports(dataDir: string, heartbeats: Heartbeat[]): Promise<void> {
+  const reports = doctorReportsFor(dataDir);
+  for (const h of heartbeats) {
+    if (!h.doctor) continue;
+    await reports.record(h.agentId, h.counter, h.doctor, Date.now()).catch(() => false);
+  }
 }
 
 /**

@@ -27,6 +27,11 @@ import { mirrorMetrics, type Metrics } from './metrics.js';
 import { Store } from './store.js';
 import type { TelemetryView } from './status-page.js';
 import { backendName } from '../core/ed25519.js';
+import { PeerSync } from './peers.js';
+import { peerList } from './peer-list.js';
+import { undiciTransport } from '../platform/http/undici.js';
+import { throttledTransport } from '../platform/http/throttle.js';
+import type { ClientLimits } from '../platform/http/limits.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -61,9 +66,23 @@ export interface MirrorOptions {
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
   retryBaseMs?: number;
   retryMaxMs?: number;
+  /** Bundle sync with the --peer mirrors and those a peers file lists (mirror/peers.ts). */
+  peerSync?: PeerSyncSettings;
   /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
   limits?: Partial<ServerLimits>;
   log: Logger;
+}
+
+export interface PeerSyncSettings {
+  /** One URL a line, re-read when it changes; its peers join --peer's. */
+  peersFile?: string;
+  /** Between peer rounds (ms); default 10 s. */
+  intervalMs?: number;
+  /** Per-peer download rate cap (bytes/s); none by default. */
+  rateBytesPerSec?: number;
+  /** Blobs pulled at once; default 4. */
+  parallel?: number;
+  limits?: Partial<ClientLimits>;
 }
 
 export interface RunningMirror {
@@ -72,6 +91,7 @@ export interface RunningMirror {
   metrics: Metrics;
   identity: MirrorIdentity;
   forwarder: Forwarder;
+  peerSync: PeerSync;
   importFile(path: string): Promise<ImportResult>;
   /** Stops accepting connections, lets in-flight requests and the current import finish. */
   close(): Promise<void>;
@@ -151,6 +171,25 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
+  const ps = o.peerSync ?? {};
+  const peerTransport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
+  const peerSync = new PeerSync({
+    store,
+    peers: peerList(o.peers ?? [], ps.peersFile, log),
+    transport: ps.rateBytesPerSec ? throttledTransport(peerTransport, ps.rateBytesPerSec) : peerTransport,
+    log: log.child({ part: 'peers' }),
+    ...(ps.intervalMs !== undefined && { intervalMs: ps.intervalMs }),
+    ...(ps.parallel !== undefined && { parallel: ps.parallel }),
+    ...(ps.limits && { limits: ps.limits }),
+    ...(o.retryBaseMs !== undefined && { backoffBaseMs: o.retryBaseMs }),
+    ...(o.retryMaxMs !== undefined && { backoffMaxMs: o.retryMaxMs }),
+    onAdopted: (r) => {
+      if (r.ok) metrics.inc('ferry_mirror_imports_total', { status: r.status });
+    },
+    onReceived: (peer, n) => metrics.inc('ferry_mirror_peer_bytes_total', { peer }, n),
+  });
+  metrics.define('ferry_mirror_peer_bytes_total', 'counter', 'Blob bytes pulled from peer mirrors, by peer.');
+
   /** The keyid acks are checked with (pinned here at start, or by the first ack carried in). */
   let serverKeyId = await pinnedServerKeyId(o.dataDir);
   /** The outbox and its routes: the status page's block and the control socket's GET /status. */
@@ -159,6 +198,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     exports: outbox.exports.length,
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
+    bundlePeers: peerSync.status(),
   });
   const http = await startHttp({
     host: o.host,
@@ -219,6 +259,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   outbox.onAppend(gauges);
   outbox.onAck(gauges);
   forwarder.start();
+  peerSync.start();
   if (agents.openEnrolment)
     log.warn('mirror.open_enrolment', {
       message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
@@ -231,6 +272,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     mirror: identity.id,
     upstream: o.upstream ?? null,
     peers: o.peers ?? [],
+    peersFile: o.peerSync?.peersFile ?? null,
     outbox: outbox.depth,
     serverKey: serverKeyId ?? null,
     relayFrom: [...relayKeys.keys()],
@@ -248,10 +290,12 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       await drop?.close();
       await closed;
       await forwarder.stop();
+      await peerSync.stop();
+      await peerTransport.close();
       await control?.close();
       await agents.close(); // the outbox, after the last request that could append
       await releaseOutbox();
       log.info('mirror.stopped', {});
     })());
-  return { url, store, metrics, identity, forwarder, importFile, close };
+  return { url, store, metrics, identity, forwarder, peerSync, importFile, close };
 }

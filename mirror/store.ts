@@ -164,8 +164,9 @@ export class Store {
     }
   }
 
-  stage(): BlobStage {
-    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d));
+  /** A stage for one import; `prefetched` files (under tmp/) stand in for blobs the stream carries. */
+  stage(prefetched?: ReadonlyMap<string, string>): BlobStage {
+    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d), prefetched);
   }
 
   manifestPath(ref: Pick<ManifestRef, 'publisher' | 'sequence'>): string {

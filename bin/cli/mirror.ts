@@ -18,7 +18,8 @@ import { AgentsStore } from '../../mirror/agents.js';
 import { enrolmentOps, type AgentView, type EnrolmentOps } from '../../mirror/enrolment.js';
 import type { TokenView } from '../../mirror/tokens.js';
 import { importBundle } from '../../mirror/import.js';
-import { startMirror } from '../../mirror/serve.js';
+import { startMirror, type PeerSyncSettings } from '../../mirror/serve.js';
+import type { PeerStatus } from '../../mirror/peers.js';
 import { Store } from '../../mirror/store.js';
 import {
   humanBytes,
@@ -27,6 +28,7 @@ import {
   jsonOption,
   list,
   parseListen,
+  parseSize,
   printJson,
   progressBar,
   str,
@@ -134,10 +136,26 @@ export const mirrorStatus: Command = {
       );
       for (const t of telemetry.targets)
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
+      for (const line of peerLines(telemetry.bundlePeers ?? [])) io.out(line);
     }
     return 0;
   },
 };
+
+/** One line per bundle-sync peer: link, its sequence, back-off, the transfer under way. */
+function peerLines(peers: PeerStatus[]): string[] {
+  return peers.map((p) => {
+    const parts = [`peer ${p.url}: link ${p.link}`, `sequence ${p.sequence ?? '-'}`];
+    if (p.offer) parts.push(`offer ${p.offer}`);
+    if (p.backoffUntil) parts.push(`backed off until ${p.backoffUntil} (${p.lastError?.code ?? ''})`);
+    if (p.transfer)
+      parts.push(
+        `pulling ${p.transfer.digest.slice(0, 12)}… ${humanBytes(p.transfer.have)}/${humanBytes(p.transfer.total)}`,
+      );
+    parts.push(`${humanBytes(p.received)} received`);
+    return parts.join(', ');
+  });
+}
 
 function printStatus(
   io: Io,
@@ -169,10 +187,15 @@ export const mirrorServe: Command = {
     'for no one. Agents enrol with a token (`ferry mirror token create`); --open-enrolment admits any agent\n' +
     'that asks, with the groups it claims, and says so in the log and on the status page. SIGTERM/SIGINT\n' +
     'stop it gracefully. ' +
+    'Bundle sync: the mirror polls every --peer and every URL in --peers FILE (one a line, re-read when it\n' +
+    'changes) for a newer manifest, checks it against its own trust root, site and sequence, pulls the blobs\n' +
+    'it lacks from the peers that hold them (several at once, resumed across broken links, each verified by\n' +
+    'digest) and adopts it through the same checks as a drop-folder import; a peer whose offer is refused is\n' +
+    'put on back-off. --peer-interval SEC between polls (default 10); --peer-rate 20MB/s caps each peer.\n' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -182,6 +205,9 @@ export const mirrorServe: Command = {
     drop: { type: 'string' },
     upstream: { type: 'string' },
     peer: { type: 'string', multiple: true },
+    peers: { type: 'string' },
+    'peer-interval': { type: 'string' },
+    'peer-rate': { type: 'string' },
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
@@ -214,11 +240,28 @@ export const mirrorServe: Command = {
       ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
       limits: httpLimits(p),
       openEnrolment: p.values['open-enrolment'] === true,
+      peerSync: peerSyncSettings(p),
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;
   },
 };
+
+/** `--peers`, `--peer-interval` (seconds, fractions allowed), `--peer-rate` (`20MB/s`, `512K`). */
+function peerSyncSettings(p: Parameters<Command['run']>[0]): PeerSyncSettings {
+  const out: PeerSyncSettings = {};
+  const file = str(p, 'peers', false);
+  if (file) out.peersFile = resolve(file);
+  const every = str(p, 'peer-interval', false);
+  if (every) {
+    if (!/^(?:[0-9]{1,6})(?:\.[0-9]{1,3})?$/.test(every) || Number(every) <= 0)
+      throw new FerryError('USAGE', '--peer-interval must be a number of seconds, like 10 or 0.5');
+    out.intervalMs = Math.round(Number(every) * 1000);
+  }
+  const rate = str(p, 'peer-rate', false);
+  if (rate) out.rateBytesPerSec = parseSize(rate.replace(/\/s$/, ''), 'peer-rate');
+  return out;
+}
 
 function parseUrl(u: string): URL {
   try {
@@ -364,6 +407,8 @@ interface TelemetryStatus extends OutboxFigures {
   /** The keyid acks are checked with, once pinned. */
   serverKey?: string;
   targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
+  /** Bundle-sync peers, while the mirror serves. */
+  bundlePeers?: PeerStatus[];
 }
 
 /** The outbox as the serving mirror sees it, or read here when none serves (null while another process holds it). */

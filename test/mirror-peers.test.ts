@@ -136,7 +136,7 @@ async function hostilePeer(bundle: string, mode: BlobMode = 'honest') {
     seen.blobRequests++;
     if (mode === 'tamper') {
       const bad = Buffer.from(body);
-      bad[bad.length >> 1] ^= 0xff;
+      bad.writeUInt8(bad.readUInt8(bad.length >> 1) ^ 0xff, bad.length >> 1);
       res.writeHead(200, { 'content-length': bad.length });
       return res.end(bad);
     }

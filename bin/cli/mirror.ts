@@ -20,6 +20,7 @@ import type { TokenView } from '../../mirror/tokens.js';
 import { importBundle } from '../../mirror/import.js';
 import { startMirror, type PeerSyncSettings } from '../../mirror/serve.js';
 import type { PeerStatus } from '../../mirror/peers.js';
+import { parseLimits } from '../../platform/http/limits.js';
 import { Store } from '../../mirror/store.js';
 import {
   humanBytes,
@@ -191,11 +192,13 @@ export const mirrorServe: Command = {
     'changes) for a newer manifest, checks it against its own trust root, site and sequence, pulls the blobs\n' +
     'it lacks from the peers that hold them (several at once, resumed across broken links, each verified by\n' +
     'digest) and adopts it through the same checks as a drop-folder import; a peer whose offer is refused is\n' +
-    'put on back-off. --peer-interval SEC between polls (default 10); --peer-rate 20MB/s caps each peer.\n' +
+    'put on back-off. --peer-interval SEC between polls (default 10); --peer-rate 20MB/s caps each peer;\n' +
+    "--peer-limits JSON overrides the client's idle timeout, deadlines and floor rate towards peers\n" +
+    '(e.g. {"idleTimeoutMs":5000}).\n' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -208,6 +211,7 @@ export const mirrorServe: Command = {
     peers: { type: 'string' },
     'peer-interval': { type: 'string' },
     'peer-rate': { type: 'string' },
+    'peer-limits': { type: 'string' },
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
@@ -260,6 +264,14 @@ function peerSyncSettings(p: Parameters<Command['run']>[0]): PeerSyncSettings {
   }
   const rate = str(p, 'peer-rate', false);
   if (rate) out.rateBytesPerSec = parseSize(rate.replace(/\/s$/, ''), 'peer-rate');
+  const limits = str(p, 'peer-limits', false);
+  if (limits) {
+    try {
+      out.limits = parseLimits(limits);
+    } catch (e) {
+      throw new FerryError('USAGE', `--peer-limits: ${(e as Error).message}`);
+    }
+  }
   return out;
 }
 

@@ -1,7 +1,7 @@
 /**
  * A peer's offer as a bundle stream: the manifest envelope exactly as the peer
  * served it, the root envelopes newer than ours, and the blobs already pulled
- * (each a file under the store's tmp/), in the order and format a bundle file
+ * (each a file in the store's peer-pulls/), in the order and format a bundle file
  * has (core/bundle/tar.ts). import.ts reads it with the same reader, state and
  * checks as a courier's file, so nothing a peer sends skips a check.
  */

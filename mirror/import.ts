@@ -86,7 +86,7 @@ export interface ImportSource {
   label: string;
   open(): AsyncIterable<Buffer>;
   /**
-   * Blobs already received into files under the store's tmp/ (digest → path): the reader still
+   * Blobs already received into files in the store's directory (digest → path): the reader still
    * hashes every byte of them from the stream, and only then are those files moved into the store.
    */
   prefetched?: ReadonlyMap<string, string>;

@@ -30,7 +30,7 @@ export interface PullPeer {
 export interface PullOptions {
   blobs: { digest: string; size: number }[];
   peers: PullPeer[];
-  /** Where verified blobs and partial downloads go (under the store's tmp/, same filesystem). */
+  /** Where verified blobs and partial downloads go (the store's peer-pulls/, same filesystem as blobs/). */
   dir: string;
   parallel: number;
   transport: Transport;
@@ -47,6 +47,8 @@ export interface PullOptions {
 export interface PullResult {
   /** digest → verified file. */
   fetched: Map<string, string>;
+  /** digest → the peer that delivered it. */
+  from: Map<string, PullPeer>;
   /** Blobs no usable peer delivered this round. */
   unavailable: string[];
 }
@@ -61,19 +63,25 @@ export function rankSources(peers: readonly PullPeer[], digest: string, usable: 
 export async function pullBlobs(o: PullOptions): Promise<PullResult> {
   const queue = [...o.blobs].sort((a, b) => b.size - a.size); // large first: they set the finish time
   const fetched = new Map<string, string>();
+  const from = new Map<string, PullPeer>();
   const unavailable: string[] = [];
   const worker = async () => {
     for (let next = queue.shift(); next && !o.signal.aborted; next = queue.shift()) {
-      const path = await pullOne(o, next);
-      if (path) fetched.set(next.digest, path);
-      else unavailable.push(next.digest);
+      const got = await pullOne(o, next);
+      if (got) {
+        fetched.set(next.digest, got.path);
+        from.set(next.digest, got.peer);
+      } else unavailable.push(next.digest);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(o.parallel, queue.length)) }, worker));
-  return { fetched, unavailable: [...unavailable, ...queue.map((b) => b.digest)] };
+  return { fetched, from, unavailable: [...unavailable, ...queue.map((b) => b.digest)] };
 }
 
-async function pullOne(o: PullOptions, blob: { digest: string; size: number }): Promise<string | null> {
+async function pullOne(
+  o: PullOptions,
+  blob: { digest: string; size: number },
+): Promise<{ path: string; peer: PullPeer } | null> {
   const tried = new Set<PullPeer>();
   for (;;) {
     // Ranked again before each try: another worker may have freed or backed off a peer meanwhile.
@@ -104,7 +112,8 @@ async function pullOne(o: PullOptions, blob: { digest: string; size: number }): 
           if (out.kind === 'bad_bytes' || out.kind === 'failed') fault = out;
         },
       });
-      return got.path;
+      peer.failures = 0; // it delivered: only this clears its record
+      return { path: got.path, peer };
     } catch (e) {
       if (fault) o.onFault(peer, fault);
       else if (!(e instanceof BlobFetchError)) throw e; // not a source's fault: our disk

@@ -18,7 +18,6 @@
  * of each peer that answered.
  */
 import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { readBundle } from '../core/bundle/reader.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { parseJsonStrict } from '../core/json.js';
@@ -85,6 +84,8 @@ interface Peer extends PullPeer {
 }
 
 const MAX_INVENTORY_BYTES = 64 * 1024 * 1024;
+/** Faults of the link rather than of what the peer said. */
+const LINK_FAULTS = /^HTTP_(NETWORK|TIMEOUT)$/;
 
 interface Candidate {
   peer: Peer;
@@ -100,7 +101,7 @@ export class PeerSync {
   private readonly dir: string;
 
   constructor(private readonly o: PeerSyncOptions) {
-    this.dir = join(o.store.paths.tmp, 'peers');
+    this.dir = o.store.paths.peerPulls;
   }
 
   start(): void {
@@ -286,6 +287,7 @@ export class PeerSync {
   }
 
   private async pullAndAdopt(c: Candidate, peers: Peer[]): Promise<ImportResult | undefined> {
+    await mkdir(this.dir, { recursive: true });
     const want = await this.missing(c.manifest);
     const sources = peers.filter(this.usable);
     await Promise.all(sources.map((p) => this.inventory(p)));
@@ -310,37 +312,47 @@ export class PeerSync {
     for (const p of sources) p.transfer = null;
     if (pulled.unavailable.length > 0 && want.length > 0) {
       log.warn('peer.incomplete', { unavailable: pulled.unavailable.length });
-      // What did arrive is kept in tmp/peers/ for the next round; nothing is adopted yet.
+      // Partial downloads stay in peer-pulls/ for the next round to resume; nothing is adopted yet.
       if (pulled.fetched.size === 0) return undefined;
     }
     const blobs = want
       .filter((b) => pulled.fetched.has(b.digest))
       .map((b) => ({ ...b, path: pulled.fetched.get(b.digest)! }));
     const offer = { ...c.offer, blobs };
+    // Named after the peer that delivered the most blobs (the manifest is the same signed bytes from any).
+    const counts = new Map<Peer, number>();
+    for (const p of pulled.from.values()) counts.set(p as Peer, (counts.get(p as Peer) ?? 0) + 1);
+    const by = [...counts].sort((x, y) => y[1] - x[1])[0]?.[0] ?? c.peer;
     try {
       const r = await importFrom(this.o.store, {
-        label: `peer ${c.peer.url}`,
+        label: `peer ${by.url}`,
         open: () => offerSource(offer),
         prefetched: pulled.fetched,
         quarantine: false,
       });
       if (r.ok) {
+        by.failures = 0;
         log.info('peer.adopted', {
           status: r.status,
           blobsAdded: r.blobsAdded.length,
           missing: r.missing.length,
         });
         this.o.onAdopted?.(r, c.peer.url);
-      } else this.fault(c.peer, new CodedError(r.code, r.message));
+      } else this.fault(by, new CodedError(r.code, r.message));
       return r;
     } finally {
       for (const path of pulled.fetched.values()) await rm(path, { force: true });
     }
   }
 
+  /**
+   * A poll answered: the link is up, which clears a record of link failures. A record of bad answers
+   * stays: only a delivered blob or an adopted offer clears it, so a peer that answers polls but serves
+   * bad bytes keeps its growing back-off and ranks last.
+   */
   private healthy(p: Peer): void {
-    p.failures = 0;
-    p.retryAt = 0;
+    p.link = 'up';
+    if (p.lastError && LINK_FAULTS.test(p.lastError.code)) p.failures = 0;
   }
 
   /** Puts a peer on back-off and records why. Returns nothing, so a poll's catch yields no offer. */
@@ -348,7 +360,7 @@ export class PeerSync {
     if (this.abort.signal.aborted) return undefined;
     const code = isCodedError(e) ? e.code : 'ERROR';
     const message = e instanceof Error ? e.message : String(e);
-    const network = /^HTTP_(NETWORK|TIMEOUT)$/.test(code);
+    const network = LINK_FAULTS.test(code);
     if (network) p.link = 'down';
     else p.offer = 'refused';
     p.failures++;

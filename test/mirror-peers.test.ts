@@ -196,7 +196,7 @@ describe('bundle sync from an honest peer', () => {
     expect(await blobsAreSound(mine)).toBe(RELEASE_2.length);
     // Recorded as an import like any other, and nothing left in tmp/.
     expect((await mine.readState()).imports.at(-1)).toMatchObject({ file: `peer ${a.url}`, sequence: 2 });
-    expect(await readdir(join(mine.paths.tmp, 'peers'))).toEqual([]);
+    expect(await readdir(mine.paths.peerPulls)).toEqual([]);
   });
 
   it('asks an unchanged peer with If-None-Match and pulls nothing more', async () => {
@@ -274,7 +274,7 @@ describe('transfers', () => {
       expect(h!.failures).toBe(0);
       await blobsAreSound(mine);
       expect(await activeBytes(mine)).toEqual(await activeBytes(a.store));
-      expect(await readdir(join(mine.paths.tmp, 'peers'))).toEqual([]);
+      expect(await readdir(mine.paths.peerPulls)).toEqual([]);
     }, 30_000);
 
   it('resumes a blob across a broken link with Range, from the verified prefix', async () => {

@@ -21,6 +21,7 @@ import { importBundle } from '../../mirror/import.js';
 import { startMirror, type PeerSyncSettings } from '../../mirror/serve.js';
 import type { PeerStatus } from '../../mirror/peers.js';
 import { parseLimits } from '../../platform/http/limits.js';
+import { writeInventory } from '../../mirror/inventory.js';
 import { Store } from '../../mirror/store.js';
 import {
   humanBytes,
@@ -335,21 +336,37 @@ export const mirrorExportTelemetry: Command = {
     "Writes everything in the mirror's telemetry outbox not yet acknowledged into one file for the courier:\n" +
     "a header signed with the mirror's key (range, line count, sha256 of the lines) chained to the previous\n" +
     "export, then one line per record. Nothing leaves the outbox until the server's ack comes back\n" +
-    '(`ferry mirror import-ack`). Works while the mirror serves (it does the export itself).',
-  usage: '--data DIR --out FILE [--json]',
-  options: { data: { type: 'string' }, out: { type: 'string' }, ...jsonOption },
+    '(`ferry mirror import-ack`). Works while the mirror serves (it does the export itself).\n' +
+    "Beside it, FILE.inventory.json (or --inventory PATH): the blobs the site holds, signed with the mirror's\n" +
+    'key, for `ferry bundle create --have` to build exactly the delta the site lacks.',
+  usage: '--data DIR --out FILE [--inventory PATH] [--json]',
+  options: {
+    data: { type: 'string' },
+    out: { type: 'string' },
+    inventory: { type: 'string' },
+    ...jsonOption,
+  },
   async run(p, io) {
     const dataDir = str(p, 'data');
     const out = resolve(str(p, 'out'));
     const r = await viaMirror(dataDir, '/export', { out }, ({ outbox, identity, site }) =>
       exportTelemetry(outbox, identity, site, out).then((x) => ({ ...x })),
     );
-    if (p.json) printJson(io, { ok: true, ...r });
-    else
+    const inv = await writeInventory(
+      await Store.open(dataDir),
+      await mirrorIdentity(dataDir),
+      resolve(str(p, 'inventory', false) || `${out}.inventory.json`),
+    );
+    if (p.json) printJson(io, { ok: true, ...r, ...inv });
+    else {
       io.out(
         `${r.out}: export ${String(r.number)} of mirror ${String(r.mirror)}, seq ${String(r.from)}..${String(r.to)}: ` +
           `${String(r.heartbeats)} heartbeat(s), ${String(r.enrolments)} enrolment(s), ${String(r.relayedBatches)} relayed batch(es), ${String(r.bytes)} bytes`,
       );
+      io.out(
+        `${inv.inventory}: signed inventory, ${inv.blobs} blob(s), active sequence ${inv.active ?? 'none'}`,
+      );
+    }
     return 0;
   },
 };

@@ -13,9 +13,10 @@
  * past its limit) is put on back-off and the others are asked instead; its
  * refusal is logged and shown in the peer status, never written to the store.
  *
- * The place where site-wide rollout decisions (halts, approvals) would be
- * exchanged is a peer round too: `roundHooks` runs after the manifest poll
- * of each peer that answered.
+ * Site-wide rollout decisions (a halt or approval made at one mirror) have
+ * their place here too: round() asks every reachable peer once per round, and
+ * exchanging those decisions would be one more request per peer beside poll(),
+ * merged by the rollout gate's own rule rather than by the manifest's.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { readBundle } from '../core/bundle/reader.js';

@@ -27,6 +27,7 @@ import { throttledTransport } from '../platform/http/throttle.js';
 import { createLogger } from '../platform/log.js';
 import {
   buildBundle,
+  ferry,
   makeKey,
   makeWorld,
   SAMPLE_ARTIFACTS,
@@ -34,7 +35,7 @@ import {
   type ArtifactInput,
   type World,
 } from './helpers/fixtures.js';
-import { sha256, sha256File } from './helpers/mirror-proc.js';
+import { killStrays, sha256, sha256File, startMirrorProc } from './helpers/mirror-proc.js';
 
 let w: World;
 const servers: Server[] = [];
@@ -77,6 +78,7 @@ afterAll(async () => {
     await new Promise((r) => s.close(r));
   }
   await transport.close();
+  await killStrays();
   await w.cleanup();
 });
 
@@ -313,6 +315,43 @@ describe('transfers', () => {
     expect(pulled).toBeGreaterThan(BIG.length);
     expect(performance.now() - t0).toBeGreaterThanOrEqual((pulled / rate) * 1000 - 300);
   }, 30_000);
+});
+
+describe('ferry mirror serve --peer', () => {
+  it('pulls from a peer process and shows the peer on the status page and in mirror status', async () => {
+    const dataA = await mkdtemp(join(w.dir, 'proc-a-'));
+    const dataB = await mkdtemp(join(w.dir, 'proc-b-'));
+    const imp = await ferry([
+      'mirror',
+      'import',
+      b.seq2!,
+      '--data',
+      dataA,
+      '--trust',
+      w.rootPath,
+      '--site',
+      'plant-7',
+    ]);
+    expect(imp.code, imp.stderr).toBe(0);
+    const a = await startMirrorProc({ data: dataA });
+    const peersFile = join(w.dir, 'peers-b.txt');
+    await writeFile(peersFile, `# the first mirror\n${a.url}\n`);
+    const bProc = await startMirrorProc({
+      data: dataB,
+      trust: w.rootPath,
+      site: 'plant-7',
+      args: ['--peers', peersFile, '--peer-interval', '0.2', '--peer-rate', '50MB/s'],
+    });
+    await bProc.waitForLog((l) => l.event === 'peer.adopted' && l.sequence === 2, 60_000);
+    const page = await (await fetch(`${bProc.url}/`)).text();
+    const block = /<div id="peers">([\s\S]*?)<\/div>/.exec(page)?.[1] ?? '';
+    expect(block).toContain(a.url);
+    expect(block).toMatch(/<td>up<\/td>\s*<td>2<\/td>/);
+    const st = await ferry(['mirror', 'status', '--data', dataB]);
+    expect(st.stdout).toContain(`peer ${a.url}: link up, sequence 2`);
+    await bProc.stop();
+    await a.stop();
+  }, 90_000);
 });
 
 describe('peer list', () => {

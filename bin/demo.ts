@@ -250,6 +250,55 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
   }
 }
 
+/**
+ * A second mirror of the site that no courier visits: it polls the first as a peer, pulls what it
+ * lacks, adopts it under its own trust root, and serves an agent that knows only it.
+ */
+async function peerDemo(dir: string, root: string, firstData: string): Promise<void> {
+  const first = await background(
+    ['mirror', 'serve', '--data', firstData, '--listen', '127.0.0.1:0'],
+    'mirror.started',
+    'mirror.stopped',
+  );
+  const data = join(dir, 'data');
+  const second = await background(
+    [
+      ...['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0', '--trust', root, '--site', 'plant-7'],
+      ...['--peer', first.url, '--peer-interval', '0.5'],
+    ],
+    'mirror.started',
+    'mirror.stopped',
+  );
+  try {
+    const adopted = await second.waitFor('peer.adopted', 60_000);
+    console.log(
+      `  second mirror adopted sequence ${String(adopted.sequence)} from peer ${String(adopted.offeredBy)} (${String(adopted.blobsAdded)} blobs pulled and verified)`,
+    );
+    ferry(['mirror', 'status', '--data', data], 0);
+    const made = ferry(
+      ['mirror', 'token', 'create', '--data', data, '--ttl', '1h', '--group', 'web'],
+      0,
+      true,
+    );
+    const tokenFile = join(dir, 'node/enrol.token');
+    await mkdir(join(dir, 'node'), { recursive: true });
+    await writeFile(tokenFile, made.stdout, { mode: 0o600 });
+    const agent = join(dir, 'node/agent');
+    ferry(
+      [
+        ...['agent', 'poll', '--now', '--state', agent, '--mirror', second.url, '--trust', root],
+        ...['--site', 'plant-7', '--group', 'web', '--token-file', tokenFile],
+      ],
+      0,
+    );
+    ferry(['agent', 'status', '--state', agent], 0);
+  } finally {
+    await second.stop();
+    await first.stop();
+    console.log('  SIGTERM → both mirrors stopped gracefully');
+  }
+}
+
 async function main(): Promise<void> {
   const dirFlag = process.argv.indexOf('--dir');
   work =
@@ -420,6 +469,11 @@ async function main(): Promise<void> {
     '8. The mirror serving agents: a courier drops a bundle, agents poll with ETag and resume blobs with Range',
   );
   await serveDemo(join(work, 'served'), join(work, 'root.json'), bundle);
+
+  step(
+    '12. A peer mirror: no courier visits it; it pulls the release from the first mirror and serves an agent',
+  );
+  await peerDemo(join(work, 'peer'), join(work, 'root.json'), join(work, 'served/data'));
 
   console.log(
     `\n${bold('demo complete')}: every good bundle verified, every bad one was refused with its reason. Files are in ${work}`,

@@ -11,7 +11,11 @@
  *   → write the manifest, move blobs into place, activate what is complete
  *   → write state.json (the commit point), drop manifests no longer needed
  *
- * The source file is only ever read.
+ * The source file is only ever read. A peer's offer comes through the same
+ * function (importFrom): its manifest, the roots it serves and the blobs
+ * already pulled and digest-checked are laid out as a bundle stream
+ * (bundle-source.ts) and read by the same reader with the same state, so a
+ * peer can never get past a check a courier's file would meet.
  */
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
@@ -76,19 +80,40 @@ export interface ImportOptions {
   onProgress?: (bytes: number) => void;
 }
 
-/** Imports a bundle (or one volume of it). Refusals are returned, not thrown; I/O failures throw. */
-export function importBundle(store: Store, path: string, opts: ImportOptions = {}): Promise<ImportResult> {
-  return store.exclusive(() => importLocked(store, resolve(path), opts));
+/** Where the bundle bytes come from: a file, or a peer's offer laid out as a bundle stream. */
+export interface ImportSource {
+  /** What the import record (and a quarantine record) names: the file path, or `peer <url>`. */
+  label: string;
+  open(): AsyncIterable<Buffer>;
+  /**
+   * Blobs already received into files in the store's directory (digest → path): the reader still
+   * hashes every byte of them from the stream, and only then are those files moved into the store.
+   */
+  prefetched?: ReadonlyMap<string, string>;
+  /** Whether a refusal is kept in the quarantine list (a file's is; a peer's goes to its back-off). */
+  quarantine: boolean;
 }
 
-async function importLocked(store: Store, file: string, opts: ImportOptions): Promise<ImportResult> {
+/** Imports a bundle (or one volume of it). Refusals are returned, not thrown; I/O failures throw. */
+export function importBundle(store: Store, path: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  const file = resolve(path);
+  return importFrom(store, { label: file, open: () => fileSource(file), quarantine: true }, opts);
+}
+
+/** The one adoption path, for drop-folder files, `ferry mirror import` and peers alike. */
+export function importFrom(store: Store, src: ImportSource, opts: ImportOptions = {}): Promise<ImportResult> {
+  return store.exclusive(() => importLocked(store, src, opts));
+}
+
+async function importLocked(store: Store, src: ImportSource, opts: ImportOptions): Promise<ImportResult> {
+  const file = src.label;
   const clock = store.now();
   let state = await store.readState();
-  const stage = store.stage();
+  const stage = store.stage(src.prefetched);
   try {
     let contents: BundleContents;
     try {
-      contents = await readBundle(fileSource(file), {
+      contents = await readBundle(src.open(), {
         trusted: store.trustedRoot(state),
         site: state.site,
         now: clock,
@@ -100,6 +125,7 @@ async function importLocked(store: Store, file: string, opts: ImportOptions): Pr
     } catch (e) {
       const r = refusalOf(e);
       if (!r) throw operational(e, file);
+      if (!src.quarantine) return { ok: false, file, code: r.code, message: r.message };
       return await quarantine(store, state, file, clock, r);
     }
     crashPoint('staged');

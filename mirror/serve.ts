@@ -58,6 +58,11 @@ function fleetRolloutOf(s: GateSummary | null): FleetRolloutSummary | null {
     ...(s.haltReason !== null && { haltReason: s.haltReason }),
   };
 }
+import { PeerSync } from './peers.js';
+import { peerList } from './peer-list.js';
+import { undiciTransport } from '../platform/http/undici.js';
+import { throttledTransport } from '../platform/http/throttle.js';
+import type { ClientLimits } from '../platform/http/limits.js';
 
 /** How long a stop waits for slow clients before cutting them off. */
 export const SHUTDOWN_GRACE_MS = 5 * 60_000;
@@ -98,12 +103,26 @@ export interface MirrorOptions {
   fleetView?: FleetViewMode;
   /** The site's rollout gate, for per-wave progress and `rollout_halted`. */
   rollout?: RolloutSource;
+  /** Bundle sync with the --peer mirrors and those a peers file lists (mirror/peers.ts). */
+  peerSync?: PeerSyncSettings;
   /** Connection cap and timeouts (defaults in platform/http/server.ts: 1024 connections). */
   limits?: Partial<ServerLimits>;
   /** The rollout gate's deadlines (core/rollout/gate.ts) and how often its clock ticks (default 5 s). */
   rolloutLimits?: Partial<GateLimits>;
   rolloutTickMs?: number;
   log: Logger;
+}
+
+export interface PeerSyncSettings {
+  /** One URL a line, re-read when it changes; its peers join --peer's. */
+  peersFile?: string;
+  /** Between peer rounds (ms); default 10 s. */
+  intervalMs?: number;
+  /** Per-peer download rate cap (bytes/s); none by default. */
+  rateBytesPerSec?: number;
+  /** Blobs pulled at once; default 4. */
+  parallel?: number;
+  limits?: Partial<ClientLimits>;
 }
 
 export interface RunningMirror {
@@ -114,6 +133,7 @@ export interface RunningMirror {
   forwarder: Forwarder;
   /** The site's rollout gate (`rolloutSummary()` for the fleet view). */
   rollout: MirrorRollout;
+  peerSync: PeerSync;
   importFile(path: string): Promise<ImportResult>;
   /** Stops accepting connections, lets in-flight requests and the current import finish. */
   close(): Promise<void>;
@@ -205,6 +225,25 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     return r;
   };
 
+  const ps = o.peerSync ?? {};
+  const peerTransport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
+  const peerSync = new PeerSync({
+    store,
+    peers: peerList(o.peers ?? [], ps.peersFile, log),
+    transport: ps.rateBytesPerSec ? throttledTransport(peerTransport, ps.rateBytesPerSec) : peerTransport,
+    log: log.child({ part: 'peers' }),
+    ...(ps.intervalMs !== undefined && { intervalMs: ps.intervalMs }),
+    ...(ps.parallel !== undefined && { parallel: ps.parallel }),
+    ...(ps.limits && { limits: ps.limits }),
+    ...(o.retryBaseMs !== undefined && { backoffBaseMs: o.retryBaseMs }),
+    ...(o.retryMaxMs !== undefined && { backoffMaxMs: o.retryMaxMs }),
+    onAdopted: (r) => {
+      if (r.ok) metrics.inc('ferry_mirror_imports_total', { status: r.status });
+    },
+    onReceived: (peer, n) => metrics.inc('ferry_mirror_peer_bytes_total', { peer }, n),
+  });
+  metrics.define('ferry_mirror_peer_bytes_total', 'counter', 'Blob bytes pulled from peer mirrors, by peer.');
+
   /** The keyid acks are checked with (pinned here at start, or by the first ack carried in). */
   let serverKeyId = await pinnedServerKeyId(o.dataDir);
   /** The outbox and its routes: the status page's block and the control socket's GET /status. */
@@ -213,6 +252,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     exports: outbox.exports.length,
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
+    bundlePeers: peerSync.status(),
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
@@ -306,6 +346,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   outbox.onAppend(gauges);
   outbox.onAck(gauges);
   forwarder.start();
+  peerSync.start();
   if (agents.openEnrolment)
     log.warn('mirror.open_enrolment', {
       message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
@@ -318,6 +359,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     mirror: identity.id,
     upstream: o.upstream ?? null,
     peers: o.peers ?? [],
+    peersFile: o.peerSync?.peersFile ?? null,
     outbox: outbox.depth,
     serverKey: serverKeyId ?? null,
     relayFrom: [...relayKeys.keys()],
@@ -338,11 +380,13 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       await closed;
       clearInterval(rolloutTicker);
       await forwarder.stop();
+      await peerSync.stop();
+      await peerTransport.close();
       await control?.close();
       await fleet.close();
       await agents.close(); // the outbox, after the last request that could append
       await releaseOutbox();
       log.info('mirror.stopped', {});
     })());
-  return { url, store, metrics, identity, forwarder, rollout, importFile, close };
+  return { url, store, metrics, identity, forwarder, rollout, peerSync, importFile, close };
 }

@@ -12,6 +12,7 @@ import { FLEET_CSS, fleetBlock, type FleetBlockView } from './fleet-page.js';
 
 /** The page reloads itself this often (a meta refresh: no script). */
 export const STATUS_REFRESH_SEC = 15;
+import type { PeerStatus } from './peers.js';
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -20,6 +21,8 @@ export type TelemetryView = ForwardStatus & {
   serverKey?: string;
   /** How agents enrol: with a token (the default), or open to any (`serve --open-enrolment`). */
   enrolment?: 'token' | 'open';
+  /** Bundle-sync peers (mirror/peers.ts): link, sequence, back-off, transfer. */
+  bundlePeers?: PeerStatus[];
 };
 
 function enrolmentLine(t: TelemetryView | undefined): Html {
@@ -75,6 +78,33 @@ function telemetryBlock(t: TelemetryView | undefined): Html {
     ${routes}`;
 }
 
+/** Bundle-sync peers: one row each (mirror/peers.ts PeerStatus). */
+function peersBlock(t: TelemetryView | undefined): Html {
+  const peers = t?.bundlePeers ?? [];
+  if (peers.length === 0) return html`<p id="peers" class="none">no peer mirrors configured</p>`;
+  return html`<div id="peers">
+    ${table<PeerStatus>({
+      columns: [
+        { head: 'peer', cell: (p) => p.url },
+        { head: 'link', cell: (p) => p.link },
+        { head: 'sequence', cell: (p) => p.sequence ?? '' },
+        { head: 'offer', cell: (p) => p.offer ?? '' },
+        {
+          head: 'back-off',
+          cell: (p) => (p.backoffUntil ? `until ${p.backoffUntil}: ${p.lastError?.code ?? ''}` : ''),
+        },
+        {
+          head: 'transfer',
+          cell: (p) =>
+            p.transfer ? `${humanBytes(p.transfer.have)} of ${humanBytes(p.transfer.total)}` : '',
+        },
+        { head: 'received', cell: (p) => humanBytes(p.received) },
+      ],
+      rows: peers,
+    })}
+  </div>`;
+}
+
 function activeBlock(v: StatusView): Html {
   const a = v.state.active;
   if (!a || !v.manifest) return html`<p id="active" class="none">no active bundle</p>`;
@@ -113,6 +143,8 @@ export function renderStatusPage(v: StatusView): string {
     ${activeBlock(v)}
     <h2>Telemetry outbox</h2>
     ${telemetryBlock(v.telemetry)}
+    <h2>Peer mirrors</h2>
+    ${peersBlock(v.telemetry)}
     <h2>Pending (waiting for blobs)</h2>
     ${table<Pending>({
       columns: [

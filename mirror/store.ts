@@ -5,6 +5,9 @@
  *   blobs/sha256/<hex>                 content-addressed artifact bytes, read-only
  *   manifests/<publisher>/<seq>.dsse.json   envelopes of the active and pending manifests
  *   tmp/                               blobs being received; emptied at open
+ *   peer-pulls/                        blobs pulled from peer mirrors, verified by digest, and
+ *                                      partial pulls kept for a resume; only the serving process
+ *                                      writes here, and the import re-hashes what it takes
  *   lock                               held by the process importing (pid inside)
  *
  * Every change reaches disk by rename after fsync; state.json is the commit
@@ -41,6 +44,7 @@ export class Store {
     blobs: string;
     manifests: string;
     tmp: string;
+    peerPulls: string;
     lock: string;
   };
 
@@ -54,6 +58,7 @@ export class Store {
       blobs: join(dir, 'blobs', 'sha256'),
       manifests: join(dir, 'manifests'),
       tmp: join(dir, 'tmp'),
+      peerPulls: join(dir, 'peer-pulls'),
       lock: join(dir, 'lock'),
     };
   }
@@ -164,8 +169,9 @@ export class Store {
     }
   }
 
-  stage(): BlobStage {
-    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d));
+  /** A stage for one import; `prefetched` files (under tmp/) stand in for blobs the stream carries. */
+  stage(prefetched?: ReadonlyMap<string, string>): BlobStage {
+    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d), prefetched);
   }
 
   manifestPath(ref: Pick<ManifestRef, 'publisher' | 'sequence'>): string {

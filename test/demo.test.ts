@@ -44,5 +44,7 @@ describe('the demo', () => {
     expect(out).toMatch(/"event":"agent\.enrolled"/);
     expect(out).toMatch(/[0-9a-f]{16} +exhausted +used 1\/1/);
     expect(out).not.toMatch(/ferry-enrol:plant-7:[0-9a-f]{16}:/);
+    // a second mirror gets the release from the first, with no courier, and serves an agent
+    expect(out).toMatch(/second mirror adopted sequence \d+ from peer http:\/\/127\.0\.0\.1:\d+/);
   }, 180_000);
 });

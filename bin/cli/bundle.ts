@@ -1,7 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { FerryError } from '../../core/errors.js';
-import { loadPrivateKey } from '../../platform/keyfile.js';
+import { loadAnyKey, loadPrivateKey } from '../../platform/keyfile.js';
+import { readInventory } from '../../core/inventory.js';
 import { peekRootPayload } from '../../core/root.js';
 import { parseEnvelope } from '../../core/dsse.js';
 import { createBundle } from '../../bundler/create.js';
@@ -32,15 +33,20 @@ export const bundleCreate: Command = {
     '--volume-size splits the bundle into self-verifying volumes; --base omits blobs an older bundle carries;\n' +
     '--root adds a root envelope so that sites can walk a rotation. Every policy is checked as agents check\n' +
     'it, and must name only scripts and files the spec carries: otherwise POLICY_INVALID (or POLICY_TOO_LARGE)\n' +
-    'names the policy, field and reason, and nothing is written. Spec format: docs/spec-format.md.',
+    'names the policy, field and reason, and nothing is written. Spec format: docs/spec-format.md.\n' +
+    "--have INVENTORY (a site's signed inventory, carried home beside its telemetry export) omits every blob\n" +
+    'the site already holds and says how many bytes the courier saves; --mirror-key MIRROR.pub checks it was\n' +
+    "that site's mirror that signed it. An inventory for a site the spec does not name is refused.",
   usage:
-    '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry]... [--root ROOT.json]... [--json]',
+    '--spec SPEC.json --key K... --out FILE.ferry [--volume-size 4G] [--base OLD.ferry]... [--have INVENTORY [--mirror-key MIRROR.pub]] [--root ROOT.json]... [--json]',
   options: {
     spec: { type: 'string' },
     key: { type: 'string', multiple: true },
     out: { type: 'string' },
     'volume-size': { type: 'string' },
     base: { type: 'string', multiple: true },
+    have: { type: 'string' },
+    'mirror-key': { type: 'string' },
     root: { type: 'string', multiple: true },
     ...jsonOption,
   },
@@ -59,7 +65,9 @@ export const bundleCreate: Command = {
       }),
     );
     const spec = await loadSpec(str(p, 'spec'), Date.now());
-    const baseBlobs = bases.length > 0 ? await baseDigests(bases) : undefined;
+    const have = await haveDigests(str(p, 'have', false), str(p, 'mirror-key', false), spec.manifest.sites);
+    const baseBlobs =
+      bases.length > 0 || have ? new Set([...(await baseDigests(bases)), ...(have ?? [])]) : undefined;
     const bar = progressBar(io, 'bundling', { quiet: p.json });
     const r = await withProgress(bar, () =>
       createBundle(spec, out, {
@@ -80,6 +88,7 @@ export const bundleCreate: Command = {
         artifacts: r.manifest.artifacts,
         volumes: r.volumes,
         omitted: r.omitted,
+        ...(have && { saved: savedBytes(r) }),
       });
       return 0;
     }
@@ -88,10 +97,54 @@ export const bundleCreate: Command = {
     );
     for (const v of r.volumes)
       io.out(`  wrote ${v.path} (${humanBytes(v.bytes)}, ${v.blobs.length} blob(s))`);
-    if (r.omitted.length) io.out(`  omitted ${r.omitted.length} blob(s) the base already carries`);
+    if (r.omitted.length) io.out(`  omitted ${r.omitted.length} blob(s) the site already has`);
+    if (have) {
+      const s = savedBytes(r);
+      io.out(
+        `  the courier saves ${humanBytes(s.bytes)} (${s.bytes} bytes): ${humanBytes(s.written)} to carry instead of ${humanBytes(s.full)}`,
+      );
+    }
     return 0;
   },
 };
+
+/** Blob bytes the delta leaves out, against the blob bytes a full bundle would carry. */
+function savedBytes(r: Awaited<ReturnType<typeof createBundle>>): {
+  bytes: number;
+  written: number;
+  full: number;
+} {
+  const sizes = new Map(r.manifest.artifacts.map((a) => [a.sha256, a.size]));
+  const full = [...sizes.values()].reduce((n, x) => n + x, 0);
+  const bytes = r.omitted.reduce((n, d) => n + (sizes.get(d) ?? 0), 0);
+  return { bytes, written: full - bytes, full };
+}
+
+/** The digests a site's signed inventory says it holds (checked: signature, key, site). */
+async function haveDigests(
+  path: string,
+  keyPath: string,
+  sites: readonly string[],
+): Promise<string[] | undefined> {
+  if (!path) {
+    if (keyPath) throw new FerryError('USAGE', '--mirror-key goes with --have');
+    return undefined;
+  }
+  const key = keyPath ? (await loadAnyKey(keyPath)).publicKey : undefined;
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw inputFileError(path, e);
+  }
+  const inv = readInventory(bytes, key);
+  if (!sites.includes('*') && !sites.includes(inv.site))
+    throw new FerryError(
+      'SITE_MISMATCH',
+      `${path} is the inventory of site ${inv.site}; this bundle is for ${sites.join(', ')}`,
+    );
+  return inv.blobs;
+}
 
 /** Blobs the site already has: every blob any base file (a bundle or any of its volumes) carries. */
 async function baseDigests(paths: string[]): Promise<Set<string>> {

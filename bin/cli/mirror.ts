@@ -18,8 +18,11 @@ import { AgentsStore } from '../../mirror/agents.js';
 import { enrolmentOps, type AgentView, type EnrolmentOps } from '../../mirror/enrolment.js';
 import type { TokenView } from '../../mirror/tokens.js';
 import { importBundle } from '../../mirror/import.js';
-import { startMirror } from '../../mirror/serve.js';
 import { fleetStatus, fleetStatusOptions, fleetStatusUsage, printFleet } from './fleet.js';
+import { startMirror, type PeerSyncSettings } from '../../mirror/serve.js';
+import type { PeerStatus } from '../../mirror/peers.js';
+import { parseLimits } from '../../platform/http/limits.js';
+import { writeInventory } from '../../mirror/inventory.js';
 import { Store } from '../../mirror/store.js';
 import {
   humanBytes,
@@ -28,6 +31,7 @@ import {
   jsonOption,
   list,
   parseListen,
+  parseSize,
   printJson,
   progressBar,
   str,
@@ -139,11 +143,27 @@ export const mirrorStatus: Command = {
       );
       for (const t of telemetry.targets)
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
+      for (const line of peerLines(telemetry.bundlePeers ?? [])) io.out(line);
     }
     printFleet(io, fleet);
     return 0;
   },
 };
+
+/** One line per bundle-sync peer: link, its sequence, back-off, the transfer under way. */
+function peerLines(peers: PeerStatus[]): string[] {
+  return peers.map((p) => {
+    const parts = [`peer ${p.url}: link ${p.link}`, `sequence ${p.sequence ?? '-'}`];
+    if (p.offer) parts.push(`offer ${p.offer}`);
+    if (p.backoffUntil) parts.push(`backed off until ${p.backoffUntil} (${p.lastError?.code ?? ''})`);
+    if (p.transfer)
+      parts.push(
+        `pulling ${p.transfer.digest.slice(0, 12)}… ${humanBytes(p.transfer.have)}/${humanBytes(p.transfer.total)}`,
+      );
+    parts.push(`${humanBytes(p.received)} received`);
+    return parts.join(', ');
+  });
+}
 
 function printStatus(
   io: Io,
@@ -177,11 +197,18 @@ export const mirrorServe: Command = {
     'stop it gracefully. --silent-after (default 15m) is how long an agent may go without a heartbeat\n' +
     'before it counts as silent (an agent_silent alert). --fleet-view local (default) shows the agent list\n' +
     "on the status page and at GET /v1/fleet only to clients on the mirror's own host; site shows it to\n" +
-    'anyone who reaches the port. ' +
+    'anyone who reaches the port.\n' +
+    'Bundle sync: the mirror polls every --peer and every URL in --peers FILE (one a line, re-read when it\n' +
+    'changes) for a newer manifest, checks it against its own trust root, site and sequence, pulls the blobs\n' +
+    'it lacks from the peers that hold them (several at once, resumed across broken links, each verified by\n' +
+    'digest) and adopts it through the same checks as a drop-folder import; a peer whose offer is refused is\n' +
+    'put on back-off. --peer-interval SEC between polls (default 10); --peer-rate 20MB/s caps each peer;\n' +
+    "--peer-limits JSON overrides the client's idle timeout, deadlines and floor rate towards peers\n" +
+    '(e.g. {"idleTimeoutMs":5000}).\n' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -191,6 +218,10 @@ export const mirrorServe: Command = {
     drop: { type: 'string' },
     upstream: { type: 'string' },
     peer: { type: 'string', multiple: true },
+    peers: { type: 'string' },
+    'peer-interval': { type: 'string' },
+    'peer-rate': { type: 'string' },
+    'peer-limits': { type: 'string' },
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
@@ -234,11 +265,36 @@ export const mirrorServe: Command = {
       openEnrolment: p.values['open-enrolment'] === true,
       ...(silentAfterMs !== undefined && { silentAfterMs }),
       fleetView,
+      peerSync: peerSyncSettings(p),
     });
     await untilSignal(log, 'mirror.signal', () => mirror.close());
     return 0;
   },
 };
+
+/** `--peers`, `--peer-interval` (seconds, fractions allowed), `--peer-rate` (`20MB/s`, `512K`). */
+function peerSyncSettings(p: Parameters<Command['run']>[0]): PeerSyncSettings {
+  const out: PeerSyncSettings = {};
+  const file = str(p, 'peers', false);
+  if (file) out.peersFile = resolve(file);
+  const every = str(p, 'peer-interval', false);
+  if (every) {
+    if (!/^(?:[0-9]{1,6})(?:\.[0-9]{1,3})?$/.test(every) || Number(every) <= 0)
+      throw new FerryError('USAGE', '--peer-interval must be a number of seconds, like 10 or 0.5');
+    out.intervalMs = Math.round(Number(every) * 1000);
+  }
+  const rate = str(p, 'peer-rate', false);
+  if (rate) out.rateBytesPerSec = parseSize(rate.replace(/\/s$/, ''), 'peer-rate');
+  const limits = str(p, 'peer-limits', false);
+  if (limits) {
+    try {
+      out.limits = parseLimits(limits);
+    } catch (e) {
+      throw new FerryError('USAGE', `--peer-limits: ${(e as Error).message}`);
+    }
+  }
+  return out;
+}
 
 function parseUrl(u: string): URL {
   try {
@@ -300,21 +356,37 @@ export const mirrorExportTelemetry: Command = {
     "Writes everything in the mirror's telemetry outbox not yet acknowledged into one file for the courier:\n" +
     "a header signed with the mirror's key (range, line count, sha256 of the lines) chained to the previous\n" +
     "export, then one line per record. Nothing leaves the outbox until the server's ack comes back\n" +
-    '(`ferry mirror import-ack`). Works while the mirror serves (it does the export itself).',
-  usage: '--data DIR --out FILE [--json]',
-  options: { data: { type: 'string' }, out: { type: 'string' }, ...jsonOption },
+    '(`ferry mirror import-ack`). Works while the mirror serves (it does the export itself).\n' +
+    "Beside it, FILE.inventory.json (or --inventory PATH): the blobs the site holds, signed with the mirror's\n" +
+    'key, for `ferry bundle create --have` to build exactly the delta the site lacks.',
+  usage: '--data DIR --out FILE [--inventory PATH] [--json]',
+  options: {
+    data: { type: 'string' },
+    out: { type: 'string' },
+    inventory: { type: 'string' },
+    ...jsonOption,
+  },
   async run(p, io) {
     const dataDir = str(p, 'data');
     const out = resolve(str(p, 'out'));
     const r = await viaMirror(dataDir, '/export', { out }, ({ outbox, identity, site }) =>
       exportTelemetry(outbox, identity, site, out).then((x) => ({ ...x })),
     );
-    if (p.json) printJson(io, { ok: true, ...r });
-    else
+    const inv = await writeInventory(
+      await Store.open(dataDir),
+      await mirrorIdentity(dataDir),
+      resolve(str(p, 'inventory', false) || `${out}.inventory.json`),
+    );
+    if (p.json) printJson(io, { ok: true, ...r, ...inv });
+    else {
       io.out(
         `${r.out}: export ${String(r.number)} of mirror ${String(r.mirror)}, seq ${String(r.from)}..${String(r.to)}: ` +
           `${String(r.heartbeats)} heartbeat(s), ${String(r.enrolments)} enrolment(s), ${String(r.relayedBatches)} relayed batch(es), ${String(r.bytes)} bytes`,
       );
+      io.out(
+        `${inv.inventory}: signed inventory, ${inv.blobs} blob(s), active sequence ${inv.active ?? 'none'}`,
+      );
+    }
     return 0;
   },
 };
@@ -384,6 +456,8 @@ interface TelemetryStatus extends OutboxFigures {
   /** The keyid acks are checked with, once pinned. */
   serverKey?: string;
   targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
+  /** Bundle-sync peers, while the mirror serves. */
+  bundlePeers?: PeerStatus[];
 }
 
 /** The outbox as the serving mirror sees it, or read here when none serves (null while another process holds it). */

@@ -62,6 +62,8 @@ export interface VerifiedBlobOptions extends BlobRef {
   /** Retries against one source before the next; default 3 tries, 200 ms → 5 s, full jitter. */
   retry?: Omit<RetryOptions, 'retryIf'>;
   log?: Logger;
+  /** The caller's cancel (a service stopping): the download stops, keeping its verified prefix. */
+  signal?: AbortSignal;
   onBytes?: DownloadOptions['onBytes'];
   onOutcome?: (mirror: string, outcome: SourceOutcome) => void;
 }
@@ -138,6 +140,7 @@ async function fetchOnce(o: VerifiedBlobOptions, final: string): Promise<Verifie
             limits,
             ...(o.timeoutMs !== undefined && { timeoutMs: o.timeoutMs }),
             ...(o.transport && { transport: o.transport }),
+            ...(o.signal && { signal: o.signal }),
             ...(o.onBytes && { onBytes: o.onBytes }),
           }),
         {

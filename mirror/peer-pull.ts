@@ -1,0 +1,124 @@
+/**
+ * Pulls the blobs a manifest names and the store lacks from the peers that
+ * hold them, several at once: each blob goes to the least-busy peer that holds
+ * it (fewest transfers under way, then fewest recent failures), and when that
+ * peer fails or serves bytes that do not match the signed digest the next one
+ * is asked, resuming from the verified prefix (platform/http/blob.ts). Every
+ * blob lands as `<dir>/<sha256>` only after its size and digest matched; the
+ * import still re-hashes it from the stream before it enters the store.
+ */
+import { fetchVerifiedBlob, type SourceOutcome } from '../platform/http/blob.js';
+import { BlobFetchError } from '../platform/http/errors.js';
+import type { ClientLimits } from '../platform/http/limits.js';
+import type { Transport } from '../platform/http/transport.js';
+import type { Logger } from '../platform/log.js';
+
+/** What the puller needs to know of a peer, and what it keeps current while it works. */
+export interface PullPeer {
+  url: string;
+  /** Transfers under way from this peer. */
+  busy: number;
+  failures: number;
+  /** Digests the peer said it holds (its /v1/inventory). */
+  holds: ReadonlySet<string>;
+  /** Progress of the transfer from it that moved last. */
+  transfer: { digest: string; have: number; total: number } | null;
+  /** Blob bytes received from it. */
+  received: number;
+}
+
+export interface PullOptions {
+  blobs: { digest: string; size: number }[];
+  peers: PullPeer[];
+  /** Where verified blobs and partial downloads go (the store's peer-pulls/, same filesystem as blobs/). */
+  dir: string;
+  parallel: number;
+  transport: Transport;
+  limits?: Partial<ClientLimits>;
+  signal: AbortSignal;
+  log: Logger;
+  /** Whether a peer may still be asked (not backed off). */
+  usable: (p: PullPeer) => boolean;
+  /** A peer failed or served bad bytes: the caller backs it off. */
+  onFault: (p: PullPeer, outcome: Exclude<SourceOutcome, { kind: 'ok' | 'not_served' }>) => void;
+  onReceived?: (p: PullPeer, bytes: number) => void;
+}
+
+export interface PullResult {
+  /** digest → verified file. */
+  fetched: Map<string, string>;
+  /** digest → the peer that delivered it. */
+  from: Map<string, PullPeer>;
+  /** Blobs no usable peer delivered this round. */
+  unavailable: string[];
+}
+
+/** The least-busy usable peers holding `digest`, best first. */
+export function rankSources(peers: readonly PullPeer[], digest: string, usable: (p: PullPeer) => boolean) {
+  return peers
+    .filter((p) => p.holds.has(digest) && usable(p))
+    .sort((a, b) => a.busy - b.busy || a.failures - b.failures);
+}
+
+export async function pullBlobs(o: PullOptions): Promise<PullResult> {
+  const queue = [...o.blobs].sort((a, b) => b.size - a.size); // large first: they set the finish time
+  const fetched = new Map<string, string>();
+  const from = new Map<string, PullPeer>();
+  const unavailable: string[] = [];
+  const worker = async () => {
+    for (let next = queue.shift(); next && !o.signal.aborted; next = queue.shift()) {
+      const got = await pullOne(o, next);
+      if (got) {
+        fetched.set(next.digest, got.path);
+        from.set(next.digest, got.peer);
+      } else unavailable.push(next.digest);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(o.parallel, queue.length)) }, worker));
+  return { fetched, from, unavailable: [...unavailable, ...queue.map((b) => b.digest)] };
+}
+
+async function pullOne(
+  o: PullOptions,
+  blob: { digest: string; size: number },
+): Promise<{ path: string; peer: PullPeer } | null> {
+  const tried = new Set<PullPeer>();
+  for (;;) {
+    // Ranked again before each try: another worker may have freed or backed off a peer meanwhile.
+    const peer = rankSources(o.peers, blob.digest, o.usable).find((p) => !tried.has(p));
+    if (!peer || o.signal.aborted) return null;
+    tried.add(peer);
+    peer.busy++;
+    let fault: Parameters<PullOptions['onFault']>[1] | undefined;
+    try {
+      const got = await fetchVerifiedBlob({
+        sha256: blob.digest,
+        size: blob.size,
+        destDir: o.dir,
+        tmpDir: o.dir,
+        mirrors: [peer.url],
+        transport: o.transport,
+        signal: o.signal,
+        log: o.log,
+        // A peer is asked once per round; the round's back-off is the retry.
+        retry: { attempts: 2, baseMs: 200, maxMs: 1000, jitter: true },
+        ...(o.limits && { limits: o.limits }),
+        onBytes: (have, total, received) => {
+          peer.transfer = { digest: blob.digest, have, total };
+          peer.received += received;
+          o.onReceived?.(peer, received);
+        },
+        onOutcome: (_m, out) => {
+          if (out.kind === 'bad_bytes' || out.kind === 'failed') fault = out;
+        },
+      });
+      peer.failures = 0; // it delivered: only this clears its record
+      return { path: got.path, peer };
+    } catch (e) {
+      if (fault) o.onFault(peer, fault);
+      else if (!(e instanceof BlobFetchError)) throw e; // not a source's fault: our disk
+    } finally {
+      peer.busy--;
+    }
+  }
+}

@@ -4,6 +4,7 @@
  * actor's role first; these check the input.
  */
 import { isSemver } from '../core/semver.js';
+import { resolveExpiry } from '../core/time.js';
 import { loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
 import { join } from 'node:path';
 import { stat } from 'node:fs/promises';
@@ -42,7 +43,13 @@ export interface Ctx {
 export async function storeArtifact(c: Ctx, meta: Record<string, unknown>, path: string): Promise<ArtifactRecord> {
   const m = checkArtifactMeta(meta);
   const blob = await c.catalog.putBlob(path);
-  const rec = await c.catalog.update((d) => addArtifact(d, m, blob, c.actor, c.now ?? new Date()));
+  let rec: ArtifactRecord;
+  try {
+    rec = await c.catalog.update((d) => addArtifact(d, m, blob, c.actor, c.now ?? new Date()));
+  } catch (e) {
+    if (blob.added) await c.catalog.dropBlob(blob.sha256); // refused: the store is as it was
+    throw e;
+  }
   await c.audit.append(c.actor, 'artifact.stored', { kind: rec.kind, name: rec.name, version: rec.version, sha256: rec.sha256, size: rec.size });
   return rec;
 }
@@ -139,6 +146,12 @@ export async function buildBundle(
   if (typeof site !== 'string' || typeof release !== 'string') throw bad('site and release are required');
   const strat = strategy === undefined || strategy === '' ? 'staggered' : strategy;
   if (!STRATEGIES.includes(strat as Strategy)) throw bad('strategy must be immediate, staggered or manual');
+  if (o.expires !== undefined)
+    try {
+      resolveExpiry(o.expires, Date.now(), 'expires');
+    } catch (e) {
+      throw bad((e as Error).message);
+    }
   let signer: PrivateKey | null = null;
   if (o.signed) {
     const key = o.key ?? (await serverSigningKey(c.dataDir));

@@ -124,8 +124,10 @@ export interface Catalog {
   read(): Promise<CatalogData>;
   update<T>(fn: (c: CatalogData) => T | Promise<T>): Promise<T>;
   blobPath(sha256: string): string;
-  /** Stores a file's bytes by digest (once); returns digest and size. */
-  putBlob(path: string): Promise<{ sha256: string; size: number }>;
+  /** Stores a file's bytes by digest (once); returns digest, size and whether this call added them. */
+  putBlob(path: string): Promise<{ sha256: string; size: number; added: boolean }>;
+  /** Removes a blob this process just added and nothing names. */
+  dropBlob(sha256: string): Promise<void>;
 }
 
 /** The embedded backend: one JSON file plus a blob directory in the data directory. */
@@ -172,7 +174,7 @@ export class FileCatalog implements Catalog {
     return join(this.dataDir, 'blobs', 'sha256', sha256);
   }
 
-  async putBlob(path: string): Promise<{ sha256: string; size: number }> {
+  async putBlob(path: string): Promise<{ sha256: string; size: number; added: boolean }> {
     const dir = join(this.dataDir, 'blobs', 'sha256');
     await mkdir(dir, { recursive: true });
     const tmpTarget = tempPathFor(join(dir, 'upload'));
@@ -184,27 +186,59 @@ export class FileCatalog implements Catalog {
         size += chunk.length;
         await fh.write(chunk);
       }
+    }).catch((e: unknown) => {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EISDIR' || code === 'EACCES') throw bad(`${path} cannot be read (${code})`);
+      throw e;
     });
     const sha256 = h.digest('hex');
+    let added = true;
     try {
       await link(tmpTarget, this.blobPath(sha256)); // already stored: same bytes, keep the first
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      added = false;
     } finally {
       await rm(tmpTarget, { force: true });
     }
     await fsyncDir(dir);
-    return { sha256, size };
+    return { sha256, size, added };
   }
+
+  async dropBlob(sha256: string): Promise<void> {
+    await rm(this.blobPath(sha256), { force: true });
+  }
+}
+
+/** sha256 and size of a file, read once (nothing stored). */
+export async function hashFile(path: string): Promise<{ sha256: string; size: number }> {
+  const h = createHash('sha256');
+  let size = 0;
+  try {
+    for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+      h.update(chunk);
+      size += chunk.length;
+    }
+  } catch (e) {
+    throw bad(`${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  return { sha256: h.digest('hex'), size };
+}
+
+/** Refuses an artifact whose name, kind and version are registered with other bytes. */
+export function checkArtifactConflict(c: CatalogData, meta: ArtifactMeta, sha256: string): void {
+  const key = artifactKey(meta);
+  const prev = own(c.artifacts, key);
+  if (prev && prev.sha256 !== sha256)
+    throw bad(`artifact ${key} is already registered with other bytes (${prev.sha256.slice(0, 12)}…); give it a new version`);
 }
 
 /** Registers an artifact (bytes already stored); the same name, kind and version with other bytes is refused. */
 export function addArtifact(c: CatalogData, meta: ArtifactMeta, blob: { sha256: string; size: number }, actor: string, now: Date): ArtifactRecord {
   const rec: ArtifactRecord = { ...meta, sha256: blob.sha256, size: blob.size, uploadedAt: now.toISOString(), uploadedBy: actor };
   const key = artifactKey(rec);
+  checkArtifactConflict(c, meta, rec.sha256);
   const prev = own(c.artifacts, key);
-  if (prev && prev.sha256 !== rec.sha256)
-    throw bad(`artifact ${key} is already registered with other bytes (${prev.sha256.slice(0, 12)}…); give it a new version`);
   if (!prev) c.artifacts[key] = rec;
   return prev ?? rec;
 }

@@ -5,7 +5,15 @@ import { loadPrivateKey } from '../../platform/keyfile.js';
 import { AccessStore, ROLES, type Role } from '../../server/access.js';
 import { buildBundle, registerRelease, registerSite, storeArtifact, type Ctx } from '../../server/actions.js';
 import { AuditLog, verifyAudit } from '../../server/audit.js';
-import { artifactKey, FileCatalog, readSmallFile } from '../../server/catalog.js';
+import {
+  artifactKey,
+  checkArtifactConflict,
+  checkArtifactMeta,
+  checkName,
+  FileCatalog,
+  hashFile,
+  readSmallFile,
+} from '../../server/catalog.js';
 import { ServerError } from '../../server/errors.js';
 import { importSignedBundle } from '../../server/site-bundle.js';
 import { jsonOption, printJson, str, type Command, type Parsed } from './common.js';
@@ -109,11 +117,16 @@ export const serverReleaseAdd: Command = {
       for (const k of Object.keys(o)) if (!ARTIFACT_FIELDS.includes(k)) throw bad(`artifacts[${i}] has unknown field ${JSON.stringify(k)}`);
       if (typeof o.path !== 'string' || o.path === '') throw bad(`artifacts[${i}].path must name a file`);
       const { path, ...meta } = o;
-      return { meta, path: resolve(dirname(resolve(specPath)), path as string) };
+      return { meta, checked: checkArtifactMeta(meta, `artifacts[${i}]`), path: resolve(dirname(resolve(specPath)), path as string) };
     });
+    checkName(s.name, 'release name');
+    if (typeof s.version !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(s.version))
+      throw bad('version must be a version name');
     const current = await c.catalog.read();
-    if (typeof s.name === 'string' && typeof s.version === 'string' && Object.hasOwn(current.releases, `${s.name}@${s.version}`))
-      throw new ServerError('RELEASE_EXISTS', `release ${s.name}@${s.version} already exists; releases never change`);
+    if (Object.hasOwn(current.releases, `${s.name as string}@${s.version}`))
+      throw new ServerError('RELEASE_EXISTS', `release ${s.name as string}@${s.version} already exists; releases never change`);
+    // every file read and checked against what is registered before any byte is stored
+    for (const e of entries) checkArtifactConflict(current, e.checked, (await hashFile(e.path)).sha256);
     const keys: string[] = [];
     for (const e of entries) keys.push(artifactKey(await storeArtifact(c, e.meta, e.path)));
     const r = await registerRelease(c, s.name, s.version, keys);

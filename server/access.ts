@@ -100,10 +100,6 @@ export class AccessStore {
     }
   }
 
-  async hasUsers(): Promise<boolean> {
-    return Object.keys((await this.read()).users).length > 0;
-  }
-
   /** Adds a user with a generated password (returned once, stored only as its hash). */
   async addUser(name: string, role: Role, now = new Date()): Promise<string> {
     assertUserName(name);
@@ -118,9 +114,12 @@ export class AccessStore {
     return password;
   }
 
-  /** First run: an admin named `admin` with a one-time password, when there is no user at all. */
+  /** First run: an admin named `admin` with a one-time password, when there is no admin at all. */
   async ensureAdmin(): Promise<string | undefined> {
-    if (await this.hasUsers()) return undefined;
+    const { users } = await this.read();
+    if (Object.values(users).some((u) => u.role === 'admin')) return undefined;
+    if (Object.hasOwn(users, 'admin'))
+      throw new ServerError('STORE_INVALID', 'user admin exists without the admin role and no admin is left');
     return this.addUser('admin', 'admin');
   }
 

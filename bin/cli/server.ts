@@ -12,22 +12,26 @@ import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/fleet-state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
 import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
-import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
+import { usage } from '../../core/errors.js';
+import { int, jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
 
 export const serverStart: Command = {
   crypto: 'service',
   summary:
     'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
-    '202 once durable) and serves the fleet view. ' +
+    '202 once durable), serves the web UI and the API (sign-in or bearer token; the first start creates\n' +
+    'the admin and prints its one-time password). The rollout pages reload every --ui-refresh seconds (5). ' +
     httpHelp +
     '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
-  usage: `--data DIR --listen HOST:PORT ${httpUsage}`,
-  options: { data: { type: 'string' }, listen: { type: 'string' }, ...httpOptions },
+  usage: `--data DIR --listen HOST:PORT [--ui-refresh SEC] ${httpUsage}`,
+  options: { data: { type: 'string' }, listen: { type: 'string' }, 'ui-refresh': { type: 'string' }, ...httpOptions },
   async run(p, io) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
     const limits = httpLimits(p);
-    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits });
+    const refreshSec = int(p, 'ui-refresh', 5);
+    if (refreshSec < 1 || refreshSec > 3600) throw usage('--ui-refresh must be 1-3600 seconds');
+    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits, refreshSec });
     if (server.firstAdminPassword)
       io.out(
         `first start: created user admin; one-time password (shown only now, stored only as a hash): ${server.firstAdminPassword}\n` +

@@ -23,10 +23,21 @@ export function targetOf(catalog: CatalogData, site: string): string | undefined
   return Object.hasOwn(catalog.sites, site) ? (catalog.sites[site]!.plan?.agent ?? undefined) : undefined;
 }
 
+/** Versions compared so far, by "version target": a fleet runs few versions, so each pair is parsed once. */
+const behindMemo = new Map<string, boolean>();
+
 export function isBehind(a: AgentState, target: string | undefined): boolean {
   if (!target) return false;
   const v = a.latest?.version;
-  return !v || !isSemver(v) || compareSemver(v, target) < 0;
+  if (!v) return true;
+  const key = `${v} ${target}`;
+  let r = behindMemo.get(key);
+  if (r === undefined) {
+    r = !isSemver(v) || compareSemver(v, target) < 0;
+    if (behindMemo.size > 10_000) behindMemo.clear();
+    behindMemo.set(key, r);
+  }
+  return r;
 }
 
 export function isFailing(a: AgentState): boolean {

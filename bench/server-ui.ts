@@ -85,19 +85,32 @@ function median(fn: () => unknown): { ms: number; bytes: number } {
   return { ms: times[Math.floor(times.length / 2)]!, bytes };
 }
 
-const rows: { agents: number; page: string; ms: number; bytes: number; baselineMs: number; ratio: number }[] = [];
+const rows: { agents: number; page: string; ms: number; bytes: number; baselineMs: number; ratio: number }[] =
+  [];
 for (const n of sizes) {
   const { state, catalog } = fleet(n);
   const now = Date.now();
   const baseline = median(() => JSON.stringify(Object.values(state.agents))).ms;
   const agents = (f: Parameters<typeof queryAgents>[2], offset: number) => () =>
-    agentsPage(viewer, f, queryAgents(state, catalog, f, offset, PAGE, now), PAGE, '', catalog, Object.keys(catalog.sites), now);
+    agentsPage(
+      viewer,
+      f,
+      queryAgents(state, catalog, f, offset, PAGE, now),
+      PAGE,
+      '',
+      catalog,
+      Object.keys(catalog.sites),
+      now,
+    );
   const cases: [string, () => string][] = [
     ['agents, page 1', agents({}, 0)],
     ['agents, site + behind filter', agents({ site: 'site-1', behind: true }, 0)],
     ['agents, last page', agents({}, n - PAGE)],
     ['agents, failing (fleet-wide)', agents({ failing: true }, 0)],
-    ['dashboard', () => dashboardPage(viewer, siteHealth(state, catalog, now), [], { agents: n, rejections: 0 })],
+    [
+      'dashboard',
+      () => dashboardPage(viewer, siteHealth(state, catalog, now), [], { agents: n, rejections: 0 }),
+    ],
   ];
   for (const [page, fn] of cases) {
     const r = median(fn);

@@ -46,14 +46,19 @@ export async function writeBundleFromStore(
       await put(encodeHeader(blobEntryName(blob.sha256), blob.size, mtime));
       const h = createHash('sha256');
       let n = 0;
-      for await (const chunk of createReadStream(blob.path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+      for await (const chunk of createReadStream(blob.path, {
+        highWaterMark: 1024 * 1024,
+      }) as AsyncIterable<Buffer>) {
         n += chunk.length;
         if (n > blob.size) break;
         h.update(chunk);
         await put(chunk);
       }
       if (n !== blob.size || h.digest('hex') !== blob.sha256)
-        throw new FerryError('BLOB_DIGEST_MISMATCH', `stored blob ${blob.sha256} no longer matches its digest`);
+        throw new FerryError(
+          'BLOB_DIGEST_MISMATCH',
+          `stored blob ${blob.sha256} no longer matches its digest`,
+        );
       const pad = paddingFor(blob.size);
       if (pad) await put(Buffer.alloc(pad));
     }

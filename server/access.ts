@@ -5,7 +5,13 @@
  * `access.json`, written atomically under `access.lock` by the server and the CLI alike; the server
  * re-reads it when it changes. Sessions live in the server's memory (a restart signs everyone out).
  */
-import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import {
+  createHash,
+  randomBytes,
+  scrypt as scryptCb,
+  timingSafeEqual,
+  type ScryptOptions,
+} from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../platform/fsx.js';

@@ -8,7 +8,15 @@ import Router from '@koa/router';
 import type { Context } from 'koa';
 import { readJsonBody } from '../platform/http/server-body.js';
 import { HttpError } from '../platform/http/server-errors.js';
-import { bulk, buildBundle, registerRelease, registerSite, setPin, storeArtifact, type Ctx } from './actions.js';
+import {
+  bulk,
+  buildBundle,
+  registerRelease,
+  registerSite,
+  setPin,
+  storeArtifact,
+  type Ctx,
+} from './actions.js';
 import type { AuditLog } from './audit.js';
 import { checkCsrf, need } from './auth-http.js';
 import type { Catalog } from './catalog.js';
@@ -26,12 +34,14 @@ export interface ApiDeps {
 }
 
 function obj(v: unknown): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new HttpError(400, 'BAD_INPUT', 'body must be a JSON object');
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new HttpError(400, 'BAD_INPUT', 'body must be a JSON object');
   return v as Record<string, unknown>;
 }
 
 function onlyKeys(o: Record<string, unknown>, keys: string[]): void {
-  for (const k of Object.keys(o)) if (!keys.includes(k)) throw new HttpError(400, 'BAD_INPUT', `unknown field ${JSON.stringify(k)}`);
+  for (const k of Object.keys(o))
+    if (!keys.includes(k)) throw new HttpError(400, 'BAD_INPUT', `unknown field ${JSON.stringify(k)}`);
 }
 
 export function apiRouter(d: ApiDeps): Router {
@@ -47,7 +57,8 @@ export function apiRouter(d: ApiDeps): Router {
   const int = (ctx: Context, k: string, dflt: number, max: number) => {
     const v = ctx.query[k];
     if (v === undefined) return dflt;
-    if (typeof v !== 'string' || !/^\d{1,7}$/.test(v) || Number(v) > max) throw new HttpError(400, 'BAD_INPUT', `${k} must be a number up to ${max}`);
+    if (typeof v !== 'string' || !/^\d{1,7}$/.test(v) || Number(v) > max)
+      throw new HttpError(400, 'BAD_INPUT', `${k} must be a number up to ${max}`);
     return Number(v);
   };
 
@@ -57,11 +68,26 @@ export function apiRouter(d: ApiDeps): Router {
     const f: Record<string, string | boolean> = {};
     for (const k of ['site', 'version'] as const) if (typeof ctx.query[k] === 'string') f[k] = ctx.query[k];
     for (const k of ['behind', 'failing', 'silent'] as const) if (ctx.query[k] === '1') f[k] = true;
-    const page = queryAgents(d.store.state, catalog, f, int(ctx, 'offset', 0, 10_000_000), int(ctx, 'limit', 100, 1000), Date.now());
+    const page = queryAgents(
+      d.store.state,
+      catalog,
+      f,
+      int(ctx, 'offset', 0, 10_000_000),
+      int(ctx, 'limit', 100, 1000),
+      Date.now(),
+    );
     ctx.body = {
       total: page.total,
       offset: page.offset,
-      agents: page.rows.map((a) => ({ id: a.id, site: a.site, hostname: a.hostname, groups: a.groups, version: a.latest?.version ?? null, lastSeen: a.latest?.sentAt ?? null, via: a.latest?.via ?? null })),
+      agents: page.rows.map((a) => ({
+        id: a.id,
+        site: a.site,
+        hostname: a.hostname,
+        groups: a.groups,
+        version: a.latest?.version ?? null,
+        lastSeen: a.latest?.sentAt ?? null,
+        via: a.latest?.via ?? null,
+      })),
     };
   });
   r.get('/sites', async (ctx) => {
@@ -95,7 +121,13 @@ export function apiRouter(d: ApiDeps): Router {
       if (typeof ctx.query[k] === 'string') meta[k] = ctx.query[k];
     const up = await readUploadRaw(ctx, d.store.dir, d.maxUploadBytes ?? 4 * 1024 ** 3);
     try {
-      ctx.body = { artifact: await storeArtifact({ dataDir: d.store.dir, catalog: d.catalog, audit: d.audit, actor: p.user }, meta, up.file) };
+      ctx.body = {
+        artifact: await storeArtifact(
+          { dataDir: d.store.dir, catalog: d.catalog, audit: d.audit, actor: p.user },
+          meta,
+          up.file,
+        ),
+      };
       ctx.status = 201;
     } finally {
       await up.cleanup();
@@ -108,7 +140,12 @@ export function apiRouter(d: ApiDeps): Router {
   });
   r.post('/sites', async (ctx) => {
     const { c, body } = await admin(ctx, ['name', 'publisher', 'sequence']);
-    const seq = body.sequence === undefined ? undefined : typeof body.sequence === 'number' ? String(body.sequence) : body.sequence;
+    const seq =
+      body.sequence === undefined
+        ? undefined
+        : typeof body.sequence === 'number'
+          ? String(body.sequence)
+          : body.sequence;
     ctx.body = { site: await registerSite(c, body.name, body.publisher, seq) };
     ctx.status = 201;
   });
@@ -123,8 +160,11 @@ export function apiRouter(d: ApiDeps): Router {
   });
   r.post('/bundles', async (ctx) => {
     const { c, body } = await admin(ctx, ['site', 'release', 'strategy', 'signed']);
-    if (body.signed !== undefined && typeof body.signed !== 'boolean') throw new HttpError(400, 'BAD_INPUT', 'signed must be true or false');
-    const { record } = await buildBundle(c, body.site, body.release, body.strategy, { signed: body.signed !== false });
+    if (body.signed !== undefined && typeof body.signed !== 'boolean')
+      throw new HttpError(400, 'BAD_INPUT', 'signed must be true or false');
+    const { record } = await buildBundle(c, body.site, body.release, body.strategy, {
+      signed: body.signed !== false,
+    });
     ctx.body = { bundle: record };
     ctx.status = 201;
   });

@@ -93,7 +93,10 @@ export class AuditLog {
     try {
       const text = await readText(p.log);
       const end = text.lastIndexOf('\n');
-      const last = end < 0 ? undefined : (JSON.parse(text.slice(text.lastIndexOf('\n', end - 1) + 1, end)) as AuditEntry);
+      const last =
+        end < 0
+          ? undefined
+          : (JSON.parse(text.slice(text.lastIndexOf('\n', end - 1) + 1, end)) as AuditEntry);
       const base = {
         seq: (last?.seq ?? 0) + 1,
         at: now.toISOString(),
@@ -152,10 +155,15 @@ export async function verifyAudit(dataDir: string): Promise<AuditVerdict> {
       continue;
     }
     const seq = Number.isSafeInteger(e.seq) ? e.seq : null;
-    const fail = (reason: string): AuditVerdict => ({ ok: false, entries: n, bad: { line: at, seq, reason } });
+    const fail = (reason: string): AuditVerdict => ({
+      ok: false,
+      entries: n,
+      bad: { line: at, seq, reason },
+    });
     if (typeof e !== 'object' || e === null || typeof e.detail !== 'object' || e.detail === null)
       return fail('not an audit entry');
-    if (e.seq !== n + 1) return fail(`seq ${String(e.seq)} where ${n + 1} was expected (an entry is missing or moved)`);
+    if (e.seq !== n + 1)
+      return fail(`seq ${String(e.seq)} where ${n + 1} was expected (an entry is missing or moved)`);
     if (e.prev !== prev) return fail('prev does not match the hash of the entry before it');
     const { hash, ...rest } = e;
     if (entryHash(rest) !== hash) return fail('hash does not match the entry (it was edited)');
@@ -169,7 +177,11 @@ export async function verifyAudit(dataDir: string): Promise<AuditVerdict> {
       return {
         ok: false,
         entries: n,
-        bad: { line: all.length + 1, seq: n + 1, reason: `the log ends at seq ${n}, its head says ${head.seq} (entries were removed)` },
+        bad: {
+          line: all.length + 1,
+          seq: n + 1,
+          reason: `the log ends at seq ${n}, its head says ${head.seq} (entries were removed)`,
+        },
       };
   }
   return { ok: true, entries: n };

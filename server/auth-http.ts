@@ -7,7 +7,14 @@
  */
 import type { Context, Next } from 'koa';
 import { HttpError } from '../platform/http/server-errors.js';
-import { sameToken, type AccessStore, type Principal, type Role, type Session, type Sessions } from './access.js';
+import {
+  sameToken,
+  type AccessStore,
+  type Principal,
+  type Role,
+  type Session,
+  type Sessions,
+} from './access.js';
 
 export const SESSION_COOKIE = 'ferry_session';
 export const LOGIN_COOKIE = 'ferry_login';
@@ -18,7 +25,7 @@ export interface AuthState {
   sessionId?: string;
 }
 
-export const authOf = (ctx: Context): AuthState => ctx.state as AuthState;
+export const authOf = (ctx: Context): AuthState => ctx.state;
 
 export function authenticate(access: AccessStore, sessions: Sessions) {
   return async function auth(ctx: Context, next: Next): Promise<void> {
@@ -27,7 +34,10 @@ export function authenticate(access: AccessStore, sessions: Sessions) {
     if (header) {
       const m = /^Bearer ([!-~]{1,200})$/.exec(header);
       const p = m ? await access.checkToken(m[1]!) : undefined;
-      if (!p) throw new HttpError(401, 'UNAUTHENTICATED', 'the bearer token is not valid', { headers: { 'WWW-Authenticate': 'Bearer' } });
+      if (!p)
+        throw new HttpError(401, 'UNAUTHENTICATED', 'the bearer token is not valid', {
+          headers: { 'WWW-Authenticate': 'Bearer' },
+        });
       st.principal = p;
     } else {
       const id = ctx.cookies.get(SESSION_COOKIE);
@@ -50,9 +60,12 @@ export function need(ctx: Context, role: Role, page = false): Principal {
   const p = authOf(ctx).principal;
   if (!p) {
     if (page) throw new SignInNeeded();
-    throw new HttpError(401, 'UNAUTHENTICATED', 'sign in, or send a bearer token', { headers: { 'WWW-Authenticate': 'Bearer' } });
+    throw new HttpError(401, 'UNAUTHENTICATED', 'sign in, or send a bearer token', {
+      headers: { 'WWW-Authenticate': 'Bearer' },
+    });
   }
-  if (role === 'admin' && p.role !== 'admin') throw new HttpError(403, 'FORBIDDEN', `${p.user} is a viewer; this needs an admin`);
+  if (role === 'admin' && p.role !== 'admin')
+    throw new HttpError(403, 'FORBIDDEN', `${p.user} is a viewer; this needs an admin`);
   return p;
 }
 
@@ -62,5 +75,9 @@ export function checkCsrf(ctx: Context, fromForm: unknown): void {
   if (st.principal?.via !== 'session') return;
   const given = typeof fromForm === 'string' ? fromForm : ctx.get('X-CSRF-Token');
   if (!st.session || !given || !sameToken(given, st.session.csrf))
-    throw new HttpError(403, 'CSRF_REJECTED', 'the form is missing its CSRF token or it is not this session’s; reload the page');
+    throw new HttpError(
+      403,
+      'CSRF_REJECTED',
+      'the form is missing its CSRF token or it is not this session’s; reload the page',
+    );
 }

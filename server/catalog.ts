@@ -108,14 +108,16 @@ export function checkArtifactMeta(v: Record<string, unknown>, what = 'artifact')
     throw bad(`${what} version must be ${kind === 'agent' ? 'a semver version' : 'a version name'}`);
   const m: ArtifactMeta = { name, kind, version: v.version as string };
   if (v.platform !== undefined && v.platform !== '') {
-    if (typeof v.platform !== 'string' || !PLATFORM.test(v.platform)) throw bad(`${what} platform must be like linux-x64`);
+    if (typeof v.platform !== 'string' || !PLATFORM.test(v.platform))
+      throw bad(`${what} platform must be like linux-x64`);
     m.platform = v.platform;
   }
   if (kind === 'script') {
     const i = v.interpreter === undefined || v.interpreter === '' ? 'sh' : v.interpreter;
     if (typeof i !== 'string' || !INTERPRETER.test(i)) throw bad(`${what} interpreter is not a program name`);
     m.interpreter = i;
-  } else if (v.interpreter !== undefined && v.interpreter !== '') throw bad(`${what} interpreter is only for scripts`);
+  } else if (v.interpreter !== undefined && v.interpreter !== '')
+    throw bad(`${what} interpreter is only for scripts`);
   return m;
 }
 
@@ -181,14 +183,17 @@ export class FileCatalog implements Catalog {
     const h = createHash('sha256');
     let size = 0;
     await withAtomicFile(tmpTarget, {}, async (fh) => {
-      for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+      for await (const chunk of createReadStream(path, {
+        highWaterMark: 1024 * 1024,
+      }) as AsyncIterable<Buffer>) {
         h.update(chunk);
         size += chunk.length;
         await fh.write(chunk);
       }
     }).catch((e: unknown) => {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'EISDIR' || code === 'EACCES') throw bad(`${path} cannot be read (${code})`);
+      if (code === 'ENOENT' || code === 'EISDIR' || code === 'EACCES')
+        throw bad(`${path} cannot be read (${code})`);
       throw e;
     });
     const sha256 = h.digest('hex');
@@ -215,7 +220,9 @@ export async function hashFile(path: string): Promise<{ sha256: string; size: nu
   const h = createHash('sha256');
   let size = 0;
   try {
-    for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+    for await (const chunk of createReadStream(path, {
+      highWaterMark: 1024 * 1024,
+    }) as AsyncIterable<Buffer>) {
       h.update(chunk);
       size += chunk.length;
     }
@@ -230,12 +237,26 @@ export function checkArtifactConflict(c: CatalogData, meta: ArtifactMeta, sha256
   const key = artifactKey(meta);
   const prev = own(c.artifacts, key);
   if (prev && prev.sha256 !== sha256)
-    throw bad(`artifact ${key} is already registered with other bytes (${prev.sha256.slice(0, 12)}…); give it a new version`);
+    throw bad(
+      `artifact ${key} is already registered with other bytes (${prev.sha256.slice(0, 12)}…); give it a new version`,
+    );
 }
 
 /** Registers an artifact (bytes already stored); the same name, kind and version with other bytes is refused. */
-export function addArtifact(c: CatalogData, meta: ArtifactMeta, blob: { sha256: string; size: number }, actor: string, now: Date): ArtifactRecord {
-  const rec: ArtifactRecord = { ...meta, sha256: blob.sha256, size: blob.size, uploadedAt: now.toISOString(), uploadedBy: actor };
+export function addArtifact(
+  c: CatalogData,
+  meta: ArtifactMeta,
+  blob: { sha256: string; size: number },
+  actor: string,
+  now: Date,
+): ArtifactRecord {
+  const rec: ArtifactRecord = {
+    ...meta,
+    sha256: blob.sha256,
+    size: blob.size,
+    uploadedAt: now.toISOString(),
+    uploadedBy: actor,
+  };
   const key = artifactKey(rec);
   checkArtifactConflict(c, meta, rec.sha256);
   const prev = own(c.artifacts, key);
@@ -244,12 +265,20 @@ export function addArtifact(c: CatalogData, meta: ArtifactMeta, blob: { sha256: 
 }
 
 /** Registers a release of artifacts already in the catalog, by key. */
-export function addRelease(c: CatalogData, name: string, version: string, keys: string[], actor: string, now: Date): ReleaseRecord {
+export function addRelease(
+  c: CatalogData,
+  name: string,
+  version: string,
+  keys: string[],
+  actor: string,
+  now: Date,
+): ReleaseRecord {
   checkName(name, 'release name');
   if (!NAME.test(version)) throw bad('release version must be a version name');
   if (keys.length === 0) throw bad('a release needs at least one artifact');
   const key = releaseKey(name, version);
-  if (own(c.releases, key)) throw new ServerError('RELEASE_EXISTS', `release ${key} already exists; releases never change`);
+  if (own(c.releases, key))
+    throw new ServerError('RELEASE_EXISTS', `release ${key} already exists; releases never change`);
   const artifacts: Artifact[] = [];
   const names = new Set<string>();
   for (const k of keys) {
@@ -257,10 +286,16 @@ export function addRelease(c: CatalogData, name: string, version: string, keys: 
     if (!a) throw bad(`no artifact ${k}`);
     if (names.has(a.name)) throw bad(`two artifacts named ${a.name} in one release`);
     names.add(a.name);
-    const { uploadedAt: _u, uploadedBy: _b, ...art } = a;
+    const art: Artifact & Partial<ArtifactRecord> = { ...a };
+    delete art.uploadedAt;
+    delete art.uploadedBy;
     artifacts.push(art);
   }
-  if (artifacts.filter((a) => a.kind === 'agent').length > 1) throw bad('a release carries at most one agent build');
+  const agents = artifacts.filter((a) => a.kind === 'agent');
+  if (new Set(agents.map((a) => a.version)).size > 1)
+    throw bad('the agent builds of a release share one version');
+  if (new Set(agents.map((a) => a.platform ?? '')).size !== agents.length)
+    throw bad('one agent build per platform in a release');
   return (c.releases[key] = { name, version, artifacts, createdAt: now.toISOString(), createdBy: actor });
 }
 
@@ -276,15 +311,27 @@ export function releaseOf(c: CatalogData, key: string): ReleaseRecord {
   return r;
 }
 
-export function addSite(c: CatalogData, name: string, publisher: string, sequence: number, now: Date): SiteRecord {
+/** Registers a site, or updates one: a publisher given replaces its own, a later sequence raises its counter. */
+export function addSite(
+  c: CatalogData,
+  name: string,
+  publisher: string | undefined,
+  sequence: number,
+  now: Date,
+): SiteRecord {
   checkName(name, 'site name');
-  checkName(publisher, 'publisher');
+  if (publisher !== undefined) checkName(publisher, 'publisher');
   if (!Number.isSafeInteger(sequence) || sequence < 0) throw bad('sequence must be a whole number ≥ 0');
   const prev = own(c.sites, name);
-  if (prev) return prev;
+  if (prev) {
+    // registering again may say the site has seen a later sequence (never an earlier one)
+    if (sequence > prev.sequence) prev.sequence = sequence;
+    if (publisher !== undefined) prev.publisher = publisher;
+    return prev;
+  }
   return (c.sites[name] = {
     name,
-    publisher,
+    publisher: publisher ?? 'ferry-server',
     sequence,
     plan: null,
     pins: {},

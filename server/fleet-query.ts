@@ -105,7 +105,10 @@ export function siteHealth(s: ServerState, catalog: CatalogData, now: number): S
     let h = by.get(site);
     if (!h) {
       const target = targetOf(catalog, site) ?? null;
-      by.set(site, (h = { site, agents: 0, behind: 0, failing: 0, silent: 0, revoked: 0, target, lastHeard: null }));
+      by.set(
+        site,
+        (h = { site, agents: 0, behind: 0, failing: 0, silent: 0, revoked: 0, target, lastHeard: null }),
+      );
     }
     return h;
   };
@@ -136,7 +139,15 @@ export interface RolloutView {
   /** The last decision: halted, completed, … */
   status: string;
   waves: WaveView[];
-  halts: { at: string; wave: number; reason: string; threshold?: number; failureRate?: number; counts?: RolloutCounts; actor: string }[];
+  halts: {
+    at: string;
+    wave: number;
+    reason: string;
+    threshold?: number;
+    failureRate?: number;
+    counts?: RolloutCounts;
+    actor: string;
+  }[];
   events: RolloutRecord[];
 }
 
@@ -148,7 +159,15 @@ export function rolloutsOf(s: ServerState, site: string): RolloutView[] {
     const e = r.rollout;
     let v = by.get(e.rolloutId);
     if (!v) {
-      v = { rolloutId: e.rolloutId, version: e.version, manifestSequence: e.manifestSequence, status: e.event, waves: [], halts: [], events: [] };
+      v = {
+        rolloutId: e.rolloutId,
+        version: e.version,
+        manifestSequence: e.manifestSequence,
+        status: e.event,
+        waves: [],
+        halts: [],
+        events: [],
+      };
       by.set(e.rolloutId, v);
     }
     v.status = e.event;

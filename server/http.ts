@@ -257,7 +257,17 @@ export function createApp({
     app.use(router.allowedMethods());
   }
   app.use(authenticate(access, sessions));
-  const ui = { store, access, sessions, limiter, catalog, audit, log, toPublic: publicError, ...(refreshSec && { refreshSec }) };
+  const ui = {
+    store,
+    access,
+    sessions,
+    limiter,
+    catalog,
+    audit,
+    log,
+    toPublic: publicError,
+    ...(refreshSec && { refreshSec }),
+  };
   const pageErrors = uiErrors(ui);
   app.use((ctx, next) => (ctx.path.startsWith('/v1/') ? next() : pageErrors(ctx, next)));
   for (const router of [readRouter(store), apiRouter({ store, catalog, audit }), uiRouter(ui)]) {

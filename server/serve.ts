@@ -40,12 +40,20 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   let firstAdminPassword: string | undefined;
   try {
     firstAdminPassword = await access.ensureAdmin();
-    if (firstAdminPassword) await audit.append('server', 'user.created', { user: 'admin', role: 'admin', firstRun: true });
+    if (firstAdminPassword)
+      await audit.append('server', 'user.created', { user: 'admin', role: 'admin', firstRun: true });
   } catch (e) {
     await store.close();
     throw e;
   }
-  const app = createApp({ store, log: o.log, metrics, access, audit, ...(o.refreshSec && { refreshSec: o.refreshSec }) }).callback();
+  const app = createApp({
+    store,
+    log: o.log,
+    metrics,
+    access,
+    audit,
+    ...(o.refreshSec && { refreshSec: o.refreshSec }),
+  }).callback();
   let http: HttpService;
   try {
     http = await startHttp({

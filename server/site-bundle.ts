@@ -98,8 +98,17 @@ export async function buildSiteBundle(
     const envelope = signEnvelope(MANIFEST_PAYLOAD_TYPE, payload, o.signer ? [o.signer] : []);
     const out = o.out ? resolve(o.out) : join(dataDir, 'bundles', `${site.name}-${sequence}.ferry`);
     if (!o.out) await mkdir(join(dataDir, 'bundles'), { recursive: true });
-    const blobs = manifest.artifacts.map((a) => ({ sha256: a.sha256, size: a.size, path: catalog.blobPath(a.sha256) }));
-    const written = await writeBundleFromStore(out, Buffer.from(serializeEnvelope(envelope)), blobs, Math.floor(now.getTime() / 1000));
+    const blobs = manifest.artifacts.map((a) => ({
+      sha256: a.sha256,
+      size: a.size,
+      path: catalog.blobPath(a.sha256),
+    }));
+    const written = await writeBundleFromStore(
+      out,
+      Buffer.from(serializeEnvelope(envelope)),
+      blobs,
+      Math.floor(now.getTime() / 1000),
+    );
     const rec: BundleRecord = {
       id: `${site.name}-${sequence}`,
       site: site.name,
@@ -167,14 +176,24 @@ export async function importSignedBundle(
   const digest = createHash('sha256').update(payload).digest('hex');
   const rec = await catalog.update((c) => {
     const b = c.bundles.find((x) => x.payloadSha256 === digest);
-    if (!b) throw new ServerError('BUNDLE_MISMATCH', `${path} is not a bundle this server built (its manifest differs from every one)`);
-    if (env.signatures.length === 0) throw new ServerError('BUNDLE_MISMATCH', `${path} carries no signature yet (ferry bundle sign)`);
+    if (!b)
+      throw new ServerError(
+        'BUNDLE_MISMATCH',
+        `${path} is not a bundle this server built (its manifest differs from every one)`,
+      );
+    if (env.signatures.length === 0)
+      throw new ServerError('BUNDLE_MISMATCH', `${path} carries no signature yet (ferry bundle sign)`);
     b.signatures = env.signatures.length;
     b.status = 'imported';
     b.file = resolve(path);
     b.importedAt = now.toISOString();
     return { ...b };
   });
-  await audit.append(actor, 'bundle.imported', { bundle: rec.id, site: rec.site, signatures: rec.signatures, file: rec.file });
+  await audit.append(actor, 'bundle.imported', {
+    bundle: rec.id,
+    site: rec.site,
+    signatures: rec.signatures,
+    file: rec.file,
+  });
   return rec;
 }

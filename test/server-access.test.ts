@@ -47,8 +47,22 @@ describe('access to the server', () => {
     data = join(dir, 'data');
     s = await startServerProc(data);
     const m = await makeMirror(dir, 'm1', 'plant-7');
-    expect((await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', m.pubPath])).code).toBe(0);
-    const v = await ferry(['server', 'user', 'add', '--data', data, '--name', 'vera', '--role', 'viewer', '--json']);
+    expect(
+      (await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', m.pubPath]))
+        .code,
+    ).toBe(0);
+    const v = await ferry([
+      'server',
+      'user',
+      'add',
+      '--data',
+      data,
+      '--name',
+      'vera',
+      '--role',
+      'viewer',
+      '--json',
+    ]);
     expect(v.code, v.stderr).toBe(0);
     viewerPassword = (JSON.parse(v.stdout) as { password: string }).password;
     adminToken = await token(data, 'admin');
@@ -75,7 +89,17 @@ describe('access to the server', () => {
     const b = new Browser(s.url);
     expect((await b.login('admin', s.password!)).status).toBe(303);
     // a second start of another data dir with users already there prints no password
-    const again = await ferry(['server', 'user', 'add', '--data', data, '--name', 'admin', '--role', 'admin']);
+    const again = await ferry([
+      'server',
+      'user',
+      'add',
+      '--data',
+      data,
+      '--name',
+      'admin',
+      '--role',
+      'admin',
+    ]);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/USER_EXISTS/);
   });
@@ -167,7 +191,10 @@ describe('access to the server', () => {
     // a script on another page posting JSON with the browser's cookie: no X-CSRF-Token, refused
     const res = await fetch(`${s.url}/v1/sites`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', cookie: `ferry_session=${b.cookies.get('ferry_session')}` },
+      headers: {
+        'content-type': 'application/json',
+        cookie: `ferry_session=${b.cookies.get('ferry_session')}`,
+      },
       body: JSON.stringify({ name: 'ship-3' }),
     });
     expect(res.status).toBe(403);
@@ -198,7 +225,10 @@ describe('access to the server', () => {
     await b.login('admin', s.password!);
     const sid = b.cookies.get('ferry_session')!;
     expect((await b.post('/logout', { csrf: await b.csrf() })).location).toBe('/login');
-    const res = await fetch(`${s.url}/agents`, { headers: { cookie: `ferry_session=${sid}` }, redirect: 'manual' });
+    const res = await fetch(`${s.url}/agents`, {
+      headers: { cookie: `ferry_session=${sid}` },
+      redirect: 'manual',
+    });
     expect(res.status).toBe(302);
     expect(res.headers.get('location')).toBe('/login');
   });

@@ -34,7 +34,14 @@ const writeLines = (data: string, lines: string[]) => writeFile(logPath(data), l
 
 async function verify(data: string) {
   const r = await ferry(['server', 'audit', 'verify', '--data', data, '--json']);
-  return { code: r.code, out: JSON.parse(r.stdout) as { ok: boolean; entries: number; bad?: { line: number; seq: number | null; reason: string } } };
+  return {
+    code: r.code,
+    out: JSON.parse(r.stdout) as {
+      ok: boolean;
+      entries: number;
+      bad?: { line: number; seq: number | null; reason: string };
+    },
+  };
 }
 
 describe('ferry server audit verify', () => {
@@ -54,7 +61,7 @@ describe('ferry server audit verify', () => {
     await writeLines(data, lines);
     const r = await verify(data);
     expect(r.code).toBe(1);
-    expect(r.out.bad).toMatchObject({ line: 3, seq: 3, reason: expect.stringMatching(/edited/) });
+    expect(r.out.bad).toMatchObject({ line: 3, seq: 3, reason: expect.stringMatching(/edited/) as string });
   });
 
   it('names the entry after one edited with its own hash recomputed (the chain breaks there)', async () => {
@@ -62,12 +69,13 @@ describe('ferry server audit verify', () => {
     const lines = await readLines(data);
     const e = JSON.parse(lines[1]!) as AuditEntry;
     e.actor = 'someone-else';
-    const { hash: _h, ...rest } = e;
+    const rest: Omit<AuditEntry, 'hash'> & { hash?: string } = { ...e };
+    delete rest.hash;
     lines[1] = JSON.stringify({ ...rest, hash: entryHash(rest) });
     await writeLines(data, lines);
     const r = await verify(data);
     expect(r.code).toBe(1);
-    expect(r.out.bad).toMatchObject({ line: 3, seq: 3, reason: expect.stringMatching(/prev/) });
+    expect(r.out.bad).toMatchObject({ line: 3, seq: 3, reason: expect.stringMatching(/prev/) as string });
   });
 
   it('names the place of a deleted entry', async () => {
@@ -77,7 +85,11 @@ describe('ferry server audit verify', () => {
     await writeLines(data, lines);
     const r = await verify(data);
     expect(r.code).toBe(1);
-    expect(r.out.bad).toMatchObject({ line: 2, seq: 3, reason: expect.stringMatching(/missing or moved/) });
+    expect(r.out.bad).toMatchObject({
+      line: 2,
+      seq: 3,
+      reason: expect.stringMatching(/missing or moved/) as string,
+    });
   });
 
   it('names the first of two reordered entries', async () => {
@@ -98,7 +110,7 @@ describe('ferry server audit verify', () => {
     await writeLines(data, lines.slice(0, 3));
     const r = await verify(data);
     expect(r.code).toBe(1);
-    expect(r.out.bad).toMatchObject({ line: 4, seq: 4, reason: expect.stringMatching(/removed/) });
+    expect(r.out.bad).toMatchObject({ line: 4, seq: 4, reason: expect.stringMatching(/removed/) as string });
   });
 
   it('keeps a chain across a line torn by a crash mid-append', async () => {
@@ -112,8 +124,13 @@ describe('ferry server audit verify', () => {
   it('records what the CLI does, with the operating-system user as actor', async () => {
     const data = join(dir, 'cli');
     const m = await makeMirror(dir, 'm1', 'plant-7');
-    expect((await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', m.pubPath])).code).toBe(0);
-    expect((await ferry(['server', 'user', 'add', '--data', data, '--name', 'vera', '--role', 'viewer'])).code).toBe(0);
+    expect(
+      (await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', m.pubPath]))
+        .code,
+    ).toBe(0);
+    expect(
+      (await ferry(['server', 'user', 'add', '--data', data, '--name', 'vera', '--role', 'viewer'])).code,
+    ).toBe(0);
     const lines = (await readLines(data)).map((l) => JSON.parse(l) as AuditEntry);
     expect(lines.map((e) => e.action)).toEqual(['mirror.registered', 'site.registered', 'user.created']);
     for (const e of lines) expect(e.actor).toMatch(/^cli:/);

@@ -48,14 +48,38 @@ const refused = async (args: string[], code: RegExp): Promise<RunResult> => {
 };
 
 function manifestOf(bytes: Buffer): Record<string, unknown> {
-  const size = parseInt(bytes.subarray(124, 136).toString('latin1').replace(/[\0 ]+$/, ''), 8);
-  const env = JSON.parse(bytes.subarray(512, 512 + size).toString('utf8')) as { payload: string; signatures: unknown[] };
-  return { ...(JSON.parse(decodeBase64Strict(env.payload, 'payload').toString('utf8')) as object), signatures: env.signatures.length };
+  const size = parseInt(
+    bytes
+      .subarray(124, 136)
+      .toString('latin1')
+      .replace(/[\0 ]+$/, ''),
+    8,
+  );
+  const env = JSON.parse(bytes.subarray(512, 512 + size).toString('utf8')) as {
+    payload: string;
+    signatures: unknown[];
+  };
+  return {
+    ...(JSON.parse(decodeBase64Strict(env.payload, 'payload').toString('utf8')) as object),
+    signatures: env.signatures.length,
+  };
 }
 
 describe('releases, sites and site bundles', () => {
   it('registers a site and a release (each artifact stored once, by digest); a release never changes', async () => {
-    let r = await ferry(['server', 'site', 'add', '--data', data, '--name', 'plant-7', '--publisher', 'acme-ops', '--sequence', '4']);
+    let r = await ferry([
+      'server',
+      'site',
+      'add',
+      '--data',
+      data,
+      '--name',
+      'plant-7',
+      '--publisher',
+      'acme-ops',
+      '--sequence',
+      '4',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     r = await ferry(['server', 'release', 'add', '--data', data, '--spec', spec, '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -74,19 +98,43 @@ describe('releases, sites and site bundles', () => {
     await bad('dup.json', '{"name":"a","name":"b","version":"1","artifacts":[]}');
     await bad('unknown.json', { name: 'a', version: '1', artifacts: [art], extra: 1 });
     await bad('kind.json', { name: 'a', version: '1', artifacts: [{ ...art, kind: 'rootkit' }] });
-    await bad('agentver.json', { name: 'a', version: '1', artifacts: [{ ...art, kind: 'agent', version: 'latest' }] });
+    await bad('agentver.json', {
+      name: 'a',
+      version: '1',
+      artifacts: [{ ...art, kind: 'agent', version: 'latest' }],
+    });
     await bad('path.json', { name: 'a', version: '1', artifacts: [{ ...art, path: 'no-such-file' }] });
     await bad('name.json', { name: '../etc', version: '1', artifacts: [art] });
     // the same name and version with other bytes
     await writeFile(join(dir, 'rel/other.sh'), '#!/bin/sh\necho other\n');
-    await bad('rebytes.json', { name: 'b', version: '1', artifacts: [{ name: 'rotate-logs', kind: 'script', version: '2', path: 'other.sh' }] });
+    await bad('rebytes.json', {
+      name: 'b',
+      version: '1',
+      artifacts: [{ name: 'rotate-logs', kind: 'script', version: '2', path: 'other.sh' }],
+    });
     await refused(['server', 'site', 'add', '--data', data, '--name', 'a b'], /BAD_INPUT/);
-    await refused(['server', 'site', 'add', '--data', data, '--name', 'ship-3', '--sequence', 'x1'], /BAD_INPUT/);
+    await refused(
+      ['server', 'site', 'add', '--data', data, '--name', 'ship-3', '--sequence', 'x1'],
+      /BAD_INPUT/,
+    );
   });
 
   it("writes the site's next bundle, signed: the auditor's verify passes and a mirror imports it", async () => {
     const out = join(dir, 'plant-7-5.ferry');
-    const r = await ferry(['server', 'bundle', '--data', data, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--key', join(w.keyDir, 'release.key'), '--out', out]);
+    const r = await ferry([
+      'server',
+      'bundle',
+      '--data',
+      data,
+      '--site',
+      'plant-7',
+      '--release',
+      'fleet@1.1.0',
+      '--key',
+      join(w.keyDir, 'release.key'),
+      '--out',
+      out,
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/sequence 5.*staggered.*signed/);
     const m = manifestOf(await readFile(out));
@@ -95,11 +143,26 @@ describe('releases, sites and site bundles', () => {
       publisher: 'acme-ops',
       sites: ['plant-7'],
       signatures: 1,
-      rollout: { agent: '1.1.0', strategy: 'staggered', waves: [{ percent: 5 }, { percent: 25 }, { percent: 100 }], maxFailureRate: 0.1 },
+      rollout: {
+        agent: '1.1.0',
+        strategy: 'staggered',
+        waves: [{ percent: 5 }, { percent: 25 }, { percent: 100 }],
+        maxFailureRate: 0.1,
+      },
     });
     const v = await ferry(['bundle', 'verify', out, '--trust', w.rootPath, '--site', 'plant-7']);
     expect(v.code, v.stdout + v.stderr).toBe(0);
-    const imp = await ferry(['mirror', 'import', out, '--data', join(dir, 'mirror'), '--trust', w.rootPath, '--site', 'plant-7']);
+    const imp = await ferry([
+      'mirror',
+      'import',
+      out,
+      '--data',
+      join(dir, 'mirror'),
+      '--trust',
+      w.rootPath,
+      '--site',
+      'plant-7',
+    ]);
     expect(imp.code, imp.stdout + imp.stderr).toBe(0);
   });
 
@@ -107,16 +170,42 @@ describe('releases, sites and site bundles', () => {
     const base = ['server', 'bundle', '--data', data, '--key', join(w.keyDir, 'release.key')];
     await refused([...base, '--site', 'atlantis', '--release', 'fleet@1.1.0'], /UNKNOWN_SITE/);
     await refused([...base, '--site', 'plant-7', '--release', 'fleet@9'], /UNKNOWN_RELEASE/);
-    await refused([...base, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--strategy', 'yolo'], /BAD_INPUT/);
-    await refused([...base, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--expires', 'soon'], /USAGE|BAD_INPUT|EXPIRES/);
-    await refused(['server', 'bundle', '--data', data, '--site', 'plant-7', '--release', 'fleet@1.1.0'], /NO_SIGNING_KEY/);
+    await refused(
+      [...base, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--strategy', 'yolo'],
+      /BAD_INPUT/,
+    );
+    await refused(
+      [...base, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--expires', 'soon'],
+      /USAGE|BAD_INPUT|EXPIRES/,
+    );
+    await refused(
+      ['server', 'bundle', '--data', data, '--site', 'plant-7', '--release', 'fleet@1.1.0'],
+      /NO_SIGNING_KEY/,
+    );
   });
 
   it('leaves a bundle unsigned for the signing station, and records it once signed there', async () => {
     const out = join(dir, 'plant-7-6.ferry');
-    const r = await ferry(['server', 'bundle', '--data', data, '--site', 'plant-7', '--release', 'fleet@1.1.0', '--strategy', 'immediate', '--unsigned', '--out', out, '--json']);
+    const r = await ferry([
+      'server',
+      'bundle',
+      '--data',
+      data,
+      '--site',
+      'plant-7',
+      '--release',
+      'fleet@1.1.0',
+      '--strategy',
+      'immediate',
+      '--unsigned',
+      '--out',
+      out,
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ bundle: { sequence: 6, status: 'unsigned', signatures: 0 } });
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      bundle: { sequence: 6, status: 'unsigned', signatures: 0 },
+    });
     expect((await ferry(['bundle', 'verify', out, '--trust', w.rootPath])).code).toBe(1);
     // not signed yet: nothing to record
     await refused(['server', 'bundle', 'import', out, '--data', data], /BUNDLE_MISMATCH/);
@@ -130,12 +219,18 @@ describe('releases, sites and site bundles', () => {
     expect((await ferry(['bundle', 'verify', out, '--trust', w.rootPath, '--site', 'plant-7'])).code).toBe(0);
     const imp = await ferry(['server', 'bundle', 'import', out, '--data', data, '--json']);
     expect(imp.code, imp.stderr).toBe(0);
-    expect(JSON.parse(imp.stdout)).toMatchObject({ bundle: { id: 'plant-7-6', status: 'imported', signatures: 1 } });
+    expect(JSON.parse(imp.stdout)).toMatchObject({
+      bundle: { id: 'plant-7-6', status: 'imported', signatures: 1 },
+    });
     const audit = await ferry(['server', 'audit', 'verify', '--data', data, '--json']);
     expect(audit.code).toBe(0);
     const actions = (await readFile(join(data, 'audit/log.jsonl'), 'utf8')).match(/"action":"[a-z.-]+"/g);
     expect(actions).toEqual(
-      expect.arrayContaining(['"action":"release.registered"', '"action":"bundle.built"', '"action":"bundle.imported"']),
+      expect.arrayContaining([
+        '"action":"release.registered"',
+        '"action":"bundle.built"',
+        '"action":"bundle.imported"',
+      ]),
     );
   });
 });

@@ -14,7 +14,16 @@ import type { Browser as Chromium, Page } from 'playwright-core';
 import type { OwnRecord, RolloutCounts, RolloutEventInfo } from '../core/telemetry.js';
 import { ferry, REPO, snapshotDir, tempDir } from './helpers/fixtures.js';
 import { killStrays } from './helpers/mirror-proc.js';
-import { batch, enrolment, enrolmentInfo, heartbeat, makeAgent, makeMirror, type TestAgent, type TestMirror } from './helpers/server-fixtures.js';
+import {
+  batch,
+  enrolment,
+  enrolmentInfo,
+  heartbeat,
+  makeAgent,
+  makeMirror,
+  type TestAgent,
+  type TestMirror,
+} from './helpers/server-fixtures.js';
 import { startServerProc, type ServerProc } from './helpers/server-proc.js';
 import { haveProgram } from './helpers/system.js';
 import { makeKey } from './helpers/fixtures.js';
@@ -43,12 +52,25 @@ const counts = (c: Partial<RolloutCounts>): RolloutCounts => ({
   silent: 0,
   ...c,
 });
-function rollout(event: RolloutEventInfo['event'], wave: number, extra: Partial<RolloutEventInfo> = {}): OwnRecord {
+function rollout(
+  event: RolloutEventInfo['event'],
+  wave: number,
+  extra: Partial<RolloutEventInfo> = {},
+): OwnRecord {
   return {
     kind: 'rollout',
     seq: ++seq,
     at: new Date().toISOString(),
-    rollout: { rolloutId: ROLLOUT_ID, manifestSequence: 1, version: '1.1.0', event, wave, actor: 'mirror', reason: event, ...extra },
+    rollout: {
+      rolloutId: ROLLOUT_ID,
+      manifestSequence: 1,
+      version: '1.1.0',
+      event,
+      wave,
+      actor: 'mirror',
+      reason: event,
+      ...extra,
+    },
   };
 }
 
@@ -71,8 +93,22 @@ beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   data = join(dir, 'server');
   mirror = await makeMirror(dir, 'm1', 'plant-7');
-  expect((await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', mirror.pubPath])).code).toBe(0);
-  const v = await ferry(['server', 'user', 'add', '--data', data, '--name', 'vera', '--role', 'viewer', '--json']);
+  expect(
+    (await ferry(['server', 'register-mirror', '--data', data, '--site', 'plant-7', '--pub', mirror.pubPath]))
+      .code,
+  ).toBe(0);
+  const v = await ferry([
+    'server',
+    'user',
+    'add',
+    '--data',
+    data,
+    '--name',
+    'vera',
+    '--role',
+    'viewer',
+    '--json',
+  ]);
   viewerPassword = (JSON.parse(v.stdout) as { password: string }).password;
   // the key the server signs bundles with
   await makeKey(join(dir, 'keys'), 'release');
@@ -82,11 +118,16 @@ beforeAll(async () => {
   // the site's agents enrol and report version 1.0.0
   for (let i = 0; i < 4; i++) agents.push(makeAgent());
   const recs: OwnRecord[] = [];
-  agents.forEach((a, i) => recs.push(enrolment(a, ++seq, enrolmentInfo(a, `node-${i}`, i === 0 ? ['canary'] : ['scada']))));
+  agents.forEach((a, i) =>
+    recs.push(enrolment(a, ++seq, enrolmentInfo(a, `node-${i}`, i === 0 ? ['canary'] : ['scada']))),
+  );
   agents.forEach((a) => recs.push(heartbeat(a, ++seq, 1)));
   await send(recs);
   const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu'],
+  });
 }, 120_000);
 
 afterAll(async () => {
@@ -187,7 +228,10 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     const canary = agents[0]!;
     await send([
       rollout('started', 0, { counts: counts({ agents: 1, pending: 1 }) }),
-      heartbeat(canary, ++seq, 2, { version: '1.0.0', results: [{ name: 'update', ok: false, reason: 'self-test failed' }] }),
+      heartbeat(canary, ++seq, 2, {
+        version: '1.0.0',
+        results: [{ name: 'update', ok: false, reason: 'self-test failed' }],
+      }),
       rollout('halted', 0, {
         counts: counts({ agents: 1, failed: 1 }),
         threshold: 0.1,
@@ -233,7 +277,15 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
   it('lists every action in the audit log, with its actor', async () => {
     await page.goto(`${server.url}/audit`);
     const text = (await page.textContent('#audit'))!;
-    for (const a of ['login', 'artifact.stored', 'release.registered', 'bundle.built', 'pin', 'update-now', 'mirror.registered'])
+    for (const a of [
+      'login',
+      'artifact.stored',
+      'release.registered',
+      'bundle.built',
+      'pin',
+      'update-now',
+      'mirror.registered',
+    ])
       expect(text).toContain(a);
     expect(text).toMatch(/admin\s*pin/);
     await shot(page, '10-audit');
@@ -243,7 +295,15 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
 
   it('lets a viewer read every page, draws no forms for it, and refuses its posts', async () => {
     const vp = await signIn('vera', viewerPassword);
-    for (const path of ['/', '/agents', '/releases', '/sites', '/sites/plant-7/rollouts', '/bundles', '/audit']) {
+    for (const path of [
+      '/',
+      '/agents',
+      '/releases',
+      '/sites',
+      '/sites/plant-7/rollouts',
+      '/bundles',
+      '/audit',
+    ]) {
       const res = await vp.goto(`${server.url}${path}`);
       expect(res!.status(), path).toBe(200);
     }

@@ -101,7 +101,9 @@ interface FleetAgent {
 }
 
 async function fleet(server: string): Promise<Map<string, FleetAgent>> {
-  const r = await fetch(`${server}/v1/agents`, { headers: { authorization: `Bearer ${tokens.get(server)}` } });
+  const r = await fetch(`${server}/v1/agents`, {
+    headers: { authorization: `Bearer ${tokens.get(server)}` },
+  });
   const body = (await r.json()) as { agents: FleetAgent[] };
   return new Map(body.agents.map((a) => [a.id, a]));
 }
@@ -226,7 +228,9 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
     const f = await fleet(server.url);
     for (const state of states) await expectAllDelivered(state, f);
     // the server saw batches from both mirrors and refused nothing
-    const rej = (await (await fetch(`${server.url}/v1/rejections`, auth(server.url))).json()) as { total: number };
+    const rej = (await (await fetch(`${server.url}/v1/rejections`, auth(server.url))).json()) as {
+      total: number;
+    };
     expect(rej.total).toBe(0);
     const mirrors = (await (await fetch(`${server.url}/v1/mirrors`, auth(server.url))).json()) as {
       mirrors: { id: string; coverage: string[] }[];

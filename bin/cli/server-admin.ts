@@ -34,15 +34,25 @@ export const serverAuditVerify: Command = {
   options: { data: { type: 'string' }, ...jsonOption },
   async run(p, io) {
     const v = await verifyAudit(str(p, 'data'));
-    if (p.json) printJson(io, v.ok ? { ok: true, entries: v.entries } : { ok: false, code: 'AUDIT_BROKEN', message: v.bad!.reason, entries: v.entries, bad: v.bad });
+    if (p.json)
+      printJson(
+        io,
+        v.ok
+          ? { ok: true, entries: v.entries }
+          : { ok: false, code: 'AUDIT_BROKEN', message: v.bad!.reason, entries: v.entries, bad: v.bad },
+      );
     else if (v.ok) io.out(`audit log ok: ${v.entries} entr${v.entries === 1 ? 'y' : 'ies'}, chain intact`);
-    else io.err(`ferry: AUDIT_BROKEN: line ${v.bad!.line} (seq ${v.bad!.seq ?? '?'}): ${v.bad!.reason}; ${v.entries} entries before it hold`);
+    else
+      io.err(
+        `ferry: AUDIT_BROKEN: line ${v.bad!.line} (seq ${v.bad!.seq ?? '?'}): ${v.bad!.reason}; ${v.entries} entries before it hold`,
+      );
     return v.ok ? 0 : 1;
   },
 };
 
 export const serverUserAdd: Command = {
-  summary: 'Adds a user of the web UI (admin or viewer) and prints its generated password once (only its scrypt hash is kept).',
+  summary:
+    'Adds a user of the web UI (admin or viewer) and prints its generated password once (only its scrypt hash is kept).',
   usage: '--data DIR --name NAME --role admin|viewer [--json]',
   options: { data: { type: 'string' }, name: { type: 'string' }, role: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -59,7 +69,8 @@ export const serverUserAdd: Command = {
 };
 
 export const serverTokenCreate: Command = {
-  summary: "Makes a bearer token for the API with a user's role and prints it once (only its sha256 is kept).",
+  summary:
+    "Makes a bearer token for the API with a user's role and prints it once (only its sha256 is kept).",
   usage: '--data DIR --user NAME [--json]',
   options: { data: { type: 'string' }, user: { type: 'string' }, ...jsonOption },
   async run(p, io) {
@@ -77,9 +88,20 @@ export const serverSiteAdd: Command = {
     'Registers a site: its name, the publisher its manifests carry, and the last sequence it has seen\n' +
     '(its next bundle gets one more).',
   usage: '--data DIR --name SITE [--publisher NAME] [--sequence N] [--json]',
-  options: { data: { type: 'string' }, name: { type: 'string' }, publisher: { type: 'string' }, sequence: { type: 'string' }, ...jsonOption },
+  options: {
+    data: { type: 'string' },
+    name: { type: 'string' },
+    publisher: { type: 'string' },
+    sequence: { type: 'string' },
+    ...jsonOption,
+  },
   async run(p, io) {
-    const s = await registerSite(ctxOf(p), str(p, 'name'), str(p, 'publisher', false), str(p, 'sequence', false));
+    const s = await registerSite(
+      ctxOf(p),
+      str(p, 'name'),
+      str(p, 'publisher', false),
+      str(p, 'sequence', false),
+    );
     if (p.json) printJson(io, { ok: true, site: s });
     else io.out(`site ${s.name}: publisher ${s.publisher}, sequence ${s.sequence}`);
     return 0;
@@ -108,23 +130,34 @@ export const serverReleaseAdd: Command = {
     }
     if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) throw bad('not a JSON object');
     const s = spec as Record<string, unknown>;
-    for (const k of Object.keys(s)) if (!SPEC_FIELDS.includes(k)) throw bad(`unknown field ${JSON.stringify(k)}`);
-    if (!Array.isArray(s.artifacts) || s.artifacts.length === 0) throw bad('artifacts must be a non-empty list');
+    for (const k of Object.keys(s))
+      if (!SPEC_FIELDS.includes(k)) throw bad(`unknown field ${JSON.stringify(k)}`);
+    if (!Array.isArray(s.artifacts) || s.artifacts.length === 0)
+      throw bad('artifacts must be a non-empty list');
     // every entry is checked before any byte is stored
     const entries = (s.artifacts as unknown[]).map((a, i) => {
-      if (typeof a !== 'object' || a === null || Array.isArray(a)) throw bad(`artifacts[${i}] is not an object`);
+      if (typeof a !== 'object' || a === null || Array.isArray(a))
+        throw bad(`artifacts[${i}] is not an object`);
       const o = a as Record<string, unknown>;
-      for (const k of Object.keys(o)) if (!ARTIFACT_FIELDS.includes(k)) throw bad(`artifacts[${i}] has unknown field ${JSON.stringify(k)}`);
+      for (const k of Object.keys(o))
+        if (!ARTIFACT_FIELDS.includes(k)) throw bad(`artifacts[${i}] has unknown field ${JSON.stringify(k)}`);
       if (typeof o.path !== 'string' || o.path === '') throw bad(`artifacts[${i}].path must name a file`);
       const { path, ...meta } = o;
-      return { meta, checked: checkArtifactMeta(meta, `artifacts[${i}]`), path: resolve(dirname(resolve(specPath)), path as string) };
+      return {
+        meta,
+        checked: checkArtifactMeta(meta, `artifacts[${i}]`),
+        path: resolve(dirname(resolve(specPath)), path),
+      };
     });
     checkName(s.name, 'release name');
     if (typeof s.version !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(s.version))
       throw bad('version must be a version name');
     const current = await c.catalog.read();
     if (Object.hasOwn(current.releases, `${s.name as string}@${s.version}`))
-      throw new ServerError('RELEASE_EXISTS', `release ${s.name as string}@${s.version} already exists; releases never change`);
+      throw new ServerError(
+        'RELEASE_EXISTS',
+        `release ${s.name as string}@${s.version} already exists; releases never change`,
+      );
     // every file read and checked against what is registered before any byte is stored
     for (const e of entries) checkArtifactConflict(current, e.checked, (await hashFile(e.path)).sha256);
     const keys: string[] = [];
@@ -133,7 +166,8 @@ export const serverReleaseAdd: Command = {
     if (p.json) printJson(io, { ok: true, release: r });
     else {
       io.out(`release ${r.name}@${r.version} registered:`);
-      for (const a of r.artifacts) io.out(`  ${a.kind} ${a.name} ${a.version} ${a.size} bytes sha256:${a.sha256}`);
+      for (const a of r.artifacts)
+        io.out(`  ${a.kind} ${a.name} ${a.version} ${a.size} bytes sha256:${a.sha256}`);
     }
     return 0;
   },
@@ -142,10 +176,11 @@ export const serverReleaseAdd: Command = {
 export const serverBundle: Command = {
   summary:
     "Writes a site's next bundle from a release: the site's next sequence, the rollout plan of the strategy\n" +
-    "(default staggered: a canary wave first), the site's pins and \"update now\" marks. Signed with --key, or\n" +
+    '(default staggered: a canary wave first), the site\'s pins and "update now" marks. Signed with --key, or\n' +
     'the key at signing/bundle.key in the data directory; --unsigned leaves it for an offline signing\n' +
     'station (ferry bundle sign there, then ferry server bundle import).',
-  usage: '--data DIR --site S --release NAME@VERSION [--strategy immediate|staggered|manual] [--key K | --unsigned] [--expires 90d] [--out FILE] [--json]',
+  usage:
+    '--data DIR --site S --release NAME@VERSION [--strategy immediate|staggered|manual] [--key K | --unsigned] [--expires 90d] [--out FILE] [--json]',
   options: {
     data: { type: 'string' },
     site: { type: 'string' },
@@ -160,21 +195,36 @@ export const serverBundle: Command = {
   async run(p, io) {
     const c = ctxOf(p);
     const keyPath = str(p, 'key', false);
-    if (keyPath && p.values.unsigned) throw new ServerError('BAD_INPUT', '--key and --unsigned exclude each other');
+    if (keyPath && p.values.unsigned)
+      throw new ServerError('BAD_INPUT', '--key and --unsigned exclude each other');
     const key = keyPath ? await loadPrivateKey(keyPath) : undefined;
     const out = str(p, 'out', false);
     const expires = str(p, 'expires', false);
-    const { record, manifest } = await buildBundle(c, str(p, 'site'), str(p, 'release'), str(p, 'strategy', false), {
-      signed: !p.values.unsigned,
-      ...(key && { key }),
-      ...(out && { out }),
-      ...(expires && { expires }),
-    });
+    const { record, manifest } = await buildBundle(
+      c,
+      str(p, 'site'),
+      str(p, 'release'),
+      str(p, 'strategy', false),
+      {
+        signed: !p.values.unsigned,
+        ...(key && { key }),
+        ...(out && { out }),
+        ...(expires && { expires }),
+      },
+    );
     if (p.json) printJson(io, { ok: true, bundle: record, manifest });
     else {
-      io.out(`${record.file}: site ${record.site} sequence ${record.sequence}, release ${record.release}, ${record.strategy}, ${record.bytes} bytes, ${record.status}`);
-      if (manifest.rollout) io.out(`plan: waves ${manifest.rollout.waves.map((w) => `${w.percent}%`).join(' → ')} to ${manifest.rollout.agent}`);
-      if (record.status === 'unsigned') io.out('next: ferry bundle sign FILE --key K at the signing station, then ferry server bundle import FILE');
+      io.out(
+        `${record.file}: site ${record.site} sequence ${record.sequence}, release ${record.release}, ${record.strategy}, ${record.bytes} bytes, ${record.status}`,
+      );
+      if (manifest.rollout)
+        io.out(
+          `plan: waves ${manifest.rollout.waves.map((w) => `${w.percent}%`).join(' → ')} to ${manifest.rollout.agent}`,
+        );
+      if (record.status === 'unsigned')
+        io.out(
+          'next: ferry bundle sign FILE --key K at the signing station, then ferry server bundle import FILE',
+        );
     }
     return 0;
   },
@@ -191,7 +241,10 @@ export const serverBundleImport: Command = {
     const c = ctxOf(p);
     const rec = await importSignedBundle(c.catalog, c.audit, p.positionals[0]!, c.actor);
     if (p.json) printJson(io, { ok: true, bundle: rec });
-    else io.out(`bundle ${rec.id} (site ${rec.site}, sequence ${rec.sequence}) recorded with ${rec.signatures} signature(s)`);
+    else
+      io.out(
+        `bundle ${rec.id} (site ${rec.site}, sequence ${rec.sequence}) recorded with ${rec.signatures} signature(s)`,
+      );
     return 0;
   },
 };

@@ -13,7 +13,16 @@ import { fleetView, type AgentView } from '../../server/fleet-state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
 import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
 import { usage } from '../../core/errors.js';
-import { int, jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
+import {
+  int,
+  jsonOption,
+  parseListen,
+  printJson,
+  str,
+  untilSignal,
+  type Command,
+  type Io,
+} from './common.js';
 
 export const serverStart: Command = {
   crypto: 'service',
@@ -24,7 +33,12 @@ export const serverStart: Command = {
     httpHelp +
     '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
   usage: `--data DIR --listen HOST:PORT [--ui-refresh SEC] ${httpUsage}`,
-  options: { data: { type: 'string' }, listen: { type: 'string' }, 'ui-refresh': { type: 'string' }, ...httpOptions },
+  options: {
+    data: { type: 'string' },
+    listen: { type: 'string' },
+    'ui-refresh': { type: 'string' },
+    ...httpOptions,
+  },
   async run(p, io) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
@@ -118,7 +132,12 @@ export const serverRegisterMirror: Command = {
       const audit = new AuditLog(dataDir);
       await audit.append(actor, 'mirror.registered', { mirror: r.mirror, site: r.site });
       // the site is known from now on (its bundles start after sequence 0 unless `site add` said otherwise)
-      await registerSite({ dataDir, catalog: new FileCatalog(dataDir), audit, actor }, r.site, undefined, undefined);
+      await registerSite(
+        { dataDir, catalog: new FileCatalog(dataDir), audit, actor },
+        r.site,
+        undefined,
+        undefined,
+      );
     }
     if (p.json) printJson(io, { ok: true, ...r });
     else io.out(`${r.mirror} site ${r.site}${r.changed ? ' registered' : ' (already registered)'}`);

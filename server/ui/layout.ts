@@ -37,8 +37,8 @@ export interface PageOptions {
 export function page(o: PageOptions): string {
   const refresh = o.refresh ? html`<meta http-equiv="refresh" content="${o.refresh}" />` : html``;
   const nav = html`<nav>
-    <a href="/">Dashboard</a><a href="/agents">Agents</a><a href="/releases">Releases</a><a href="/sites">Sites</a
-    ><a href="/bundles">Bundles</a><a href="/audit">Audit log</a>
+    <a href="/">Dashboard</a><a href="/agents">Agents</a><a href="/releases">Releases</a
+    ><a href="/sites">Sites</a><a href="/bundles">Bundles</a><a href="/audit">Audit log</a>
     <form method="post" action="/logout">
       ${csrfField(o.viewer)}<span id="who">${o.viewer.user} (${o.viewer.role})</span>
       <button type="submit">Sign out</button>
@@ -63,8 +63,14 @@ export function loginPage(token: string, error?: string): string {
       ${err}
       <form method="post" action="/login">
         <input type="hidden" name="login" value="${token}" />
-        <p><label>User <input name="user" autocomplete="username" required /></label></p>
-        <p><label>Password <input name="password" type="password" autocomplete="current-password" required /></label></p>
+        <p>
+          <label>User <input name="user" autocomplete="username" required /></label>
+        </p>
+        <p>
+          <label
+            >Password <input name="password" type="password" autocomplete="current-password" required
+          /></label>
+        </p>
         <button type="submit">Sign in</button>
       </form>`,
   });
@@ -74,6 +80,11 @@ export function errorPage(viewer: Viewer | undefined, status: number, code: stri
   const body = html`<p class="err" id="error"><b>${code}</b>: ${message}</p>
     <p><a href="/">${trusted('&larr;')} dashboard</a></p>`;
   if (!viewer)
-    return layout({ title: `ferry server — ${status}`, css: CSS, body: html`<h1>${status}</h1>${body}` });
+    return layout({
+      title: `ferry server — ${status}`,
+      css: CSS,
+      body: html`<h1>${status}</h1>
+        ${body}`,
+    });
   return page({ title: `${status}`, viewer, body });
 }

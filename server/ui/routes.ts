@@ -12,7 +12,15 @@ import { readFormBody } from '../../platform/http/server-body.js';
 import { HttpError, type PublicError } from '../../platform/http/server-errors.js';
 import type { Logger } from '../../platform/log.js';
 import type { AccessStore, LoginLimiter, Sessions } from '../access.js';
-import { bulk, buildBundle, registerRelease, registerSite, setPin, storeArtifact, type Ctx } from '../actions.js';
+import {
+  bulk,
+  buildBundle,
+  registerRelease,
+  registerSite,
+  setPin,
+  storeArtifact,
+  type Ctx,
+} from '../actions.js';
 import type { AuditLog } from '../audit.js';
 import { authOf, checkCsrf, LOGIN_COOKIE, need, SESSION_COOKIE, SignInNeeded } from '../auth-http.js';
 import type { Catalog } from '../catalog.js';
@@ -52,7 +60,9 @@ const cookieOpts = { httpOnly: true, sameSite: 'strict' as const, path: '/', ove
 
 function viewerOf(ctx: Context): Viewer | undefined {
   const st = authOf(ctx);
-  return st.principal && st.session ? { user: st.principal.user, role: st.principal.role, csrf: st.session.csrf } : undefined;
+  return st.principal && st.session
+    ? { user: st.principal.user, role: st.principal.role, csrf: st.session.csrf }
+    : undefined;
 }
 
 /** Pages answer errors as pages (status and code kept); the API keeps its JSON. */
@@ -66,7 +76,8 @@ export function uiErrors(d: UiDeps) {
         return;
       }
       const p = d.toPublic(e);
-      if (!p.expected || p.status >= 500) d.log.error('ui.error', { path: ctx.path, error: e instanceof Error ? e.message : String(e) });
+      if (!p.expected || p.status >= 500)
+        d.log.error('ui.error', { path: ctx.path, error: e instanceof Error ? e.message : String(e) });
       ctx.status = p.status;
       ctx.type = 'html';
       ctx.body = errorPage(viewerOf(ctx), p.status, p.body.code, p.body.message);
@@ -101,7 +112,13 @@ function pageNumber(ctx: Context): number {
 export function uiRouter(d: UiDeps): Router {
   const r = new Router();
   const size = d.pageSize ?? 50;
-  const act = (ctx: Context, v: Viewer): Ctx => ({ dataDir: d.store.dir, catalog: d.catalog, audit: d.audit, actor: v.user, ...(ctx.state.now instanceof Date && { now: ctx.state.now as Date }) });
+  const act = (ctx: Context, v: Viewer): Ctx => ({
+    dataDir: d.store.dir,
+    catalog: d.catalog,
+    audit: d.audit,
+    actor: v.user,
+    ...(ctx.state.now instanceof Date && { now: ctx.state.now }),
+  });
 
   /** An admin's form: role first (before the body is read), then the body, then its CSRF token. */
   async function adminForm(ctx: Context, lists: string[] = []) {
@@ -141,7 +158,8 @@ export function uiRouter(d: UiDeps): Router {
       ctx.set('Retry-After', String(wait));
       return again(429, 'RATE_LIMITED', `too many failed sign-ins; try again in ${wait}s`);
     }
-    const role = user.length <= 64 && password.length <= 1024 ? await d.access.checkPassword(user, password) : undefined;
+    const role =
+      user.length <= 64 && password.length <= 1024 ? await d.access.checkPassword(user, password) : undefined;
     if (!role) {
       d.limiter.fail(keys);
       await d.audit.append(user.slice(0, 64) || '-', 'login.failed', { ip: ctx.ip });
@@ -172,15 +190,31 @@ export function uiRouter(d: UiDeps): Router {
     const alerts: string[] = [];
     for (const [site, list] of Object.entries(s.rollouts ?? {})) {
       const last = list.at(-1)?.rollout;
-      if (last?.event === 'halted') alerts.push(`site ${site}: rollout to ${last.version} HALTED at wave ${last.wave + 1}: ${last.reason}`);
+      if (last?.event === 'halted')
+        alerts.push(
+          `site ${site}: rollout to ${last.version} HALTED at wave ${last.wave + 1}: ${last.reason}`,
+        );
     }
     for (const m of d.store.mirrors.list()) {
       const gaps = coverageGaps(s, m.id);
-      if (gaps.length) alerts.push(`mirror ${m.id.slice(0, 12)} (site ${m.site}): telemetry gaps ${gaps.slice(0, 3).map(([a, b]) => (a === b ? a : `${a}-${b}`)).join(', ')}`);
-      if (!mirrorOf(s, m.id)) alerts.push(`mirror ${m.id.slice(0, 12)} (site ${m.site}): nothing received yet`);
+      if (gaps.length)
+        alerts.push(
+          `mirror ${m.id.slice(0, 12)} (site ${m.site}): telemetry gaps ${gaps
+            .slice(0, 3)
+            .map(([a, b]) => (a === b ? a : `${a}-${b}`))
+            .join(', ')}`,
+        );
+      if (!mirrorOf(s, m.id))
+        alerts.push(`mirror ${m.id.slice(0, 12)} (site ${m.site}): nothing received yet`);
     }
     for (const h of health) if (h.failing) alerts.push(`site ${h.site}: ${h.failing} agent(s) failing`);
-    send(ctx, dashboardPage(v, health, alerts, { agents: Object.keys(s.agents).length, rejections: s.totals.rejections }));
+    send(
+      ctx,
+      dashboardPage(v, health, alerts, {
+        agents: Object.keys(s.agents).length,
+        rejections: s.totals.rejections,
+      }),
+    );
   });
 
   r.get('/agents', async (ctx) => {
@@ -196,7 +230,9 @@ export function uiRouter(d: UiDeps): Router {
     const page = queryAgents(d.store.state, catalog, f, (n - 1) * size, size, Date.now());
     const params = new URLSearchParams();
     for (const [k, x] of Object.entries(f)) params.set(k, x === true ? '1' : String(x));
-    const sites = [...new Set([...Object.keys(catalog.sites), ...d.store.mirrors.list().map((m) => m.site)])].sort();
+    const sites = [
+      ...new Set([...Object.keys(catalog.sites), ...d.store.mirrors.list().map((m) => m.site)]),
+    ].sort();
     send(ctx, agentsPage(v, f, page, size, params.toString(), catalog, sites, Date.now()));
   });
 
@@ -220,7 +256,13 @@ export function uiRouter(d: UiDeps): Router {
     const history = new Map<string, { committed: number; failed: number }>();
     for (const list of Object.values(d.store.state.rollouts ?? {})) {
       const latest = new Map<string, { version: string; committed: number; failed: number }>();
-      for (const e of list) if (e.rollout.counts) latest.set(`${e.rollout.rolloutId}/${e.rollout.wave}`, { version: e.rollout.version, committed: e.rollout.counts.committed, failed: e.rollout.counts.failed + e.rollout.counts.rolledBack });
+      for (const e of list)
+        if (e.rollout.counts)
+          latest.set(`${e.rollout.rolloutId}/${e.rollout.wave}`, {
+            version: e.rollout.version,
+            committed: e.rollout.counts.committed,
+            failed: e.rollout.counts.failed + e.rollout.counts.rolledBack,
+          });
       for (const x of latest.values()) {
         const h = history.get(x.version) ?? { committed: 0, failed: 0 };
         h.committed += x.committed;
@@ -237,7 +279,8 @@ export function uiRouter(d: UiDeps): Router {
     try {
       checkCsrf(ctx, up.fields.csrf);
       if (!up.file) throw new HttpError(400, 'BAD_INPUT', 'choose a file to upload');
-      const { csrf: _c, ...meta } = up.fields;
+      const meta: Record<string, string> = { ...up.fields };
+      delete meta.csrf;
       await storeArtifact(act(ctx, v), meta, up.file);
     } finally {
       await up.cleanup();
@@ -254,7 +297,11 @@ export function uiRouter(d: UiDeps): Router {
   r.get('/sites', async (ctx) => {
     const v = viewer(ctx);
     const c = await d.catalog.read();
-    const mirrors = d.store.mirrors.list().map((m) => ({ id: m.id, site: m.site, lastExportAt: mirrorOf(d.store.state, m.id)?.lastExportAt ?? null }));
+    const mirrors = d.store.mirrors.list().map((m) => ({
+      id: m.id,
+      site: m.site,
+      lastExportAt: mirrorOf(d.store.state, m.id)?.lastExportAt ?? null,
+    }));
     send(ctx, sitesPage(v, Object.values(c.sites), mirrors, Object.keys(c.releases)));
   });
 

@@ -30,7 +30,10 @@ export async function readUpload(ctx: Context, tmpDir: string, maxFileBytes: num
   };
   let bb: busboy.Busboy;
   try {
-    bb = busboy({ headers: ctx.req.headers, limits: { files: 1, fields: 20, fieldSize: 4096, fileSize: maxFileBytes } });
+    bb = busboy({
+      headers: ctx.req.headers,
+      limits: { files: 1, fields: 20, fieldSize: 4096, fileSize: maxFileBytes },
+    });
   } catch (e) {
     throw new HttpError(400, 'BAD_REQUEST', `not a multipart form: ${(e as Error).message}`);
   }
@@ -38,7 +41,8 @@ export async function readUpload(ctx: Context, tmpDir: string, maxFileBytes: num
   const writes: Promise<void>[] = [];
   bb.on('field', (name, value, info) => {
     if (info.valueTruncated) failure ??= new HttpError(400, 'BAD_REQUEST', `form field ${name} is too long`);
-    else if (Object.hasOwn(fields, name)) failure ??= new HttpError(400, 'BAD_REQUEST', `form field ${name} given twice`);
+    else if (Object.hasOwn(fields, name))
+      failure ??= new HttpError(400, 'BAD_REQUEST', `form field ${name} given twice`);
     else fields[name] = value;
   });
   bb.on('file', (name, stream) => {
@@ -49,7 +53,10 @@ export async function readUpload(ctx: Context, tmpDir: string, maxFileBytes: num
     }
     const path = tempPathFor(join(tmpDir, 'upload'));
     file = path;
-    stream.on('limit', () => (failure ??= new HttpError(413, 'BODY_TOO_LARGE', `an upload is at most ${maxFileBytes} bytes`)));
+    stream.on(
+      'limit',
+      () => (failure ??= new HttpError(413, 'BODY_TOO_LARGE', `an upload is at most ${maxFileBytes} bytes`)),
+    );
     writes.push(pipeline(stream, createWriteStream(path, { flags: 'wx', mode: 0o600 })));
   });
   bb.on('filesLimit', () => (failure ??= new HttpError(400, 'BAD_REQUEST', 'one file per upload')));

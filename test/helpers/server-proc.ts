@@ -56,12 +56,18 @@ export class Browser {
   async get(path: string): Promise<Answer> {
     const res = await fetch(this.base + path, { headers: this.cookieHeader(), redirect: 'manual' });
     this.keep(res);
-    return { status: res.status, location: res.headers.get('location'), text: await res.text(), headers: res.headers };
+    return {
+      status: res.status,
+      location: res.headers.get('location'),
+      text: await res.text(),
+      headers: res.headers,
+    };
   }
 
   async post(path: string, fields: Record<string, string | string[]>): Promise<Answer> {
     const body = new URLSearchParams();
-    for (const [k, v] of Object.entries(fields)) for (const x of Array.isArray(v) ? v : [v]) body.append(k, x);
+    for (const [k, v] of Object.entries(fields))
+      for (const x of Array.isArray(v) ? v : [v]) body.append(k, x);
     const res = await fetch(this.base + path, {
       method: 'POST',
       headers: { ...this.cookieHeader(), 'content-type': 'application/x-www-form-urlencoded' },
@@ -69,7 +75,12 @@ export class Browser {
       redirect: 'manual',
     });
     this.keep(res);
-    return { status: res.status, location: res.headers.get('location'), text: await res.text(), headers: res.headers };
+    return {
+      status: res.status,
+      location: res.headers.get('location'),
+      text: await res.text(),
+      headers: res.headers,
+    };
   }
 
   /** The CSRF token the page's forms carry (what a browser submits with them). */

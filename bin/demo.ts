@@ -228,9 +228,16 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
         'mirror.stopped',
       );
       ferry(['agent', 'poll', '--now', '--state', agentState], 0);
+      // the fleet API needs a signed-in user or a bearer token (shown once; not printed here)
+      const token = ferry(
+        ['server', 'token', 'create', '--data', server, '--user', 'admin'],
+        0,
+        true,
+      ).stdout.trim();
+      const auth = { headers: { authorization: `Bearer ${token}` } };
       let fleet: { agents: { hostname: string; heartbeats: number; lastCounter: number }[] } = { agents: [] };
       for (let i = 0; i < 50; i++) {
-        fleet = (await (await fetch(`${srv.url}/v1/agents`)).json()) as typeof fleet;
+        fleet = (await (await fetch(`${srv.url}/v1/agents`, auth)).json()) as typeof fleet;
         if ((fleet.agents[0]?.heartbeats ?? 0) >= 3) break;
         await new Promise((r) => setTimeout(r, 200));
       }
@@ -296,6 +303,117 @@ async function peerDemo(dir: string, root: string, firstData: string): Promise<v
     await second.stop();
     await first.stop();
     console.log('  SIGTERM → both mirrors stopped gracefully');
+  }
+}
+
+/**
+ * The connected server with its web UI: a release registered from the artifacts above, the site's next
+ * bundle (sequence 2, a canary plan) signed and dropped at the site's mirror, which has a link home;
+ * then both stay up for a browser until Ctrl-C (or stop at once with --exit).
+ */
+async function serverDemo(dir: string, root: string): Promise<void> {
+  step("12. The connected server: a release, the site's next bundle with a canary plan, the web UI");
+  const server = join(work, 'server');
+  const usb = join(work, 'usb');
+  const release = {
+    name: 'fleet',
+    version: '1.4.2',
+    artifacts: [
+      {
+        name: 'ferry-agent',
+        kind: 'agent',
+        version: '1.4.2',
+        platform: 'linux-x64',
+        path: 'artifacts/ferry-agent',
+      },
+      {
+        name: 'rotate-logs',
+        kind: 'script',
+        version: '3',
+        interpreter: 'sh',
+        path: 'artifacts/rotate-logs.sh',
+      },
+      { name: 'app-conf', kind: 'file', version: '1', path: 'artifacts/app.conf' },
+      { name: 'baseline', kind: 'policy', version: '7', path: 'artifacts/baseline.json' },
+    ],
+  };
+  await writeFile(join(work, 'release.json'), JSON.stringify(release, null, 2) + '\n');
+  ferry(['server', 'release', 'add', '--data', server, '--spec', join(work, 'release.json')], 0);
+  // the site already runs sequence 1 (step 8): its next bundle must be above it
+  ferry(
+    [
+      'server',
+      'site',
+      'add',
+      '--data',
+      server,
+      '--name',
+      'plant-7',
+      '--publisher',
+      'acme-ops',
+      '--sequence',
+      '1',
+    ],
+    0,
+  );
+  const next = join(usb, 'plant-7-2.ferry');
+  ferry(
+    [
+      'server',
+      'bundle',
+      '--data',
+      server,
+      '--site',
+      'plant-7',
+      '--release',
+      'fleet@1.4.2',
+      '--strategy',
+      'staggered',
+    ].concat(['--key', join(work, 'keys/release.key'), '--out', next]),
+    0,
+  );
+  ferry(['bundle', 'verify', next, '--trust', root, '--site', 'plant-7'], 0);
+  ferry(['server', 'audit', 'verify', '--data', server], 0);
+  console.log('  a user for this demo (its password is shown once, here):');
+  const user = ferry(['server', 'user', 'add', '--data', server, '--name', 'demo', '--role', 'admin'], 0);
+  const password = /password \(shown once\): (\S+)/.exec(user.stdout)?.[1] ?? '';
+  const srv = await background(
+    ['server', 'start', '--data', server, '--listen', '127.0.0.1:0'],
+    'server.started',
+    'server.stopped',
+  );
+  let mirror: Running | undefined;
+  try {
+    const drop = join(dir, 'drop');
+    mirror = await background(
+      ['mirror', 'serve', '--data', join(dir, 'data'), '--listen', '127.0.0.1:0', '--drop', drop].concat([
+        '--upstream',
+        srv.url,
+        '--server-key',
+        join(usb, 'server.pub'),
+      ]),
+      'mirror.started',
+      'mirror.stopped',
+    );
+    console.log(`$ cp ${relative(work, next)} ${relative(work, drop)}/   # the courier`);
+    await copyFile(next, join(drop, 'plant-7-2.ferry'));
+    await mirror.waitFor('import.accepted');
+    console.log(
+      '  the mirror imported sequence 2 with its canary plan; its telemetry goes home over the link',
+    );
+    console.log(`\n${bold('server web UI')}: ${srv.url}/  (sign in as demo / ${password})`);
+    console.log(`${bold('mirror status page')}: ${mirror.url}/`);
+    if (!process.argv.includes('--exit')) {
+      console.log('both stay up until Ctrl-C');
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+    }
+  } finally {
+    await mirror?.stop();
+    await srv.stop();
+    console.log('  SIGTERM → mirror and server stopped gracefully');
   }
 }
 
@@ -478,6 +596,7 @@ async function main(): Promise<void> {
   console.log(
     `\n${bold('demo complete')}: every good bundle verified, every bad one was refused with its reason. Files are in ${work}`,
   );
+  await serverDemo(join(work, 'served'), join(work, 'root.json'));
 }
 
 await main();

@@ -60,6 +60,15 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'register-mirror': m.serverRegisterMirror,
       identity: m.serverIdentity,
       agents: m.serverAgents,
+      ...(await import('./cli/server-admin.js').then((a) => ({
+        'audit verify': a.serverAuditVerify,
+        'user add': a.serverUserAdd,
+        'token create': a.serverTokenCreate,
+        'site add': a.serverSiteAdd,
+        'release add': a.serverReleaseAdd,
+        bundle: a.serverBundle,
+        'bundle import': a.serverBundleImport,
+      }))),
     };
   },
 };

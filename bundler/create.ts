@@ -7,7 +7,8 @@ import { serializeEnvelope, signEnvelope, type Signer } from '../core/dsse.js';
 import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
-import { blobEntryName, MANIFEST_ENTRY, rootEntryName } from '../core/bundle/reader.js';
+import { blobEntryName } from '../core/bundle/reader.js';
+import { encodeHead } from '../core/bundle/head.js';
 import { checkPolicies } from './policies.js';
 import type { LoadedSpec } from './spec.js';
 import { BLOCK, encodeHeader, paddingFor } from '../core/bundle/tar.js';
@@ -170,20 +171,7 @@ export async function createBundle(
   }
 }
 
-/** The manifest entry followed by the root entries, as one buffer. */
-export function encodeHead(
-  envelopeBytes: Buffer,
-  roots: readonly { version: number; bytes: Buffer }[],
-  mtime: number,
-): Buffer {
-  const parts: Buffer[] = [];
-  const add = (name: string, bytes: Buffer) => {
-    parts.push(encodeHeader(name, bytes.length, mtime), bytes, Buffer.alloc(paddingFor(bytes.length)));
-  };
-  add(MANIFEST_ENTRY, envelopeBytes);
-  for (const r of roots) add(rootEntryName(r.version), r.bytes);
-  return Buffer.concat(parts);
-}
+export { encodeHead };
 
 /** Groups artifacts into volumes by size (first fit, spec order). */
 function planVolumes<T extends { artifact: { name: string; size: number } }>(

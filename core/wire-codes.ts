@@ -41,6 +41,17 @@ export const WIRE_CODES = [
   'RELAY_UNTRUSTED',
   // the fleet view
   'FLEET_VIEW_LOCAL',
+  // the connected server's UI and API: access, releases, sites, bundles
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'CSRF_REJECTED',
+  'RATE_LIMITED',
+  'BAD_INPUT',
+  'UNKNOWN_SITE',
+  'UNKNOWN_RELEASE',
+  'RELEASE_EXISTS',
+  'UNKNOWN_BUNDLE',
+  'NO_SIGNING_KEY',
   // the service itself
   'STORE_LOCKED',
   'STORE_INVALID',

@@ -6,6 +6,10 @@
  *   POST /v1/telemetry   {batches:[CarriedBatch…]} → 202 {results:[…]} once durable
  *   GET  /v1/agents, /v1/agents/:id, /v1/rejections?limit=, /v1/mirrors
  *   GET  /healthz, /metrics
+ *   the JSON API (server/api.ts) and the web UI (server/ui/routes.ts)
+ *
+ * Telemetry ingest authenticates each batch by its signature; /healthz and /metrics are open; every
+ * other route needs a signed-in user or a bearer token (server/auth-http.ts).
  */
 import Router from '@koa/router';
 import Koa from 'koa';
@@ -23,6 +27,14 @@ import type { BatchOutcome } from './ingest.js';
 import { agentOf, agentView, coverageGaps, fleetView, mirrorOf, parkedOf } from './fleet-state.js';
 import type { ServerStore } from './store.js';
 import { fmt } from './intervals.js';
+import { AccessStore, LoginLimiter, Sessions } from './access.js';
+import { apiRouter } from './api.js';
+import { AuditLog } from './audit.js';
+import { authenticate, need } from './auth-http.js';
+import { FileCatalog, type Catalog } from './catalog.js';
+import { ServerError, type ServerCode } from './errors.js';
+import { uiErrors, uiRouter } from './ui/routes.js';
+import { isCodedError } from '../core/errors.js';
 
 export interface HttpLimits {
   telemetryBodyBytes: number;
@@ -51,9 +63,32 @@ export function serverMetrics(): Metrics {
   return m;
 }
 
-/** What a client may learn from an error: the server maps none of its own, so the kit's rules hold. */
+const SERVER_CODES: Partial<Record<ServerCode, [number, PublicError['body']['code']]>> = {
+  BAD_INPUT: [400, 'BAD_INPUT'],
+  USER_EXISTS: [409, 'BAD_INPUT'],
+  UNKNOWN_USER: [404, 'BAD_INPUT'],
+  UNKNOWN_SITE: [404, 'UNKNOWN_SITE'],
+  UNKNOWN_RELEASE: [404, 'UNKNOWN_RELEASE'],
+  RELEASE_EXISTS: [409, 'RELEASE_EXISTS'],
+  UNKNOWN_BUNDLE: [404, 'UNKNOWN_BUNDLE'],
+  NO_SIGNING_KEY: [409, 'NO_SIGNING_KEY'],
+};
+
+/**
+ * What a client may learn from an error: the server's own input refusals (their messages are written
+ * for the operator), a format refusal from core (an expiry that does not parse) as BAD_INPUT, and the
+ * kit's rules for everything else.
+ */
 export function publicError(e: unknown): PublicError {
-  return publicErrorOf(e, 'server');
+  return publicErrorOf(e, 'server', (x) => {
+    if (x instanceof ServerError) {
+      const m = SERVER_CODES[x.code];
+      if (m) return { status: m[0], body: { code: m[1], message: x.message }, expected: true };
+    }
+    if (isCodedError(x) && (x.code === 'USAGE' || x.code === 'SPEC_INVALID' || x.code === 'MANIFEST_INVALID'))
+      return { status: 400, body: { code: 'BAD_INPUT', message: x.message }, expected: true };
+    return undefined;
+  });
 }
 
 export interface BatchResult {
@@ -115,8 +150,12 @@ function telemetryRouter(store: ServerStore, metrics: Metrics, limits: HttpLimit
   return r;
 }
 
-function readRouter(store: ServerStore, metrics: Metrics): Router {
+function readRouter(store: ServerStore): Router {
   const r = new Router();
+  r.use(['/v1/agents', '/v1/rejections', '/v1/mirrors'], async (ctx, next) => {
+    need(ctx, 'viewer');
+    await next();
+  });
   r.get('/v1/agents', (ctx) => {
     ctx.body = { agents: fleetView(store.state).map(({ latest: _latest, ...rest }) => rest) };
   });
@@ -153,6 +192,11 @@ function readRouter(store: ServerStore, metrics: Metrics): Router {
       }),
     };
   });
+  return r;
+}
+
+function openRouter(store: ServerStore, metrics: Metrics): Router {
+  const r = new Router();
   r.get('/healthz', (ctx) => {
     ctx.body = { ok: true, journalSeq: store.state.journalSeq };
   });
@@ -176,9 +220,27 @@ export interface AppDeps {
   log?: Logger;
   metrics?: Metrics;
   limits?: Partial<HttpLimits>;
+  access?: AccessStore;
+  sessions?: Sessions;
+  limiter?: LoginLimiter;
+  catalog?: Catalog;
+  audit?: AuditLog;
+  /** Seconds between reloads of the live rollout page. */
+  refreshSec?: number;
 }
 
-export function createApp({ store, log = silentLogger, metrics = serverMetrics(), limits }: AppDeps): Koa {
+export function createApp({
+  store,
+  log = silentLogger,
+  metrics = serverMetrics(),
+  limits,
+  access = new AccessStore(store.dir),
+  sessions = new Sessions(),
+  limiter = new LoginLimiter(),
+  catalog = new FileCatalog(store.dir),
+  audit = new AuditLog(store.dir),
+  refreshSec,
+}: AppDeps): Koa {
   const app = new Koa();
   app.on('error', (e: unknown) =>
     log.warn('http.response_error', { error: e instanceof Error ? e.message : String(e) }),
@@ -190,7 +252,25 @@ export function createApp({ store, log = silentLogger, metrics = serverMetrics()
   const lim = { ...DEFAULT_HTTP_LIMITS, ...limits };
   app.use(errorMiddleware(log, publicError));
   app.use(bodyLimit(lim.telemetryBodyBytes));
-  for (const router of [telemetryRouter(store, metrics, lim), readRouter(store, metrics)]) {
+  for (const router of [telemetryRouter(store, metrics, lim), openRouter(store, metrics)]) {
+    app.use(router.routes());
+    app.use(router.allowedMethods());
+  }
+  app.use(authenticate(access, sessions));
+  const ui = {
+    store,
+    access,
+    sessions,
+    limiter,
+    catalog,
+    audit,
+    log,
+    toPublic: publicError,
+    ...(refreshSec && { refreshSec }),
+  };
+  const pageErrors = uiErrors(ui);
+  app.use((ctx, next) => (ctx.path.startsWith('/v1/') ? next() : pageErrors(ctx, next)));
+  for (const router of [readRouter(store), apiRouter({ store, catalog, audit }), uiRouter(ui)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

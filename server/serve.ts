@@ -8,6 +8,8 @@ import { startHttp, type HttpService, type ServerLimits } from '../platform/http
 import { createApp, serverMetrics } from './http.js';
 import { ServerStore } from './store.js';
 import { backendName } from '../core/ed25519.js';
+import { AccessStore } from './access.js';
+import { AuditLog } from './audit.js';
 
 export const SHUTDOWN_GRACE_MS = 60_000;
 
@@ -18,10 +20,14 @@ export interface ServerOptions {
   log: Logger;
   /** Connection cap and timeouts (platform/http/server.ts has the defaults). */
   limits?: Partial<ServerLimits>;
+  /** Seconds between reloads of the live rollout page. */
+  refreshSec?: number;
 }
 
 export interface RunningServer {
   url: string;
+  /** On the first start (no user yet): the password of the admin it created, shown once, never stored. */
+  firstAdminPassword?: string;
   store: ServerStore;
   close(): Promise<void>;
 }
@@ -29,7 +35,25 @@ export interface RunningServer {
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const store = await ServerStore.open(o.dataDir, { log: o.log });
   const metrics = serverMetrics();
-  const app = createApp({ store, log: o.log, metrics }).callback();
+  const access = new AccessStore(o.dataDir);
+  const audit = new AuditLog(o.dataDir);
+  let firstAdminPassword: string | undefined;
+  try {
+    firstAdminPassword = await access.ensureAdmin();
+    if (firstAdminPassword)
+      await audit.append('server', 'user.created', { user: 'admin', role: 'admin', firstRun: true });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+  const app = createApp({
+    store,
+    log: o.log,
+    metrics,
+    access,
+    audit,
+    ...(o.refreshSec && { refreshSec: o.refreshSec }),
+  }).callback();
   let http: HttpService;
   try {
     http = await startHttp({
@@ -61,5 +85,5 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       await store.close();
       o.log.info('server.stopped', { journalSeq: store.state.journalSeq });
     })());
-  return { url, store, close };
+  return { url, store, close, ...(firstAdminPassword && { firstAdminPassword }) };
 }

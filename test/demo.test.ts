@@ -19,7 +19,7 @@ afterAll(() => cleanup());
 describe('the demo', () => {
   it('runs every step to the end on its embedded defaults', async () => {
     const work = join(dir, 'work');
-    const child = spawn(process.execPath, [join(REPO, 'dist/bin/demo.js'), '--dir', work], {
+    const child = spawn(process.execPath, [join(REPO, 'dist/bin/demo.js'), '--dir', work, '--exit'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -46,5 +46,9 @@ describe('the demo', () => {
     expect(out).not.toMatch(/ferry-enrol:plant-7:[0-9a-f]{16}:/);
     // a second mirror gets the release from the first, with no courier, and serves an agent
     expect(out).toMatch(/second mirror adopted sequence \d+ from peer http:\/\/127\.0\.0\.1:\d+/);
-  }, 180_000);
+    // the connected server: the site's next bundle verifies, and the UI's address is printed last
+    expect(out).toMatch(/plant-7-2\.ferry: site plant-7 sequence 2, release fleet@1\.4\.2, staggered/);
+    expect(out).toMatch(/server web UI: http:\/\/127\.0\.0\.1:\d+\/ +\(sign in as demo \/ [a-z0-9]{20}\)/);
+    expect(out).toMatch(/mirror status page: http:\/\/127\.0\.0\.1:\d+\//);
+  }, 360_000);
 });

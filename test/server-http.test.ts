@@ -34,8 +34,16 @@ async function start(data: string): Promise<LoggedProc & { url: string }> {
   const p = followLogs(spawnFerry(['server', 'start', '--data', data, '--listen', '127.0.0.1:0']), 'server');
   const started = await p.waitForLog((l) => l.event === 'server.started');
   expect(started).toMatchObject({ crypto: 'sodium-native' });
-  return { ...p, url: String(started.url) };
+  const url = String(started.url);
+  // reads need a viewer: a bearer token for the admin the first start created
+  const t = await ferry(['server', 'token', 'create', '--data', data, '--user', 'admin']);
+  expect(t.code, t.stderr).toBe(0);
+  tokens.set(url, t.stdout.trim());
+  return { ...p, url };
 }
+
+const tokens = new Map<string, string>();
+const auth = (url: string) => ({ headers: { authorization: `Bearer ${tokens.get(url)}` } });
 
 async function post(url: string, body: unknown, type = 'application/json') {
   const res = await fetch(`${url}/v1/telemetry`, {
@@ -47,7 +55,9 @@ async function post(url: string, body: unknown, type = 'application/json') {
 }
 
 const get = async (url: string, path: string) =>
-  (await fetch(url + path).then((r) => r.json())) as Record<string, unknown>;
+  (await fetch(url + path, { headers: { authorization: `Bearer ${tokens.get(url)}` } }).then((r) =>
+    r.json(),
+  )) as Record<string, unknown>;
 
 describe('ferry server start', () => {
   it('takes batches (202 per-batch results), refuses bad bodies (400), keeps everything over a restart', async () => {
@@ -101,7 +111,7 @@ describe('ferry server start', () => {
       expect.objectContaining({ id: a.id, site: 'plant-7', heartbeats: 2, version: '1.0.0' }),
     ]);
     expect(await get(s.url, `/v1/agents/${a.id}`)).toMatchObject({ agent: { id: a.id, lastCounter: 2 } });
-    expect((await fetch(`${s.url}/v1/agents/nope`)).status).toBe(404);
+    expect((await fetch(`${s.url}/v1/agents/nope`, auth(s.url))).status).toBe(404);
     const { unauthenticated, ...rej } = await get(s.url, '/v1/rejections?limit=5');
     // the unregistered sender's batch is counted, not journaled
     expect(rej).toMatchObject({ total: 1, byCode: { REPLAY: 1 } });
@@ -172,7 +182,7 @@ describe('ferry server start under a flood from anyone', () => {
     const data = join(dir, 'proto');
     const s = await start(data);
     for (const name of ['__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
-      const r = await fetch(`${s.url}/v1/agents/${name}`);
+      const r = await fetch(`${s.url}/v1/agents/${name}`, auth(s.url));
       expect({ name, status: r.status }).toEqual({ name, status: 404 });
       expect(await r.json()).toMatchObject({ code: 'UNKNOWN_AGENT' });
     }

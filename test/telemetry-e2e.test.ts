@@ -38,11 +38,19 @@ async function started(p: LoggedProc, event: string): Promise<Proc> {
   return { ...p, url, port: Number(new URL(url).port) };
 }
 
-const startServer = (data: string, port = 0) =>
-  started(
+const tokens = new Map<string, string>();
+const auth = (url: string) => ({ headers: { authorization: `Bearer ${tokens.get(url)}` } });
+async function startServer(data: string, port = 0): Promise<Proc> {
+  const p = await started(
     followLogs(spawnFerry(['server', 'start', '--data', data, '--listen', `127.0.0.1:${port}`]), 'server'),
     'server.started',
   );
+  // the fleet view needs a viewer: a bearer token for the admin the first start created
+  const t = await runFerry(['server', 'token', 'create', '--data', data, '--user', 'admin']);
+  expect(t.code, t.stderr).toBe(0);
+  tokens.set(p.url, t.stdout.trim());
+  return p;
+}
 
 const startMirror = (data: string, port: number, extra: string[]) =>
   started(
@@ -93,7 +101,9 @@ interface FleetAgent {
 }
 
 async function fleet(server: string): Promise<Map<string, FleetAgent>> {
-  const r = await fetch(`${server}/v1/agents`);
+  const r = await fetch(`${server}/v1/agents`, {
+    headers: { authorization: `Bearer ${tokens.get(server)}` },
+  });
   const body = (await r.json()) as { agents: FleetAgent[] };
   return new Map(body.agents.map((a) => [a.id, a]));
 }
@@ -218,9 +228,11 @@ describe('agents → mirror A → peer B → server, with links cut and relays k
     const f = await fleet(server.url);
     for (const state of states) await expectAllDelivered(state, f);
     // the server saw batches from both mirrors and refused nothing
-    const rej = (await (await fetch(`${server.url}/v1/rejections`)).json()) as { total: number };
+    const rej = (await (await fetch(`${server.url}/v1/rejections`, auth(server.url))).json()) as {
+      total: number;
+    };
     expect(rej.total).toBe(0);
-    const mirrors = (await (await fetch(`${server.url}/v1/mirrors`)).json()) as {
+    const mirrors = (await (await fetch(`${server.url}/v1/mirrors`, auth(server.url))).json()) as {
       mirrors: { id: string; coverage: string[] }[];
     };
     const coverage = new Map(mirrors.mirrors.map((m) => [m.id, m.coverage]));

@@ -1,4 +1,8 @@
+import { userInfo } from 'node:os';
 import { writeFileAtomic } from '../../platform/fsx.js';
+import { AuditLog } from '../../server/audit.js';
+import { registerSite } from '../../server/actions.js';
+import { FileCatalog } from '../../server/catalog.js';
 import { loadPublicKey } from '../../platform/keyfile.js';
 import { createLogger } from '../../platform/log.js';
 import { importExport, type ImportReport } from '../../server/exports.js';
@@ -8,22 +12,46 @@ import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/fleet-state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
 import { httpHelp, httpLimits, httpOptions, httpUsage } from './http-options.js';
-import { jsonOption, parseListen, printJson, str, untilSignal, type Command, type Io } from './common.js';
+import { usage } from '../../core/errors.js';
+import {
+  int,
+  jsonOption,
+  parseListen,
+  printJson,
+  str,
+  untilSignal,
+  type Command,
+  type Io,
+} from './common.js';
 
 export const serverStart: Command = {
   crypto: 'service',
   summary:
     'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
-    '202 once durable) and serves the fleet view. ' +
+    '202 once durable), serves the web UI and the API (sign-in or bearer token; the first start creates\n' +
+    'the admin and prints its one-time password). The rollout pages reload every --ui-refresh seconds (5). ' +
     httpHelp +
     '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
-  usage: `--data DIR --listen HOST:PORT ${httpUsage}`,
-  options: { data: { type: 'string' }, listen: { type: 'string' }, ...httpOptions },
-  async run(p) {
+  usage: `--data DIR --listen HOST:PORT [--ui-refresh SEC] ${httpUsage}`,
+  options: {
+    data: { type: 'string' },
+    listen: { type: 'string' },
+    'ui-refresh': { type: 'string' },
+    ...httpOptions,
+  },
+  async run(p, io) {
     const { host, port } = parseListen(str(p, 'listen'));
     const log = createLogger({ component: 'server' });
     const limits = httpLimits(p);
-    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits });
+    const refreshSec = int(p, 'ui-refresh', 5);
+    if (refreshSec < 1 || refreshSec > 3600) throw usage('--ui-refresh must be 1-3600 seconds');
+    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits, refreshSec });
+    if (server.firstAdminPassword)
+      io.out(
+        `first start: created user admin; one-time password (shown only now, stored only as a hash): ${server.firstAdminPassword}\n` +
+          `sign in at ${server.url}/login (ferry server user add makes more users)`,
+      );
+    else io.out(`web UI: ${server.url}/`);
     await untilSignal(log, 'server.signal', () => server.close());
     return 0;
   },
@@ -73,6 +101,14 @@ export const serverImportTelemetry: Command = {
     try {
       const ackOut = str(p, 'ack-out', false);
       const r = await importExport(store, p.positionals[0]!, ackOut ? { ackOut } : {});
+      if (r.chain.status !== 'already imported')
+        await new AuditLog(store.dir).append(`cli:${userInfo().username}`, 'telemetry.imported', {
+          mirror: r.mirror,
+          site: r.site,
+          export: r.number,
+          stored: r.stored,
+          rejected: r.rejected,
+        });
       if (p.json) printJson(io, r);
       else printReport(io, r);
       return 0;
@@ -90,6 +126,19 @@ export const serverRegisterMirror: Command = {
   async run(p, io) {
     const key = await loadPublicKey(str(p, 'pub'));
     const r = await registerMirror(str(p, 'data'), key.publicKey, str(p, 'site'));
+    if (r.changed) {
+      const actor = `cli:${userInfo().username}`;
+      const dataDir = str(p, 'data');
+      const audit = new AuditLog(dataDir);
+      await audit.append(actor, 'mirror.registered', { mirror: r.mirror, site: r.site });
+      // the site is known from now on (its bundles start after sequence 0 unless `site add` said otherwise)
+      await registerSite(
+        { dataDir, catalog: new FileCatalog(dataDir), audit, actor },
+        r.site,
+        undefined,
+        undefined,
+      );
+    }
     if (p.json) printJson(io, { ok: true, ...r });
     else io.out(`${r.mirror} site ${r.site}${r.changed ? ' registered' : ' (already registered)'}`);
     return 0;

@@ -55,3 +55,41 @@ export async function readJsonBody(ctx: Context, limit: number): Promise<unknown
   }
   return parseJsonBody(Buffer.concat(chunks, size));
 }
+
+/**
+ * Reads an HTML form body (`application/x-www-form-urlencoded`) of at most `limit` bytes: 415 for
+ * any other type, 413 past the limit, 400 for bytes that are not UTF-8 or a field named twice that
+ * is not listed in `lists` (a decoy second value is refused, not collapsed). Field values are
+ * strings; fields in `lists` are arrays.
+ */
+export async function readFormBody(
+  ctx: Context,
+  limit: number,
+  lists: readonly string[] = [],
+): Promise<Record<string, string | string[]>> {
+  if (!ctx.is('application/x-www-form-urlencoded'))
+    throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'form body must be application/x-www-form-urlencoded');
+  const tooLarge = () => new HttpError(413, 'BODY_TOO_LARGE', `this form takes at most ${limit} bytes`);
+  if (Number(ctx.get('Content-Length') || 0) > limit) throw tooLarge();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw tooLarge();
+    chunks.push(chunk);
+  }
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks, size));
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', 'form body is not UTF-8');
+  }
+  const out: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
+  for (const [k, v] of new URLSearchParams(text)) {
+    if (lists.includes(k)) ((out[k] ??= []) as string[]).push(v);
+    else if (Object.hasOwn(out, k)) throw new HttpError(400, 'BAD_REQUEST', `form field ${k} given twice`);
+    else out[k] = v;
+  }
+  for (const k of lists) out[k] ??= [];
+  return out;
+}

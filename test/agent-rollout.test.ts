@@ -4,7 +4,8 @@
  * (as in test/agent-update.test.ts), all polling one real `ferry mirror serve`. Each agent asks the mirror's
  * gate before it starts the rollout's version: under a manual plan they wait; `update-now` lets one go
  * first; `approve` lets the rest follow. A bad version (never passes its health check) taken by the first
- * rolls back by itself, the mirror halts the rollout, and the other two never start it.
+ * rolls back by itself, the mirror halts the rollout, and the other two never start it. An abort with
+ * --revert sends the canary back through its own rollback.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir, readFile, readlink, symlink } from 'node:fs/promises';
@@ -208,6 +209,7 @@ beforeAll(async () => {
   };
   await build('1.0.0');
   await build('2.0.0');
+  await build('2.1.0');
   // 3: starts and stays up, but never completes a cycle: never passes its health check
   await build('3.0.0', ['async cycle() {', 'async cycle() { throw new Error("v3: cannot read its state");']);
   data = join(w.dir, 'mirror');
@@ -297,6 +299,35 @@ describe('real agents follow the site gate', () => {
       await cyclesPass([b, c], 3);
       for (const n of [b, c]) {
         expect(n.began('3.0.0')).toBe(0);
+        expect(await n.version()).toBe('2.0.0');
+      }
+    },
+  );
+
+  it(
+    'abort --revert returns the canary to the version it ran before; the others never moved',
+    { timeout: 180_000 },
+    async () => {
+      const [a, b, c] = nodes as [Node, Node, Node];
+      await publish('2.1.0', MANUAL);
+      await eventually('awaiting approval', async () =>
+        (await rolloutStatus()).phase === 'awaiting-approval' ? true : undefined,
+      );
+      await ferryOk('mirror', 'update-now', '--agent', await a.agentId(), '--data', data, '--actor', 'ops');
+      a.poke();
+      await committed(a, '2.1.0');
+      await ferryOk('mirror', 'rollout', 'abort', '--revert', '--data', data, '--actor', 'ops');
+      a.poke();
+      await eventually(
+        'a back on 2.0.0',
+        async () => ((await a.version()) === '2.0.0' ? true : undefined),
+        60_000,
+      );
+      expect(a.logs.some((l) => l.event === 'update.revert' && l.to === '2.0.0')).toBe(true);
+      await cyclesPass([a, b, c], 3);
+      expect(await a.version()).toBe('2.0.0'); // and it stays there
+      for (const n of [b, c]) {
+        expect(n.began('2.1.0')).toBe(0);
         expect(await n.version()).toBe('2.0.0');
       }
     },

@@ -360,3 +360,27 @@ describe('what the gate believes comes only from signed heartbeats of enrolled a
     await s.mirror.stop();
   });
 });
+
+describe('ferry mirror rollout without a serving mirror', () => {
+  it('says the gate runs in the serving mirror (exit 1), changes nothing, and has --help', async () => {
+    const data = join(w.dir, 'not-serving');
+    const { volumes } = await buildBundle(w, join(w.dir, 'not-serving.ferry'), {});
+    await importInto(data, volumes[0]!.path, w.rootPath);
+    const before = await snapshotDir(data);
+    for (const args of [
+      ['rollout', 'status'],
+      ['rollout', 'halt'],
+      ['update-now', '--agent', '0'.repeat(32)],
+    ]) {
+      const r = await runFerry(['mirror', ...args, '--data', data]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/MIRROR_NOT_RUNNING/);
+    }
+    expect(await snapshotDir(data)).toEqual(before);
+    const help = await runFerry(['mirror', 'rollout', 'abort', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout + help.stderr).toMatch(/--revert/);
+    const usage = await runFerry(['mirror', 'rollout', 'approve']);
+    expect(usage.code).toBe(2);
+  });
+});

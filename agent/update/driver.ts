@@ -13,6 +13,7 @@ import { currentVersion, platformTag, removeVersion, versionDir } from './instal
 import { step, type UpdateAction, type UpdateEvent, type UpdateLimits, type UpdateState } from './machine.js';
 import { targetVersion } from './version-choice.js';
 import { askRolloutGate } from './rollout-gate.js';
+import { compareSemver, isSemver } from '../../core/semver.js';
 import * as steps from './steps.js';
 import {
   readBootRecord,
@@ -126,6 +127,7 @@ export class UpdateDriver {
       const phase = this.rec.machine.phase;
       if (phase !== 'idle' && phase !== 'committed' && phase !== 'rolled-back') return;
       if (!view.manifest || view.payloadDigest === null) return;
+      if (await this.revertIfAsked(view)) return;
       const input = {
         manifest: view.manifest,
         payloadDigest: view.payloadDigest,
@@ -167,6 +169,37 @@ export class UpdateDriver {
       this.o.log.info('update.begin', { version, from: this.o.version, source, authorisedDowngrade });
       await this.feed({ type: 'begin', version, from: this.o.version, payloadDigest: view.payloadDigest });
     });
+  }
+
+  /**
+   * A rollout the site aborted with revert: a node on the rollout's version goes back to the version it
+   * ran before, through the machine's own rollback (the version is remembered as bad under its manifest).
+   * Bounded because the gate's answer is unsigned (docs/decisions.md): only from the signed rollout's
+   * version, only to this node's own committed previous version, never below the signed floor.
+   */
+  private async revertIfAsked(view: CycleView): Promise<boolean> {
+    const m = this.rec.machine;
+    const manifest = view.manifest!;
+    const target = manifest.rollout?.agent;
+    if (m.phase !== 'committed' || target === undefined || view.agentId === null) return false;
+    if (m.version !== target || this.o.version !== target || m.previous === null) return false;
+    const floor = manifest.minAgentVersion;
+    if (!isSemver(m.previous) || (floor !== undefined && compareSemver(m.previous, floor) < 0)) return false;
+    const gate = await askRolloutGate({
+      mirrors: view.mirrors,
+      agentId: view.agentId,
+      manifest,
+      version: target,
+      timeoutMs: this.o.timeoutMs,
+      now: this.o.now,
+    });
+    if (gate.code !== 'REVERT') return false;
+    this.o.log.warn('update.revert', { from: target, to: m.previous, reason: gate.reason });
+    await this.feed({
+      type: 'manual-rollback',
+      reason: `the site aborted the rollout of ${target} with revert`,
+    });
+    return true;
   }
 
   /** Reports not yet queued for telemetry. */

@@ -375,7 +375,12 @@ function evaluate(s: GateState, limits: GateLimits, actions: GateAction[]): void
   }
 }
 
-function onOperator(s: GateState, e: OperatorEvent, actions: GateAction[]): StepResult['refused'] {
+function onOperator(
+  s: GateState,
+  e: OperatorEvent,
+  limits: GateLimits,
+  actions: GateAction[],
+): StepResult['refused'] {
   const run = s.run;
   if (!run) return { code: 'NO_ROLLOUT', message: 'the active manifest carries no rollout' };
   if (e.rolloutId !== undefined && e.rolloutId !== run.plan.id)
@@ -389,7 +394,7 @@ function onOperator(s: GateState, e: OperatorEvent, actions: GateAction[]): Step
           code: 'NOT_AWAITING_APPROVAL',
           message: `the rollout is ${run.phase}, not awaiting approval`,
         };
-      const counts = tally(s)[run.wave]?.counts;
+      const counts = tally(s, limits)[run.wave]?.counts;
       s.run = { ...run, phase: 'running', wave: run.wave + 1, openedAt: s.clock, settledAt: null };
       actions.push(
         record(s.run, 'approved', e.actor, why(`wave ${run.wave + 1} approved`), counts && { counts }),
@@ -406,7 +411,7 @@ function onOperator(s: GateState, e: OperatorEvent, actions: GateAction[]): Step
       if (run.phase !== 'halted') return { code: 'NOT_HALTED', message: `the rollout is ${run.phase}` };
       const agents: Record<string, AgentView> = {};
       for (const [id, a] of Object.entries(s.agents)) {
-        const st = standing(s, a, id, DEFAULT_GATE_LIMITS);
+        const st = standing(s, a, id, limits);
         const failing = st === 'failed' || st === 'rolledBack' || a.status === 'updating';
         agents[id] = failing && !a.waived ? { ...a, waived: true } : a;
       }
@@ -463,7 +468,7 @@ export function step(
     case 'tick':
       break;
     default:
-      refused = onOperator(s, event, actions);
+      refused = onOperator(s, event, limits, actions);
   }
   evaluate(s, limits, actions);
   return refused ? { state: s, actions, refused } : { state: s, actions };

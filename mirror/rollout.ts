@@ -123,7 +123,10 @@ export class MirrorRollout {
       this.o.log.info('rollout.decided', { ...a.info });
     }
     this.s = r.state;
-    const due = this.now() - this.lastWrite > this.limits.maxGapMs / 2;
+    // The gate's clock is worth keeping only while a rollout moves (soak, silence deadlines): an idle
+    // mirror writes nothing on a tick.
+    const moving = r.state.run?.phase === 'running' || r.state.run?.phase === 'awaiting-approval';
+    const due = moving && this.now() - this.lastWrite > this.limits.maxGapMs / 2;
     if (force || r.actions.length > 0 || due) await this.persist();
     return r;
   }

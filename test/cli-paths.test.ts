@@ -167,13 +167,23 @@ describe('a trust root that is not there', () => {
   });
 });
 
+/** Runs `fn` over `items`, four at a time, results in order. */
+async function inBatches<T, R>(items: readonly T[], fn: (x: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += 4) out.push(...(await Promise.all(items.slice(i, i + 4).map(fn))));
+  return out;
+}
+
 describe('group help', () => {
   it('shows every summary whole, wrapped, for every group', async () => {
     const top = await ferry(['--help']);
     const groups = [...new Set([...top.stdout.matchAll(/^ {2}ferry (\S+) /gm)].map((m) => m[1]!))];
     expect(groups).toEqual(expect.arrayContaining(['bundle', 'agent', 'mirror', 'server', 'trust', 'keys']));
-    for (const g of groups) {
-      const r = await ferry([g, '--help']);
+    // every group, then every command of it: one process each, a few at a time (there are dozens)
+    const groupHelp = await inBatches(groups, (g) => ferry([g, '--help']));
+    const checks: { g: string; n: string; flat: string }[] = [];
+    groups.forEach((g, i) => {
+      const r = groupHelp[i]!;
       expect(r.code, g).toBe(0);
       for (const line of r.stdout.split('\n')) {
         if (line.startsWith('    ')) expect(line.length, `${g}: ${line}`).toBeLessThanOrEqual(100);
@@ -185,14 +195,15 @@ describe('group help', () => {
       ].map((m) => m[1]!);
       expect(names.length, g).toBeGreaterThan(0);
       const flat = r.stdout.replace(/\s+/g, ' ');
-      for (const n of names) {
-        const own = await ferry([g, ...n.split(' '), '--help']);
-        const summary = own.stdout.split('\n\n').slice(1).join(' ').replace(/\s+/g, ' ').trim();
-        expect(summary.length, `${g} ${n}`).toBeGreaterThan(0);
-        expect(flat, `${g} ${n}`).toContain(summary);
-      }
-    }
-  });
+      for (const n of names) checks.push({ g, n, flat });
+    });
+    const own = await inBatches(checks, ({ g, n }) => ferry([g, ...n.split(' '), '--help']));
+    checks.forEach(({ g, n, flat }, i) => {
+      const summary = own[i]!.stdout.split('\n\n').slice(1).join(' ').replace(/\s+/g, ' ').trim();
+      expect(summary.length, `${g} ${n}`).toBeGreaterThan(0);
+      expect(flat, `${g} ${n}`).toContain(summary);
+    });
+  }, 300_000);
 });
 
 describe.skipIf(!HAVE_SCRIPT)('progress on a terminal', () => {

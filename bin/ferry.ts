@@ -15,7 +15,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   trust: async () => {
     const m = await import('./cli/trust.js');
-    return { init: m.trustInit, rotate: m.trustRotate };
+    return { init: m.trustInit, rotate: m.trustRotate, show: m.trustShow };
   },
   bundle: async () => {
     const m = await import('./cli/bundle.js');

@@ -21,16 +21,9 @@ default_mirror='@@FERRY_MIRROR@@'
 default_site='@@FERRY_SITE@@'
 
 MANIFEST_TYPE=application/vnd.ferry.manifest+json
-MAX_ROOT=262144
 MAX_MANIFEST=4194304
 
-say() { printf 'ferry-install: %s\n' "$*" >&2; }
-refuse() {
-  code=$1
-  shift
-  printf 'ferry-install: REFUSED %s: %s\n' "$code" "$*" >&2
-  exit 1
-}
+@@FERRY_VERIFY_LIB@@
 usage() {
   cat >&2 <<'EOF'
 usage: install.sh --root-sha256 F (--token T | --token-file FILE) [--mirror URL] [--site S] [--group G]...
@@ -118,75 +111,16 @@ fetch() {
   fi
   [ "$(size_of "$2")" -le "$3" ] || refuse TOO_LARGE "GET $mirror$1: more than $3 bytes"
 }
-size_of() { wc -c <"$1" | tr -d ' '; }
-sha256_of() { sha256sum "$1" | cut -c1-64; }
-
-# strings KEY FILE: every JSON string value of KEY in FILE, one a line (values hold no quote or backslash
-# here: base64, hex, names and versions). Whatever this extracts from an unverified document is only ever
-# tried as a signature or checked against a signed value.
-strings() { tr -d '\r\n' <"$2" | grep -o "\"$1\"[[:space:]]*:[[:space:]]*\"[^\"\\\\]*\"" | sed 's/^.*:[[:space:]]*"//; s/"$//' || true; }
-
-# b64 STRING OUT: OUT = the decoded bytes, only if STRING is canonical padded standard base64.
-b64() {
-  case $1 in *[!A-Za-z0-9+/=]* | '') return 1 ;; esac
-  printf %s "$1" | openssl base64 -d -A >"$2" 2>/dev/null || return 1
-  [ "$(openssl base64 -A <"$2")" = "$1" ]
-}
-
-# hex2bin HEX: the bytes, written with printf octal escapes (no xxd needed).
-hex2bin() {
-  h=$1
-  while [ -n "$h" ]; do
-    b=${h%"${h#??}"}
-    h=${h#??}
-    # shellcheck disable=SC2059 # the format is the escape itself
-    printf "\\$(printf %03o "0x$b")"
-  done
-}
 
 say "mirror $mirror, site $site, platform $platform"
 
 # 1. The root: exactly the one whose fingerprint the operator typed.
 fetch /install/root.json "$work/root.json" $MAX_ROOT
-got=$(sha256_of "$work/root.json")
-[ "$got" = "$root_sha" ] ||
-  refuse ROOT_MISMATCH "the mirror's trust root has sha256 $got, not the $root_sha you gave; nothing was installed"
-[ "$(strings payload "$work/root.json" | wc -l)" -eq 1 ] || refuse ROOT_INVALID 'root envelope has not exactly one payload'
-b64 "$(strings payload "$work/root.json")" "$work/root.payload" || refuse ROOT_INVALID 'root payload is not base64'
-tr -d '\r\n' <"$work/root.payload" >"$work/root.flat"
-role=$(sed -n 's/.*"bundle":{"keyids":\[\([^]]*\)\],"threshold":\([0-9]*\)}.*/\1 \2/p' "$work/root.flat")
-need=${role##* }
-keyids=$(printf %s "${role% *}" | tr -d '"' | tr ',' ' ')
-case $need in '' | *[!0-9]* | 0) refuse ROOT_INVALID 'root has no bundle role this script can read' ;; esac
-expires=$(strings expires "$work/root.flat")
-[ "$expires" \> "$(date -u +%Y-%m-%dT%H:%M:%SZ)" ] || refuse ROOT_EXPIRED "the trust root expired at $expires"
+verify_root "$work/root.json"
 
 # 2. The manifest: a threshold of distinct bundle keys must have signed the exact payload bytes.
 fetch /v1/manifest "$work/manifest.env" $MAX_MANIFEST
-[ "$(strings payload "$work/manifest.env" | wc -l)" -eq 1 ] ||
-  refuse MANIFEST_INVALID 'manifest envelope has not exactly one payload'
-b64 "$(strings payload "$work/manifest.env")" "$work/manifest.json" ||
-  refuse MANIFEST_INVALID 'manifest payload is not canonical base64'
-printf 'DSSEv1 %d %s %d ' ${#MANIFEST_TYPE} $MANIFEST_TYPE "$(size_of "$work/manifest.json")" >"$work/pae"
-cat "$work/manifest.json" >>"$work/pae"
-strings sig "$work/manifest.env" | head -n 64 >"$work/sigs"
-have=0
-for keyid in $keyids; do
-  pub=$(grep -o "\"$keyid\":{\"type\":\"ed25519\",\"public\":\"[0-9a-f]\{64\}\"}" "$work/root.flat" | head -n1 |
-    sed 's/.*"public":"//; s/".*//')
-  [ -n "$pub" ] || continue
-  hex2bin "302a300506032b6570032100$pub" >"$work/pub.der" # Ed25519 SubjectPublicKeyInfo
-  while IFS= read -r sig; do
-    b64 "$sig" "$work/sig" || continue # garbage counts for nothing
-    if openssl pkeyutl -verify -pubin -keyform DER -inkey "$work/pub.der" -rawin -in "$work/pae" \
-      -sigfile "$work/sig" >/dev/null 2>&1; then
-      have=$((have + 1))
-      break
-    fi
-  done <"$work/sigs"
-done
-[ "$have" -ge "$need" ] ||
-  refuse MANIFEST_SIGNATURE "the active manifest is signed by $have bundle key(s) of this root; it needs $need"
+verify_signed "$work/manifest.env" $MANIFEST_TYPE "$work/manifest.json" MANIFEST
 tr -d '\r\n' <"$work/manifest.json" >"$work/manifest.flat"
 [ "$(strings type "$work/manifest.flat" | head -n1)" = ferry.manifest/v1 ] || refuse MANIFEST_INVALID 'not a ferry manifest'
 expires=$(strings expires "$work/manifest.flat" | head -n1)

@@ -48,14 +48,16 @@ function heredocSafe(text: string, delimiter: string, what: string): string {
  */
 export async function renderInstallScript(d: InstallScriptDefaults): Promise<string> {
   const root = assetRoot();
-  const [script, unit, prestart] = await Promise.all([
+  const [script, lib, unit, prestart] = await Promise.all([
     readFile(join(root, 'assets', 'install.sh'), 'utf8'),
+    readFile(join(root, 'assets', 'verify-lib.sh'), 'utf8'),
     readFile(join(root, 'systemd', 'ferry-agent.service'), 'utf8'),
     readFile(join(root, 'systemd', 'ferry-agent-prestart.sh'), 'utf8'),
   ]);
   const fill: Record<string, string> = {
     '@@FERRY_MIRROR@@': URL_SAFE.test(d.mirror) ? d.mirror : '',
     '@@FERRY_SITE@@': NAME_SAFE.test(d.site) ? d.site : '',
+    '@@FERRY_VERIFY_LIB@@': lib.replace(/\n$/, ''),
     '@@FERRY_AGENT_UNIT@@': heredocSafe(unit, 'FERRY_UNIT_EOF', 'the agent unit'),
     '@@FERRY_PRESTART@@': heredocSafe(prestart, 'FERRY_PRESTART_EOF', 'the prestart script'),
   };

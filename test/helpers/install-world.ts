@@ -16,6 +16,7 @@ export const PLATFORM = 'linux-x64';
 /** Programs install.sh runs (node is not among them: the runtime it installs runs the agent). */
 const TOOLS = [
   'sh',
+  'comm',
   'dash',
   'curl',
   'openssl',

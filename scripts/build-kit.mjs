@@ -301,8 +301,10 @@ if (!values['no-deb']) {
   await writeFile(join(deb, 'etc', 'ferry', 'root.json'), rootBytes);
   await mkdir(join(deb, 'DEBIAN'), { recursive: true });
   const installedKb = Math.ceil(
-    (await Promise.all((await walk(deb, true)).map(async (p) => (await stat(p)).size))).reduce((a, b) => a + b, 0) /
-      1024,
+    (await Promise.all((await walk(deb, true)).map(async (p) => (await stat(p)).size))).reduce(
+      (a, b) => a + b,
+      0,
+    ) / 1024,
   );
   await writeFile(
     join(deb, 'DEBIAN', 'control'),

@@ -164,9 +164,27 @@ chmod 0755 "$work/node" "$work/ferry-agent"
 node_v=$("$work/node" --version 2>/dev/null) || refuse ARTIFACT_INVALID "the runtime does not run on this node ($platform)"
 say "agent $agent_v and runtime node $node_v verified against the signed manifest"
 
-# 4. Install: nothing above wrote outside $work. Each file goes to a temp name beside its place, then mv.
 rt=$(field "$runtime" sha256)
 opt=$prefix/opt/ferry etc=$prefix/etc/ferry
+cat >"$work/prestart.sh" <<'FERRY_PRESTART_EOF'
+@@FERRY_PRESTART@@
+FERRY_PRESTART_EOF
+cat >"$work/unit" <<'FERRY_UNIT_EOF'
+@@FERRY_AGENT_UNIT@@
+FERRY_UNIT_EOF
+
+# Already this agent, runtime and unit, enrolled: change nothing (a second run is a no-op).
+same() { [ -f "$2" ] && [ "$(sha256_of "$1")" = "$(sha256_of "$2")" ]; }
+if [ "$(readlink "$opt/current" 2>/dev/null)" = "versions/$agent_v" ] &&
+  [ "$(readlink "$opt/runtime/current" 2>/dev/null)" = "$rt" ] &&
+  same "$work/ferry-agent" "$opt/versions/$agent_v/ferry-agent" && same "$work/unit" "$prefix/etc/systemd/system/ferry-agent.service" &&
+  grep -q '"agentId": *"' "$prefix/var/lib/ferry/agent/state.json" 2>/dev/null; then
+  say "agent $agent_v and runtime node $node_v are installed and enrolled already: nothing changed"
+  echo "ferry agent $agent_v unchanged (runtime node $node_v, root sha256 $root_sha)"
+  exit 0
+fi
+
+# 4. Install: nothing above wrote outside $work. Each file goes to a temp name beside its place, then mv.
 mkdir -p "$opt/versions/$agent_v" "$opt/runtime/$rt/bin" "$etc" "$prefix/etc/systemd/system" "$prefix/var/lib/ferry"
 place() { cp "$1" "$2.tmp.$$" && chmod "$3" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
 place "$work/node" "$opt/runtime/$rt/bin/node" 0755
@@ -174,13 +192,7 @@ place "$work/ferry-agent" "$opt/versions/$agent_v/ferry-agent" 0755
 ln -sfn "$rt" "$opt/runtime/current.tmp" && mv -fT "$opt/runtime/current.tmp" "$opt/runtime/current"
 ln -sfn "versions/$agent_v" "$opt/current.tmp" && mv -fT "$opt/current.tmp" "$opt/current"
 place "$work/root.json" "$etc/root.json" 0644
-cat >"$work/prestart.sh" <<'FERRY_PRESTART_EOF'
-@@FERRY_PRESTART@@
-FERRY_PRESTART_EOF
 place "$work/prestart.sh" "$opt/prestart.sh" 0755
-cat >"$work/unit" <<'FERRY_UNIT_EOF'
-@@FERRY_AGENT_UNIT@@
-FERRY_UNIT_EOF
 place "$work/unit" "$prefix/etc/systemd/system/ferry-agent.service" 0644
 glist=''
 for g in $groups; do glist="$glist${glist:+,}\"$g\""; done
@@ -205,8 +217,9 @@ fi
 # 6. Start it.
 if [ $start = yes ]; then
   systemctl daemon-reload
-  systemctl enable --now ferry-agent.service
-  say 'ferry-agent.service enabled and started'
+  systemctl enable ferry-agent.service
+  systemctl restart ferry-agent.service # starts it, or restarts an older agent on the new files
+  say 'ferry-agent.service enabled and (re)started'
 else
   say 'not started (--no-start): systemctl enable --now ferry-agent.service'
 fi

@@ -116,9 +116,31 @@ describe.skipIf(!ready)('install.sh from the real mirror', () => {
     expect(status.active?.sequence).toBe(1);
     expect((await readFile(toolbox.systemctlLog, 'utf8')).split('\n')).toEqual([
       'daemon-reload',
-      'enable --now ferry-agent.service',
+      'enable ferry-agent.service',
+      'restart ferry-agent.service',
       '',
     ]);
+  }, 120_000);
+
+  it('a second run on the installed, enrolled node changes nothing', async () => {
+    const root = join(w.dir, 'targets', 'good');
+    const files = await snapshotDir(root);
+    const tree = await listTree(root);
+    const log = await readFile(toolbox.systemctlLog, 'utf8');
+    const token = await site.token();
+    const r = await installFrom(site.mirror.url, [
+      '--token',
+      token,
+      '--root-sha256',
+      fingerprint,
+      '--root',
+      root,
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`ferry agent ${AGENT_VERSION} unchanged`);
+    expect(await snapshotDir(root)).toEqual(files);
+    expect(await listTree(root)).toEqual(tree);
+    expect(await readFile(toolbox.systemctlLog, 'utf8')).toBe(log);
   }, 120_000);
 
   it('a wrong fingerprint is refused before anything is installed', async () => {

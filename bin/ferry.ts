@@ -47,6 +47,10 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       'agent revoke': m.mirrorAgentRevoke,
     };
   },
+  bootstrap: async () => {
+    const m = await import('./cli/bootstrap.js');
+    return { ssh: m.bootstrapSsh };
+  },
   server: async () => {
     const m = await import('./cli/server.js');
     return {

@@ -125,7 +125,9 @@ const cliBuild = await build({
   minify: false,
   legalComments: 'none',
   // sodium-native loads its prebuilt addon from its own package directory: shipped beside the bundle.
-  external: ['sodium-native'],
+  // ssh2 (under node-ssh, for `ferry bootstrap ssh`) tries optional native helpers inside try/catch and
+  // falls back to its JavaScript crypto; the kit ships none of them.
+  external: ['sodium-native', '*.node'],
   // CommonJS dependencies (koa) call require() for Node's own modules.
   banner: {
     js: "import { createRequire as __ferryRequire } from 'node:module'; const require = __ferryRequire(import.meta.url);",

@@ -36,6 +36,7 @@ describe('the demo', () => {
       'EXPORT_TAMPERED',
       'SERVER_KEY_MISMATCH',
       'TOKEN_MISSING', // an agent without an enrolment token
+      'ARTIFACT_MISMATCH', // install.sh from a hostile mirror serving a tampered agent
     ];
     for (const c of refusals) expect(out).toContain(c); // (a step whose exit differs ends the demo with 1)
     expect(out).toMatch(/GET http:\/\/127\.0\.0\.1:\d+\/v1\/agents → \S+: \d+ heartbeat/);

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomFillSync } from 'node:crypto';
+import { installDemo } from './demo-install.js';
 
 const FERRY = join(dirname(fileURLToPath(import.meta.url)), 'ferry.js');
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -587,6 +588,7 @@ async function main(): Promise<void> {
     '8. The mirror serving agents: a courier drops a bundle, agents poll with ETag and resume blobs with Range',
   );
   await serveDemo(join(work, 'served'), join(work, 'root.json'), bundle);
+  await installDemo(work, { step, ferry, background });
 
   step(
     '12. A peer mirror: no courier visits it; it pulls the release from the first mirror and serves an agent',

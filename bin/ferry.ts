@@ -15,7 +15,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
   },
   trust: async () => {
     const m = await import('./cli/trust.js');
-    return { init: m.trustInit, rotate: m.trustRotate };
+    return { init: m.trustInit, rotate: m.trustRotate, show: m.trustShow };
   },
   bundle: async () => {
     const m = await import('./cli/bundle.js');
@@ -51,6 +51,10 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
       ...(await rolloutCommands()),
       doctor: d.mirrorDoctor,
     };
+  },
+  bootstrap: async () => {
+    const m = await import('./cli/bootstrap.js');
+    return { ssh: m.bootstrapSsh };
   },
   server: async () => {
     const m = await import('./cli/server.js');

@@ -262,3 +262,12 @@ export function trustStoredChain(rootsBase64: readonly string[]): TrustedRoot {
   for (const env of envs.slice(1)) root = verifyNextRoot(root, env);
   return root;
 }
+
+/**
+ * The fingerprint an operator hands out for a root: lowercase hex SHA-256 of the root file's exact bytes
+ * (the envelope as written, not a re-serialisation), so that `sha256sum root.json` or
+ * `openssl dgst -sha256 root.json` on any machine gives the same answer (docs/install.md).
+ */
+export function rootFingerprint(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}

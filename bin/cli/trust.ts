@@ -11,6 +11,7 @@ import {
 import {
   buildRootPayload,
   loadPinnedRoot,
+  rootFingerprint,
   signRoot,
   trustPinnedRoot,
   verifyNextRoot,
@@ -24,14 +25,16 @@ async function loadKeys(paths: string[]): Promise<(PublicKey | PrivateKey)[]> {
   return Promise.all(paths.map((p) => loadAnyKey(p)));
 }
 
-export async function readRootFile(path: string): Promise<TrustedRoot> {
-  let bytes: Buffer;
+async function readRootBytes(path: string): Promise<Buffer> {
   try {
-    bytes = await readFile(path);
+    return await readFile(path);
   } catch (e) {
     throw inputFileError(path, e, 'a trust root (root.json)'); // NOT_FOUND, NOT_A_FILE or IO_ERROR
   }
-  return loadPinnedRoot(bytes);
+}
+
+export async function readRootFile(path: string): Promise<TrustedRoot> {
+  return loadPinnedRoot(await readRootBytes(path));
 }
 
 function report(io: Io, json: boolean, out: string, payload: RootPayload, signers: number): void {
@@ -138,6 +141,45 @@ export const trustRotate: Command = {
     verifyNextRoot(old, env); // refuses unless both thresholds are met
     await writeFileAtomic(out, serializeEnvelope(env));
     report(io, p.json, out, payload, env.signatures.length);
+    return 0;
+  },
+};
+
+export const trustShow: Command = {
+  summary:
+    "Prints the fingerprint of a trust root that operators hand out: the SHA-256 of the root file's exact\n" +
+    'bytes (the same as `sha256sum root.json`), after checking that the root is signed by a threshold of\n' +
+    'its own root keys. A node installed with `install.sh --root-sha256 F` trusts only the root with this\n' +
+    'fingerprint. Also shows the version, expiry and roles.',
+  usage: 'root.json [--json]',
+  options: { ...jsonOption },
+  positionals: { min: 1, max: 1 },
+  async run(p, io) {
+    const path = p.positionals[0]!;
+    const bytes = await readRootBytes(path);
+    const { payload } = loadPinnedRoot(bytes); // refuses a root that is not signed by its own threshold
+    const fingerprint = rootFingerprint(bytes);
+    const { root, bundle } = payload.roles;
+    if (p.json) {
+      printJson(io, {
+        ok: true,
+        path,
+        fingerprint,
+        version: payload.version,
+        ...(payload.created !== undefined && { created: payload.created }),
+        expires: payload.expires,
+        roles: payload.roles,
+      });
+      return 0;
+    }
+    io.out(`root-sha256 ${fingerprint}`);
+    io.out(`  ${path}: root v${payload.version}, expires ${payload.expires}`);
+    io.out(
+      `  root role:   ${root.threshold} of ${root.keyids.length} (${root.keyids.map((k) => k.slice(0, 12)).join(', ')})`,
+    );
+    io.out(
+      `  bundle role: ${bundle.threshold} of ${bundle.keyids.length} (${bundle.keyids.map((k) => k.slice(0, 12)).join(', ')})`,
+    );
     return 0;
   },
 };

@@ -17,6 +17,7 @@ import type { ManifestRef } from '../trust-state.js';
 import type { StateView } from '../snapshot.js';
 import type { Store } from '../store.js';
 import { HttpError } from './errors.js';
+import { installRouter } from './install.js';
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
 const REVALIDATE = 'no-cache';
@@ -170,5 +171,6 @@ export function routers(store: Store, view: StateView): Router[] {
     blobsRouter(store),
     inventoryRouter(store, view),
     healthRouter(),
+    installRouter(view),
   ];
 }

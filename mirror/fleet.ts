@@ -2,14 +2,16 @@
  * What the mirror knows about every agent enrolled here, kept in memory and
  * brought up to date by each heartbeat the mirror verifies (never by reading
  * files per request): version, last contact, last update outcome, drift,
- * time disconnected, the latest doctor report's failing and warning checks. Asked with the active manifest and the clock, it says who
- * is behind (running below the version the manifest wants for it, by the same
- * rule the agent uses: core/agent-version.ts), who is silent, which alerts
- * stand, and how the current rollout's waves are doing.
+ * time disconnected, the latest doctor report's failing and warning checks.
+ * Asked with the active manifest and the clock, it says who is behind
+ * (running below the version the manifest wants for it, by the same rule the
+ * agent uses: core/agent-version.ts), who is silent, which alerts stand, and
+ * how the current rollout's waves are doing.
  *
  * Alerts are not stored: each is a condition over the fleet as it is now, so
  * it resolves itself the moment the condition clears (a later update commits,
- * the silent agent speaks again, the rollout resumes).
+ * the silent agent speaks again, the rollout resumes, a later doctor report
+ * is clean).
  *
  * Persistence is mirror/fleet-store.ts; the pages and routes only read here.
  */
@@ -387,12 +389,11 @@ export function agentAlerts(fleet: Fleet, flags: readonly AgentFlags[], silentAf
       count: sick.length,
       agents: sick.slice(0, ALERT_AGENTS).map((f) => {
         const d = fleet.observed.get(f.id)!.doctor!;
-        const more = d.failCount > d.fail.length ? ` and ${d.failCount - d.fail.length} more` : '';
-        return {
-          id: f.id,
-          hostname: name(f),
-          reason: `failing: ${d.fail.join(', ')}${more} (checked ${d.at})`,
-        };
+        const more = d.failCount - d.fail.length;
+        const which = d.fail.length
+          ? `${d.fail.join(', ')}${more > 0 ? ` and ${more} more` : ''}`
+          : `${d.failCount} check(s)`;
+        return { id: f.id, hostname: name(f), reason: `failing: ${which} (checked ${d.at})` };
       }),
       message: `${sick.length} agent(s) report failing doctor checks`,
     });

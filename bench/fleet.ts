@@ -1,7 +1,7 @@
 /**
  * The fleet view at the size of a large site: a real `ferry mirror serve` with an active bundle, N agents
  * (default 10,000) enrolled with their own keys and one signed heartbeat each (a third behind, some with a
- * failed update, some with drift), then the status page (`GET /`, one page of 50 agents, all or filtered)
+ * failed update, some with drift, one in ten with a failing doctor check), then the status page (`GET /`, one page of 50 agents, all or filtered)
  * and `GET /v1/fleet` timed, p50/p99. Each is timed twice: steady (nothing changed since the last request)
  * and after a change (a heartbeat accepted just before each request, so the fleet is evaluated afresh).
  * The baseline is the same measurement against a mirror of 10 agents, in the same run: the ratio says how
@@ -61,6 +61,18 @@ function makeAgents(n: number): SimAgent[] {
   });
 }
 
+/** The doctor summary one agent in ten carries: a failing check and a warning. */
+const DOCTOR = {
+  at: new Date().toISOString(),
+  ok: 14,
+  warn: 1,
+  fail: 1,
+  problems: [
+    { id: 'key', status: 'fail' as const, evidence: 'keys/agent.key has mode 0644' },
+    { id: 'temp', status: 'warn' as const, evidence: '1 left by an interrupted write' },
+  ],
+};
+
 function heartbeatOf(a: SimAgent, i: number): Envelope {
   a.counter++;
   const failed = i % 97 === 0;
@@ -87,6 +99,7 @@ function heartbeatOf(a: SimAgent, i: number): Envelope {
       drift: i % 50 === 0 ? [{ path: '/etc/app.conf', status: 'changed' }] : [],
       disconnectedSec: 0,
       resources: { rssBytes: 1, load1: 0 },
+      ...(i % 10 === 0 && { doctor: DOCTOR }),
     },
     a.signer,
   );
@@ -165,6 +178,7 @@ async function site(work: string, name: string, n: number): Promise<Record<strin
     'page (behind)': () => '/?filter=behind',
     '/v1/fleet (page i)': (i) => `/v1/fleet?page=${(i % pages) + 1}`,
     '/v1/fleet (failing)': () => '/v1/fleet?filter=failing',
+    '/v1/fleet (doctor)': () => '/v1/fleet?filter=doctor',
   };
   const out: Record<string, Figures> = {};
   for (const [label, path] of Object.entries(routes)) {

@@ -1,7 +1,7 @@
 /**
  * The fleet on the mirror's status page: the summary, the alerts, the current
  * rollout's waves as stacked bars, and one page of the agents table with its
- * filters (behind, failing, silent) and page links. Paginated and filtered
+ * filters (behind, failing, silent, doctor) and page links. Paginated and filtered
  * on the server, so 10,000 agents cost what 50 do. Written with the web kit
  * (platform/web.ts): hostnames, groups, versions and reasons come from agents
  * and are shown as text.
@@ -19,7 +19,7 @@ import { FLEET_FILTERS, type FleetAgentView, type FleetAlert, type RolloutSummar
 export type FleetBlockView = { detail: true; page: FleetPage } | { detail: false; report: FleetReport };
 
 export const FLEET_CSS = `.chip{display:inline-block;padding:0 5px;border-radius:3px;font-size:11px;color:#fff;margin-right:2px}
-.chip.behind{background:#b60}.chip.failing{background:#b00}.chip.silent{background:#666}.chip.revoked{background:#444}
+.chip.behind{background:#b60}.chip.failing{background:#b00}.chip.silent{background:#666}.chip.revoked{background:#444}.chip.doctor{background:#906}.chip.doctor-warn{background:#a80}
 .bar{display:flex;width:420px;height:14px;border:1px solid #ccc;margin:2px 0}.bar span{display:block;height:100%}
 .s-pending{background:#ddd}.s-updating{background:#48c}.s-committed{background:#2a2}.s-failed{background:#c22}
 .s-rolledBack{background:#c80}.s-silent{background:#777}.alert{color:#b00}nav a{margin-right:8px}nav b{margin-right:8px}`;
@@ -73,7 +73,19 @@ function chips(v: FleetAgentView): Html {
     v.behind && html`<span class="chip behind">behind → ${v.wanted}</span>`
   }${v.failing && html`<span class="chip failing">update failed</span>`}${
     v.silent && html`<span class="chip silent">silent</span>`
-  }`;
+  }${doctorChip(v)}`;
+}
+
+/** The latest doctor report's failing checks (or, when none fail, its warnings), ids as text. */
+function doctorChip(v: FleetAgentView): Html {
+  const d = v.doctor;
+  if (!d || (d.failCount === 0 && d.warnCount === 0)) return html``;
+  const title = `doctor at ${d.at}: fail ${d.fail.join(', ') || '-'}; warn ${d.warn.join(', ') || '-'}`;
+  return d.failCount > 0
+    ? html`<span class="chip doctor" title="${title}">doctor ✗${d.failCount}: ${d.fail.join(', ')}</span>`
+    : html`<span class="chip doctor-warn" title="${title}"
+        >doctor ⚠${d.warnCount}: ${d.warn.join(', ')}</span
+      >`;
 }
 
 const link = (p: FleetPage, page: number, filter = p.filter) =>
@@ -131,7 +143,7 @@ export function fleetBlock(v: FleetBlockView): Html {
   return html`<p id="fleet-summary">
       <b id="agents-count">${s.agents}</b> agent(s) · <b id="behind-count">${s.behind}</b> behind ·
       ${s.failing} failing · ${s.silent} silent (no heartbeat for ${r.silentAfterSec} s) · ${s.revoked}
-      revoked
+      revoked · <span id="doctor-count">${s.doctorFailing}</span> with failing doctor checks
     </p>
     <p id="versions">${versions || 'no versions reported yet'}</p>
     <h3>Alerts</h3>

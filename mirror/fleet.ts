@@ -2,19 +2,21 @@
  * What the mirror knows about every agent enrolled here, kept in memory and
  * brought up to date by each heartbeat the mirror verifies (never by reading
  * files per request): version, last contact, last update outcome, drift,
- * time disconnected. Asked with the active manifest and the clock, it says who
- * is behind (running below the version the manifest wants for it, by the same
- * rule the agent uses: core/agent-version.ts), who is silent, which alerts
- * stand, and how the current rollout's waves are doing.
+ * time disconnected, the latest doctor report's failing and warning checks.
+ * Asked with the active manifest and the clock, it says who is behind
+ * (running below the version the manifest wants for it, by the same rule the
+ * agent uses: core/agent-version.ts), who is silent, which alerts stand, and
+ * how the current rollout's waves are doing.
  *
  * Alerts are not stored: each is a condition over the fleet as it is now, so
  * it resolves itself the moment the condition clears (a later update commits,
- * the silent agent speaks again, the rollout resumes).
+ * the silent agent speaks again, the rollout resumes, a later doctor report
+ * is clean).
  *
  * Persistence is mirror/fleet-store.ts; the pages and routes only read here.
  */
 import { isBehind } from '../core/agent-version.js';
-import type { Heartbeat, JsonObject } from '../core/heartbeat.js';
+import type { DoctorSummary, Heartbeat, JsonObject } from '../core/heartbeat.js';
 import type { Manifest } from '../core/manifest.js';
 import type { RolloutCounts } from '../core/telemetry.js';
 
@@ -26,6 +28,19 @@ export interface UpdateOutcome {
   phase?: string;
   code?: string;
   at: string;
+}
+
+/**
+ * The agent's latest self-diagnosis, reduced to what the fleet view shows: when it ran, how many
+ * checks failed or warned, and their ids (as many as the summary carried; the counts are exact).
+ * The evidence stays in `<data>/doctor/` for `ferry mirror doctor AGENT`.
+ */
+export interface DoctorSeen {
+  at: string;
+  failCount: number;
+  warnCount: number;
+  fail: string[];
+  warn: string[];
 }
 
 /** What heartbeats told the mirror about one agent. */
@@ -41,6 +56,8 @@ export interface Observed {
   /** The first few drift entries of the latest cycle (all of them are counted). */
   drift: JsonObject[];
   disconnectedSec: number;
+  /** Absent until the agent's first doctor summary arrives. */
+  doctor?: DoctorSeen;
 }
 
 /** Who the agent is, from its enrolment record (mirror/agents.ts). */
@@ -70,11 +87,17 @@ export interface RolloutSource {
   rolloutSummary(): RolloutSummary | null;
 }
 
-export type FleetFilter = 'all' | 'behind' | 'failing' | 'silent';
-export const FLEET_FILTERS: readonly FleetFilter[] = ['all', 'behind', 'failing', 'silent'];
+/** `doctor`: agents whose latest doctor report has a failing check. */
+export type FleetFilter = 'all' | 'behind' | 'failing' | 'silent' | 'doctor';
+export const FLEET_FILTERS: readonly FleetFilter[] = ['all', 'behind', 'failing', 'silent', 'doctor'];
 
-export type AlertKind = 'update_failed' | 'rollout_halted' | 'agent_silent';
-export const ALERT_KINDS: readonly AlertKind[] = ['update_failed', 'rollout_halted', 'agent_silent'];
+export type AlertKind = 'update_failed' | 'rollout_halted' | 'agent_silent' | 'doctor_failing';
+export const ALERT_KINDS: readonly AlertKind[] = [
+  'update_failed',
+  'rollout_halted',
+  'agent_silent',
+  'doctor_failing',
+];
 
 export interface FleetAlert {
   kind: AlertKind;
@@ -94,6 +117,8 @@ export interface FleetSummary {
   behind: number;
   failing: number;
   silent: number;
+  /** Agents whose latest doctor report has a failing check. */
+  doctorFailing: number;
   /** Agents by the version they run ("unknown" before their first heartbeat). */
   byVersion: Record<string, number>;
 }
@@ -124,6 +149,19 @@ function updateOf(r: JsonObject): UpdateOutcome | null {
   };
 }
 
+/** The fleet view's part of a doctor summary. */
+export function doctorSeen(d: DoctorSummary): DoctorSeen {
+  const ids = (status: 'fail' | 'warn') => d.problems.filter((p) => p.status === status).map((p) => p.id);
+  return { at: d.at, failCount: d.fail, warnCount: d.warn, fail: ids('fail'), warn: ids('warn') };
+}
+
+/** The newer of the report known and the one a heartbeat carries (most heartbeats carry none). */
+function latestDoctor(prev: DoctorSeen | undefined, d: DoctorSummary | undefined): DoctorSeen | undefined {
+  if (!d) return prev;
+  if (prev && Date.parse(d.at) <= Date.parse(prev.at)) return prev;
+  return doctorSeen(d);
+}
+
 /**
  * Folds one verified heartbeat into what was known of its agent. A heartbeat that only reports
  * update outcomes carries no drift of its own: the drift last seen stands.
@@ -132,6 +170,7 @@ export function observe(prev: Observed | undefined, h: Heartbeat, receivedAt: st
   const updates = h.results.map(updateOf);
   const lastUpdate = updates.reduce<UpdateOutcome | null>((a, u) => u ?? a, prev?.lastUpdate ?? null);
   const onlyUpdates = h.results.length > 0 && updates.every((u) => u !== null);
+  const doctor = latestDoctor(prev?.doctor, h.doctor);
   return {
     counter: h.counter,
     version: h.version,
@@ -142,6 +181,7 @@ export function observe(prev: Observed | undefined, h: Heartbeat, receivedAt: st
     driftCount: onlyUpdates && prev ? prev.driftCount : h.drift.length,
     drift: onlyUpdates && prev ? prev.drift : h.drift.slice(0, DRIFT_KEPT),
     disconnectedSec: h.disconnectedSec,
+    ...(doctor && { doctor }),
   };
 }
 
@@ -160,6 +200,8 @@ export interface AgentFlags {
   wanted: string | null;
   failing: boolean;
   silent: boolean;
+  /** Its latest doctor report has a failing check. */
+  doctorFailing: boolean;
 }
 
 type BehindMemo = Map<string, { wanted: string } | null>;
@@ -236,6 +278,7 @@ export class Fleet {
       wanted: wanted === null ? null : wanted.wanted,
       failing: !revoked && o?.lastUpdate != null && FAILED_OUTCOMES.has(o.lastUpdate.outcome),
       silent: !revoked && c.now - contactMs > c.silentAfterMs,
+      doctorFailing: !revoked && (o?.doctor?.failCount ?? 0) > 0,
     };
     this.derived.set(e.id, { enrolled: e, observed: o, manifest: c.manifest, contactMs, flags });
     return flags;
@@ -264,7 +307,15 @@ export class Fleet {
 }
 
 export function summarise(fleet: Fleet, flags: readonly AgentFlags[]): FleetSummary {
-  const s: FleetSummary = { agents: 0, revoked: 0, behind: 0, failing: 0, silent: 0, byVersion: {} };
+  const s: FleetSummary = {
+    agents: 0,
+    revoked: 0,
+    behind: 0,
+    failing: 0,
+    silent: 0,
+    doctorFailing: 0,
+    byVersion: {},
+  };
   for (const f of flags) {
     if (f.revoked) {
       s.revoked++;
@@ -274,6 +325,7 @@ export function summarise(fleet: Fleet, flags: readonly AgentFlags[]): FleetSumm
     if (f.behind) s.behind++;
     if (f.failing) s.failing++;
     if (f.silent) s.silent++;
+    if (f.doctorFailing) s.doctorFailing++;
     const version = fleet.observed.get(f.id)?.version ?? 'unknown';
     s.byVersion[version] = (s.byVersion[version] ?? 0) + 1;
   }
@@ -282,6 +334,7 @@ export function summarise(fleet: Fleet, flags: readonly AgentFlags[]): FleetSumm
 
 export function matches(f: AgentFlags, filter: FleetFilter): boolean {
   if (filter === 'all') return true;
+  if (filter === 'doctor') return f.doctorFailing;
   return f[filter];
 }
 
@@ -328,6 +381,21 @@ export function agentAlerts(fleet: Fleet, flags: readonly AgentFlags[], silentAf
         return { id: f.id, hostname: name(f), reason };
       }),
       message: `${silent.length} agent(s) silent for more than ${Math.round(silentAfterMs / 1000)} s`,
+    });
+  const sick = flags.filter((f) => f.doctorFailing);
+  if (sick.length)
+    out.push({
+      kind: 'doctor_failing',
+      count: sick.length,
+      agents: sick.slice(0, ALERT_AGENTS).map((f) => {
+        const d = fleet.observed.get(f.id)!.doctor!;
+        const more = d.failCount - d.fail.length;
+        const which = d.fail.length
+          ? `${d.fail.join(', ')}${more > 0 ? ` and ${more} more` : ''}`
+          : `${d.failCount} check(s)`;
+        return { id: f.id, hostname: name(f), reason: `failing: ${which} (checked ${d.at})` };
+      }),
+      message: `${sick.length} agent(s) report failing doctor checks`,
     });
   return out;
 }

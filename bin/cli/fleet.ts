@@ -2,7 +2,7 @@
  * The fleet part of `ferry mirror status`: asked of the serving mirror over its
  * control socket (the fleet view lives in that process), printed as text or
  * carried in --json. `--agents` lists one page of agents (`--page`, `--size`,
- * `--filter behind|failing|silent`).
+ * `--filter behind|failing|silent|doctor`).
  */
 import { FerryError } from '../../core/errors.js';
 import { callControl } from '../../mirror/control.js';
@@ -17,7 +17,7 @@ export const fleetStatusOptions = {
   filter: { type: 'string' },
 } as const;
 
-export const fleetStatusUsage = '[--agents [--page N] [--size N] [--filter behind|failing|silent]]';
+export const fleetStatusUsage = `[--agents [--page N] [--size N] [--filter ${FLEET_FILTERS.filter((f) => f !== 'all').join('|')}]]`;
 
 export type FleetStatus = (FleetReport & Partial<FleetPage>) | null;
 
@@ -49,13 +49,19 @@ function agentLine(a: FleetAgentView): string {
     a.failing && 'FAILING',
     a.silent && 'SILENT',
   ].filter(Boolean);
+  const d = a.doctor;
+  const doctor =
+    d && (d.failCount > 0 || d.warnCount > 0)
+      ? `  doctor fail ${d.failCount}${d.fail.length ? ` (${d.fail.join(',')})` : ''}` +
+        ` warn ${d.warnCount}${d.warn.length ? ` (${d.warn.join(',')})` : ''} at ${d.at}`
+      : '';
   const update = a.lastUpdate
     ? `  last update ${a.lastUpdate.outcome} ${a.lastUpdate.version}: ${a.lastUpdate.reason}`
     : '';
   return (
     `  ${a.id}  ${a.hostname}  ${a.version ?? '-'}  [${a.groups.join(',')}]  ` +
     `last contact ${a.lastContact ?? 'never'}  drift ${a.driftCount ?? 0}` +
-    `${flags.length ? '  ' + flags.join(' ') : ''}${update}`
+    `${flags.length ? '  ' + flags.join(' ') : ''}${update}${doctor}`
   );
 }
 
@@ -70,7 +76,7 @@ export function printFleet(io: Io, f: FleetStatus): void {
     .join(', ');
   io.out(
     `fleet: ${s.agents} agent(s), ${s.behind} behind, ${s.failing} failing, ${s.silent} silent, ` +
-      `${s.revoked} revoked${versions ? ` (${versions})` : ''}`,
+      `${s.revoked} revoked, ${s.doctorFailing} with failing doctor checks${versions ? ` (${versions})` : ''}`,
   );
   for (const a of f.alerts) {
     io.out(`ALERT ${a.kind}: ${a.message}`);

@@ -103,7 +103,7 @@ export const mirrorStatus: Command = {
   summary:
     'Shows what a mirror data directory serves: site, trust root, active and pending manifests, quarantine;\n' +
     'and, from the serving mirror, the fleet: agents, how many are behind, alerts, the rollout by wave.\n' +
-    '--agents lists one page of agents (--page, --size, --filter behind|failing|silent).',
+    '--agents lists one page of agents (--page, --size, --filter behind|failing|silent|doctor).',
   usage: `--data DIR ${fleetStatusUsage} [--json]`,
   options: { data: { type: 'string' }, ...fleetStatusOptions, ...jsonOption },
   async run(p, io) {

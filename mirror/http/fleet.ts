@@ -79,6 +79,7 @@ export function defineFleetMetrics(m: Metrics): void {
   );
   m.define('ferry_agents_failing', 'gauge', 'Agents whose last update failed, rolled back or was refused.');
   m.define('ferry_agents_silent', 'gauge', 'Agents not heard from for longer than the silence threshold.');
+  m.define('ferry_agents_doctor_failing', 'gauge', 'Agents whose latest doctor report has a failing check.');
   m.define('ferry_agents_by_version', 'gauge', 'Agents by the version they last reported.');
   m.define('ferry_alerts', 'gauge', 'Alerts standing now (1) or not (0), by kind.');
 }
@@ -89,6 +90,7 @@ export function fleetGauges(m: Metrics, r: FleetReport): void {
   m.set('ferry_agents_behind', r.summary.behind);
   m.set('ferry_agents_failing', r.summary.failing);
   m.set('ferry_agents_silent', r.summary.silent);
+  m.set('ferry_agents_doctor_failing', r.summary.doctorFailing);
   m.reset('ferry_agents_by_version');
   for (const [version, n] of Object.entries(r.summary.byVersion))
     m.set('ferry_agents_by_version', n, { version });

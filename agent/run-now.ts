@@ -49,7 +49,8 @@ export async function askRunNow(o: {
 }): Promise<RunNowRequest[]> {
   for (const mirror of o.mirrors.candidates(o.now())) {
     try {
-      const res = await request(`${mirror}/v1/rollout/${o.agentId}`, {
+      // peek: asking for requests is not choosing the rollout's version (mirror/http/rollout.ts)
+      const res = await request(`${mirror}/v1/rollout/${o.agentId}?peek=1`, {
         timeoutMs: o.timeoutMs,
         maxBytes: MAX_ANSWER_BYTES,
       });

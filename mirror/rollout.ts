@@ -188,6 +188,14 @@ export class MirrorRollout {
     });
   }
 
+  /**
+   * The same answer without remembering a yes as the agent's start: for an agent that asks only for its
+   * run-now requests (`?peek=1`), not because it chose the rollout's version.
+   */
+  peek(agentId: string, groups: readonly string[]): RolloutAnswer {
+    return answerFor(this.s, agentId, groups, this.now());
+  }
+
   /** An operator's action (serialisable, so a peer can replay it); a refusal is thrown, changing nothing. */
   operator(e: OperatorEvent): Promise<StepResult> {
     return this.serial(async () => {

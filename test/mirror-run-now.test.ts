@@ -7,11 +7,13 @@
  * that forges the rollout answer) gets nothing run outside the agent's signed policy, nor past its
  * interpreter allowlist.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { enroll, loadOrCreateIdentity } from '../agent/identity.js';
 import {
   eventually,
   importInto,
@@ -188,7 +190,7 @@ async function hostileProxy(upstream: string, forged: { id: string; script: stri
   const up = new URL(upstream);
   const server: Server = createServer((req, res) => {
     if (req.method === 'GET' && req.url?.startsWith('/v1/rollout/')) {
-      const agentId = req.url.slice('/v1/rollout/'.length);
+      const agentId = new URL(req.url, 'http://x').pathname.slice('/v1/rollout/'.length);
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(
         JSON.stringify({
@@ -270,4 +272,61 @@ describe('run-now from a hostile mirror', () => {
     await proxy2.close();
     await mirror.stop();
   }, 180_000);
+});
+
+describe('run-now requests in the rollout answer', () => {
+  it('are offered to the targeted agent; asking for them with ?peek=1 is not taken as the start of an update', async () => {
+    const dir = join(w.dir, 'peek');
+    const data = join(dir, 'mirror');
+    await mkdir(dir, { recursive: true });
+    const b = await buildBundle(w, join(dir, 'b.ferry'), {
+      spec: { rollout: { agent: '2.0.0', strategy: 'immediate', waves: [{ percent: 100 }] } },
+      artifacts: [
+        ...artifacts(join(dir, 'm1'), join(dir, 'm2')),
+        {
+          name: 'ferry-agent',
+          kind: 'agent',
+          version: '2.0.0',
+          platform: 'linux-x64',
+          content: randomBytes(4096),
+        },
+      ],
+    });
+    await importInto(data, b.volumes[0]!.path, w.rootPath);
+    const mirror = await startMirrorAt(data, 0, OPEN_ENROLMENT);
+    const id = await loadOrCreateIdentity(join(dir, 'agent'));
+    await enroll(mirror.url, id, { hostname: 'n1', platform: 'linux-x64', groups: ['web'] });
+    const ask = async (q = '') => {
+      const r = await fetch(`${mirror.url}/v1/rollout/${id.agentId}${q}`);
+      expect(r.status).toBe(200);
+      return (await r.json()) as Record<string, unknown>;
+    };
+    const updating = async () => {
+      const r = await runFerry(['mirror', 'rollout', 'status', '--data', data, '--json']);
+      const v = JSON.parse(r.stdout) as { rollout: { perWave: { updating: number }[] } };
+      return v.rollout.perWave.reduce((n, c) => n + c.updating, 0);
+    };
+
+    const peeked = await ask('?peek=1');
+    expect(peeked).toMatchObject({ may: true, code: 'GO' });
+    expect(peeked.runNow).toBeUndefined();
+    expect(await updating()).toBe(0);
+
+    const other = await runNow(data, ['--script', 'tick', '--group', 'db']);
+    expect(other.code).toBe(0);
+    expect((await ask('?peek=1')).runNow).toBeUndefined(); // another group's request
+    const mine = await runNow(data, ['--script', 'tick', '--agent', id.agentId]);
+    const all = await runNow(data, ['--script', 'other']);
+    const ids = [mine, all].map((r) => (r.out.request as { id: string }).id);
+    expect((await ask('?peek=1')).runNow).toEqual([
+      { id: ids[0], script: 'tick' },
+      { id: ids[1], script: 'other' },
+    ]);
+    expect(await updating()).toBe(0);
+
+    // the agent's own update question is remembered as its start, as before
+    expect(await ask()).toMatchObject({ may: true, code: 'GO' });
+    expect(await updating()).toBe(1);
+    await mirror.stop();
+  }, 120_000);
 });

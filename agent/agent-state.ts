@@ -50,6 +50,8 @@ export interface AgentState {
   counter: number;
   /** Managed files this agent has placed, as `placementKey(path, sha256)`. */
   placed?: string[];
+  /** Ids of the site's run-now requests already handled, oldest first (at most 256; agent/run-now.ts). */
+  runNow?: string[];
 }
 
 export const stateFile = (dir: string) => join(dir, 'state.json');
@@ -116,6 +118,7 @@ export function assertAgentState(v: unknown): asserts v is AgentState {
   if (v.disconnectedSince !== null && !isNum(v.disconnectedSince)) throw bad('disconnectedSince');
   if (!isNum(v.counter)) throw bad('counter');
   if (v.placed !== undefined && !isStrArr(v.placed)) throw bad('placed');
+  if (v.runNow !== undefined && !isStrArr(v.runNow)) throw bad('runNow');
 }
 
 /** Reads state.json, or undefined when the agent has never run with this directory. */

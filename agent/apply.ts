@@ -12,7 +12,8 @@ import { parseIsoUtc } from '../core/time.js';
 import { desiredState, type PolicyProblem } from './desired.js';
 import { blobCachePath } from './fetch.js';
 import { placementKey, reconcileFiles, type FileReport } from './files.js';
-import { dueScripts } from './schedule.js';
+import { MAX_REMEMBERED_RUN_NOW, type RunNowRequest } from './run-now.js';
+import { dueScripts, type DueReason } from './schedule.js';
 import { runScript } from './scripts.js';
 import { activeManifest } from './sync.js';
 import type { AgentState } from './agent-state.js';
@@ -28,6 +29,11 @@ export interface ApplyContext {
   /** When this agent process started (for `boot` scripts). */
   bootAt: number;
   maxOutputBytes?: number;
+  /**
+   * The site's `run-now` requests (agent/run-now.ts): each id not yet handled runs its script once, when
+   * the signed policy assigns that script to this agent; any other name runs nothing.
+   */
+  runNow?: readonly RunNowRequest[];
 }
 
 export interface ScriptReport {
@@ -43,6 +49,8 @@ export interface ScriptReport {
   truncated: boolean;
   /** Set when the agent refused to run it (e.g. INTERPRETER_NOT_ALLOWED). */
   refused?: { code: string; message: string };
+  /** Set when a site's `run-now` request (this id) made it run now rather than its schedule. */
+  forced?: { id: string };
 }
 
 export interface ApplyReport {
@@ -84,10 +92,35 @@ export async function applyOnce(
   );
   const scripts: ScriptReport[] = [];
   const history = { ...state.scripts };
-  for (const d of due) {
+  // A run-now request is read against the signed policy: it only makes a script this agent runs anyway
+  // run sooner, once per id. A script already due this cycle runs once, as scheduled.
+  const handled = new Set(state.runNow ?? []);
+  const runs: { d: { script: string; reason: DueReason | 'run-now' }; forced?: { id: string } }[] = due.map(
+    (d) => ({ d }),
+  );
+  for (const r of ctx.runNow ?? []) {
+    if (handled.has(r.id)) continue;
+    handled.add(r.id);
+    if (!desired.scripts.some((x) => x.entry.script === r.script)) {
+      ctx.log.warn('script.run_now_ignored', {
+        id: r.id,
+        script: r.script,
+        reason: 'the signed policy does not assign this script to this agent',
+      });
+      continue;
+    }
+    if (runs.some((x) => x.d.script === r.script)) continue;
+    runs.push({ d: { script: r.script, reason: 'run-now' }, forced: { id: r.id } });
+  }
+  for (const { d, forced } of runs) {
     const s = desired.scripts.find((x) => x.entry.script === d.script)!;
     const startedAt = ctx.now();
-    const base = { script: d.script, sha256: s.artifact.sha256, reason: d.reason };
+    const base = {
+      script: d.script,
+      sha256: s.artifact.sha256,
+      reason: d.reason,
+      ...(forced && { forced }),
+    };
     try {
       const r = await runScript({
         path: await cached(s.artifact),
@@ -155,7 +188,12 @@ export async function applyOnce(
     if (f.status !== 'ok') ctx.log.warn('file.drift', { path: f.path, status: f.status, action: f.action });
   }
   return {
-    state: { ...state, scripts: history, placed: [...placedBefore] },
+    state: {
+      ...state,
+      scripts: history,
+      placed: [...placedBefore],
+      ...(handled.size > 0 && { runNow: [...handled].slice(-MAX_REMEMBERED_RUN_NOW) }),
+    },
     report: {
       sequence: manifest.sequence,
       expired,

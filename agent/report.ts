@@ -64,6 +64,7 @@ export async function queueHeartbeat(
     stderr: s.stderr.slice(0, 4096),
     truncated: s.truncated || s.stdout.length > 4096 || s.stderr.length > 4096,
     ...(s.refused && { refused: { code: s.refused.code, message: s.refused.message } }),
+    ...(s.forced && { forced: true, runNowId: s.forced.id }),
   }));
   // A signed policy the agent cannot follow is a difference between desired and actual state too: it
   // travels as drift (`{policy, …}`, beside files' `{path, …}`), which every mirror and server accept.

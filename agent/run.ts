@@ -18,6 +18,7 @@ import { agentMetrics, serveMetrics, writeMetricsFile } from './metrics.js';
 import { enroll, EnrolRefusedError, loadOrCreateIdentity, type AgentIdentity } from './identity.js';
 import { AgentOutbox } from './outbox.js';
 import { recordPolicyProblems } from './problems.js';
+import { askRunNow } from './run-now.js';
 import { drainOutbox, hostnameOf, platformOf, queueHeartbeat } from './report.js';
 import { initialState, readAgentState, writeAgentState, type AgentState } from './agent-state.js';
 import { readShortage, recordShortage, shortageDrift } from './storage.js';
@@ -224,6 +225,11 @@ export class Agent {
         : await readShortage(this.o.stateDir);
     m.set('ferry_agent_storage_full', shortage ? 1 : 0);
 
+    // The site's run-now requests (unsigned advice, read against the signed policy in applyOnce).
+    const runNow =
+      this.state.agentId !== null && synced.outcome.kind !== 'unreachable'
+        ? await askRunNow({ mirrors: this.mirrors, agentId: this.state.agentId, timeoutMs, now: this.now })
+        : [];
     const applied = await applyOnce(
       {
         cacheDir,
@@ -232,6 +238,7 @@ export class Agent {
         allowlist: this.o.allowlist ?? ['sh', 'bash'],
         enforceFiles: this.o.enforceFiles ?? true,
         bootAt: this.bootAt,
+        runNow,
       },
       this.state,
     );

@@ -86,6 +86,7 @@ async function rolloutCommands(): Promise<Record<string, Command>> {
     'rollout resume': r.mirrorRolloutResume,
     'rollout abort': r.mirrorRolloutAbort,
     'update-now': r.mirrorUpdateNow,
+    'run-now': r.mirrorRunNow,
   };
 }
 

@@ -6,12 +6,15 @@
  *   GET  /rollout            {rollout: RolloutSummary | null}
  *   POST /rollout            {action: approve|halt|resume|abort, actor, reason?, revert?, rolloutId?}
  *   POST /update-now         {agent, actor, reason?}
+ *   POST /run-now            {script, agent? | group?, actor, reason?}  (mirror/run-now.ts)
  */
 import { CodedError } from '../core/errors.js';
 import type { OperatorEvent } from '../core/rollout/gate.js';
 import type { AgentsStore } from './agents.js';
 import type { ControlHandler } from './control.js';
 import type { MirrorRollout } from './rollout.js';
+import type { RunNowTarget } from './run-now.js';
+import type { StateView } from './snapshot.js';
 
 const usage = (m: string) => new CodedError('USAGE', m);
 
@@ -44,7 +47,11 @@ export function operatorEventOf(b: Record<string, unknown>): OperatorEvent {
   }
 }
 
-export function rolloutControl(rollout: MirrorRollout, agents: AgentsStore): Record<string, ControlHandler> {
+export function rolloutControl(
+  rollout: MirrorRollout,
+  agents: AgentsStore,
+  view?: StateView,
+): Record<string, ControlHandler> {
   return {
     'GET /rollout': () => Promise.resolve({ rollout: rollout.rolloutSummary() }),
     'POST /rollout': async (b) => {
@@ -66,6 +73,31 @@ export function rolloutControl(rollout: MirrorRollout, agents: AgentsStore): Rec
         ...(reason !== undefined && { reason }),
       });
       return { agent: agentId, recorded: r.actions.map((a) => a.info.event) };
+    },
+    'POST /run-now': async (b) => {
+      const script = text(b.script, 'script', 256)!;
+      if (b.agent !== undefined && b.group !== undefined) throw usage('give --agent or --group, not both');
+      let target: RunNowTarget = { all: true };
+      if (b.agent !== undefined) {
+        const agentId = text(b.agent, 'agent', 64)!;
+        const record = await agents.get(agentId);
+        if (!record || record.revokedAt !== undefined)
+          throw new CodedError('UNKNOWN_AGENT', `no agent ${agentId} is enrolled here`);
+        target = { agent: agentId };
+      } else if (b.group !== undefined) {
+        const group = text(b.group, 'group', 128)!;
+        target = { group };
+      }
+      const actor = text(b.actor, 'actor', 128)!;
+      const reason = text(b.reason, 'reason', 512, true);
+      const manifest = view ? ((await view.current()).active?.manifest ?? null) : null;
+      const q = await rollout.runNow.request(manifest, {
+        script,
+        target,
+        actor,
+        ...(reason !== undefined && { reason }),
+      });
+      return { request: { ...q } };
     },
   };
 }

@@ -34,6 +34,7 @@ import { CodedError } from '../core/errors.js';
 import { writeFileAtomic } from '../platform/fsx.js';
 import type { Logger } from '../platform/log.js';
 import type { MirrorOutbox } from './outbox.js';
+import { MirrorRunNow } from './run-now.js';
 
 export interface RolloutSummary {
   id: string;
@@ -83,6 +84,8 @@ export class MirrorRollout {
   private chain: Promise<unknown> = Promise.resolve();
   private readonly now: () => number;
   private lastWrite = 0;
+  /** Operators' requests that agents run a policy script at their next poll (mirror/run-now.ts). */
+  runNow!: MirrorRunNow;
 
   private constructor(private readonly o: MirrorRolloutOptions) {
     this.path = join(o.dataDir, 'rollout', 'gate.json');
@@ -93,6 +96,7 @@ export class MirrorRollout {
   static async open(o: MirrorRolloutOptions): Promise<MirrorRollout> {
     const r = new MirrorRollout(o);
     await mkdir(join(o.dataDir, 'rollout'), { recursive: true });
+    r.runNow = await MirrorRunNow.open({ dataDir: o.dataDir, log: o.log, now: r.now });
     const text = await readFile(r.path, 'utf8').catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined;
       throw e;
@@ -185,6 +189,14 @@ export class MirrorRollout {
       await this.feed({ type: 'go', agentId, groups: [...groups] });
       return a;
     });
+  }
+
+  /**
+   * The same answer without remembering a yes as the agent's start: for an agent that asks only for its
+   * run-now requests (`?peek=1`), not because it chose the rollout's version.
+   */
+  peek(agentId: string, groups: readonly string[]): RolloutAnswer {
+    return answerFor(this.s, agentId, groups, this.now());
   }
 
   /** An operator's action (serialisable, so a peer can replay it); a refusal is thrown, changing nothing. */

@@ -336,7 +336,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
       ...fleetControl(fleet, store),
       ...enrolmentControl(agents, site, log),
-      ...rolloutControl(rollout, agents),
+      ...rolloutControl(rollout, agents, view),
     },
     log,
   );

@@ -45,7 +45,7 @@ export async function askRolloutGate(o: {
         last = `${mirror} answered ${res.status}`;
         continue;
       }
-      const v = parseJsonStrict(res.body, { maxBytes: MAX_ANSWER_BYTES, maxDepth: 2 }) as Record<
+      const v = parseJsonStrict(res.body, { maxBytes: MAX_ANSWER_BYTES, maxDepth: 3 }) as Record<
         string,
         unknown
       >;

@@ -136,3 +136,41 @@ export const mirrorUpdateNow: Command = {
     return 0;
   },
 };
+
+export const mirrorRunNow: Command = {
+  summary:
+    'Asks agents to run one of their policy scripts at their next poll instead of waiting for its schedule:\n' +
+    'one agent (--agent), one group (--group) or every agent. Each agent runs it once, and only when its signed\n' +
+    'policy already assigns it that script (same arguments, its own interpreter allowlist). Refused\n' +
+    '(UNKNOWN_SCRIPT) when the active manifest carries no such script. Requests expire after 24 h.',
+  usage: '--script NAME [--agent ID | --group G] --data DIR [--reason TEXT] [--actor NAME] [--json]',
+  options: {
+    data: { type: 'string' },
+    script: { type: 'string' },
+    agent: { type: 'string' },
+    group: { type: 'string' },
+    reason: { type: 'string' },
+    actor: { type: 'string' },
+    ...jsonOption,
+  },
+  async run(p, io) {
+    const agent = str(p, 'agent', false);
+    const group = str(p, 'group', false);
+    if (agent && group) throw new CodedError('USAGE', 'give --agent or --group, not both');
+    const reason = str(p, 'reason', false);
+    const a = await ask(str(p, 'data'), 'POST', '/run-now', {
+      script: str(p, 'script'),
+      ...(agent && { agent }),
+      ...(group && { group }),
+      actor: actorOf(p),
+      ...(reason && { reason }),
+    });
+    const q = a.request as { id: string; script: string };
+    if (p.json) printJson(io, { ok: true, request: a.request });
+    else
+      io.out(
+        `run-now ${q.id}: ${agent ? `agent ${agent}` : group ? `group ${group}` : 'every agent'} runs ${q.script} at its next poll`,
+      );
+    return 0;
+  },
+};

@@ -3,6 +3,8 @@
  * now, and why (core/rollout/answer.ts; docs/rollout.md). Unsigned advice: the
  * agent still applies every check of its own. Unknown agents get 404
  * UNKNOWN_AGENT, revoked ones 403 AGENT_REVOKED, as on the telemetry route.
+ * Pending `run-now` requests for the agent ride along as `runNow: [{id, script}]`;
+ * with `?peek=1` a yes is not remembered as the agent's start (mirror/rollout.ts).
  */
 import Router from '@koa/router';
 import { isAgentId } from '../../core/heartbeat.js';
@@ -23,7 +25,14 @@ export function rolloutRouter(rollout: MirrorRollout, agents: AgentsStore, view:
       throw new HttpError(403, 'AGENT_REVOKED', `agent ${agentId} was revoked at this mirror`);
     await rollout.adopt((await view.current()).active?.manifest ?? null);
     ctx.set('Cache-Control', 'no-store');
-    ctx.body = await rollout.answer(agentId, record.groups);
+    // `?peek=1`: an agent that asks only for its run-now requests has not chosen to start the update.
+    const answer =
+      ctx.query.peek === '1'
+        ? rollout.peek(agentId, record.groups)
+        : await rollout.answer(agentId, record.groups);
+    // Pending run-now requests ride along only when there are some (docs/rollout.md).
+    const runNow = rollout.runNow.offeredTo(agentId, record.groups);
+    ctx.body = runNow.length > 0 ? { ...answer, runNow } : answer;
   });
   return router;
 }

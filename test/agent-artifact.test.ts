@@ -131,7 +131,8 @@ describe('dist/ferry-agent, the single-file agent', () => {
     const cycled = await eventually('a first full agent cycle', () =>
       Promise.resolve(logLines(agent.stderr()).find((l) => l.event === 'agent.cycle')),
     );
-    expect(cycled).toMatchObject({ sync: 'updated', sequence: 1, sent: 1 });
+    // two heartbeats: the doctor's first summary goes in one of its own, then the cycle's
+    expect(cycled).toMatchObject({ sync: 'updated', sequence: 1, sent: 2 });
     expect(logLines(agent.stderr()).some((l) => l.event === 'agent.enrolled')).toBe(true);
 
     // env exec'd node by the shebang, so with --lite-mode

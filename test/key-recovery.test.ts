@@ -154,7 +154,22 @@ const poll = async (d: Dirs, m: MirrorProc, root: string) => {
   return { exit: r.code, ...json<PollOut>(r) };
 };
 
-async function served(m: MirrorProc): Promise<{ status: number; sequence?: number; code?: string }> {
+/**
+ * What the serving mirror answers once it has seen the last change: another process's import shows
+ * within the view's recheck interval (mirror/snapshot.ts, 250 ms), so a changed answer is awaited.
+ */
+async function served(
+  m: MirrorProc,
+  want?: { status: number; sequence?: number; code?: string },
+): Promise<{ status: number; sequence?: number; code?: string }> {
+  for (let i = 0; ; i++) {
+    const got = await servedNow(m);
+    if (!want || JSON.stringify(got) === JSON.stringify(want) || i >= 40) return got;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function servedNow(m: MirrorProc): Promise<{ status: number; sequence?: number; code?: string }> {
   const res = await fetch(`${m.url}/v1/manifest`);
   const body = (await res.json()) as { payload?: string; code?: string };
   if (res.status !== 200) return { status: res.status, ...(body.code && { code: body.code }) };
@@ -188,7 +203,7 @@ describe('recovery after a bundle-key compromise', () => {
     const evil = await futureBundle(d, MAX, 'K', 400 * DAY);
     expect(await mirrorImport(d, evil, root1)).toMatchObject({ ok: true, sequence: MAX, status: 'active' });
     const mirror = await startMirrorProc({ data: d.data, openEnrolment: true });
-    expect(await served(mirror)).toEqual({ status: 200, sequence: MAX });
+    expect(await served(mirror, { status: 200, sequence: MAX })).toEqual({ status: 200, sequence: MAX });
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sync: { kind: 'updated' }, sequence: MAX });
 
     // without a new root, the site is stranded: by the signed time K vouched for, root v1 has expired
@@ -232,7 +247,10 @@ describe('recovery after a bundle-key compromise', () => {
       adoptedRoots: [2],
       revoked: [{ sequence: MAX }],
     });
-    expect(await served(mirror)).toEqual({ status: 404, code: 'NO_ACTIVE_MANIFEST' });
+    expect(await served(mirror, { status: 404, code: 'NO_ACTIVE_MANIFEST' })).toEqual({
+      status: 404,
+      code: 'NO_ACTIVE_MANIFEST',
+    });
     // the agent adopts v2 and stops applying what K alone signed
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sequence: null });
     const agentState = JSON.parse(await readFile(join(d.agent, 'state.json'), 'utf8')) as {
@@ -244,7 +262,7 @@ describe('recovery after a bundle-key compromise', () => {
 
     // second volume: the honest manifest at sequence 1 is active, served and applied
     expect(await mirrorImport(d, honest[1]!)).toMatchObject({ ok: true, sequence: 1, status: 'active' });
-    expect(await served(mirror)).toEqual({ status: 200, sequence: 1 });
+    expect(await served(mirror, { status: 200, sequence: 1 })).toEqual({ status: 200, sequence: 1 });
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sync: { kind: 'updated' }, sequence: 1 });
 
     // K, still in the attacker's hands, signs nothing the site takes any more
@@ -252,6 +270,7 @@ describe('recovery after a bundle-key compromise', () => {
     const held = await storeView(d.data);
     expect(await mirrorImport(d, again!)).toMatchObject({ ok: false, code: 'SIGNATURE_THRESHOLD' });
     expect(await storeView(d.data)).toEqual(held);
+    await new Promise((r) => setTimeout(r, 400)); // past the view's recheck: a change would show
     expect(await served(mirror)).toEqual({ status: 200, sequence: 1 });
     expect(await poll(d, mirror, root1)).toMatchObject({ exit: 0, sync: { kind: 'unchanged' }, sequence: 1 });
 

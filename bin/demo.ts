@@ -517,7 +517,8 @@ class DemoNode {
 
   async agentId(): Promise<string | undefined> {
     const text = await readFile(join(this.state, 'state.json'), 'utf8').catch(() => '{}');
-    return (JSON.parse(text) as { agentId?: string }).agentId;
+    const id = (JSON.parse(text) as { agentId?: unknown }).agentId;
+    return typeof id === 'string' ? id : undefined;
   }
 
   /** True once the update machine committed `v` and `current` points at it. */
@@ -640,7 +641,7 @@ async function rolloutDemo(dir: string, root: string): Promise<void> {
     );
     const ids = await until('the three agents to enrol', async () => {
       const all = await Promise.all(nodes.map((n) => n.agentId()));
-      return all.every((x) => x !== undefined) ? all : undefined;
+      return all.every((x): x is string => x !== undefined) ? all : undefined;
     });
     for (const [i, n] of nodes.entries())
       console.log(`  ${n.name}: agent ${ids[i]} enrolled, running ${from}`);

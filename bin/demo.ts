@@ -543,6 +543,7 @@ class DemoNode {
  */
 async function rolloutDemo(dir: string, root: string): Promise<void> {
   step('13. A staged rollout with real agents: three nodes move from 2.0.0 to 2.1.0, a canary first');
+  const began = Date.now();
   const repo = join(dirname(FERRY), '../..');
   const from = '2.0.0';
   const to = '2.1.0';
@@ -682,10 +683,7 @@ async function rolloutDemo(dir: string, root: string): Promise<void> {
     ferry(['mirror', 'rollout', 'status', '--data', data], 0);
 
     console.log('  the canary is healthy: the operator approves the next wave');
-    ferry(
-      ['mirror', 'rollout', 'approve', '--data', data, '--actor', 'ops', '--reason', 'canary healthy'],
-      0,
-    );
+    ferry(['mirror', 'rollout', 'approve', '--data', data, '--actor', 'ops'], 0);
     for (const n of others) n.poke();
     await until('every node to commit', async () =>
       (await Promise.all(others.map((n) => n.committed(to)))).every(Boolean) ? true : undefined,
@@ -694,8 +692,30 @@ async function rolloutDemo(dir: string, root: string): Promise<void> {
       Promise.resolve(phase() === 'completed' ? true : undefined),
     );
     ferry(['mirror', 'rollout', 'status', '--data', data], 0);
+    const fleetLine = await until('the mirror to see every agent on the new version', () => {
+      const r = spawnSync(process.execPath, [FERRY, 'mirror', 'status', '--data', data], {
+        encoding: 'utf8',
+      });
+      const line = /^\s*fleet: .*$/m.exec(r.stdout)?.[0].trim();
+      return Promise.resolve(line?.includes(`(${to}: 3)`) ? line : undefined);
+    });
+    console.log(
+      `$ ferry mirror status --data ${relative(work, data)}   # its fleet line, from the agents' heartbeats`,
+    );
+    console.log(`  ${fleetLine}`);
     ferry(['agent', 'status', '--state', canary.state], 0);
-    for (const n of nodes) console.log(`  ${n.name}: current → versions/${await n.version()}`);
+    for (const n of nodes) {
+      const bin = join(n.install, 'current', 'ferry-agent');
+      const v = spawnSync(bin, ['--version'], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` },
+      });
+      console.log(`$ ${relative(work, bin)} --version   # current → versions/${await n.version()}`);
+      console.log(`  ${v.stdout.trim()}`);
+    }
+    console.log(
+      `  all three nodes on ${to}; this step took ${((Date.now() - began) / 1000).toFixed(1)} s, builds included`,
+    );
   } catch (e) {
     for (const n of nodes) {
       const tail = n.logs

@@ -6,7 +6,10 @@
  * then shows the refusals: a tampered blob, the wrong site, an unauthorised key;
  * then a mirror serving an agent (refused without an enrolment token, enrolled
  * with one), and the agent's telemetry going home by
- * courier (signed export, ack back) and over a link (upstream forwarding).
+ * courier (signed export, ack back) and over a link (upstream forwarding);
+ * a peer mirror; then a staged rollout: two agent versions built from this tree,
+ * three nodes running the real single-file agent, a canary first, the rest
+ * after an approval.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {

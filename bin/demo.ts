@@ -6,12 +6,25 @@
  * then shows the refusals: a tampered blob, the wrong site, an unauthorised key;
  * then a mirror serving an agent (refused without an enrolment token, enrolled
  * with one), and the agent's telemetry going home by
- * courier (signed export, ack back) and over a link (upstream forwarding).
+ * courier (signed export, ack back) and over a link (upstream forwarding);
+ * a peer mirror; then a staged rollout: two agent versions built from this tree,
+ * three nodes running the real single-file agent, a canary first, the rest
+ * after an approval.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { chmod, mkdtemp, readFile, writeFile, mkdir, copyFile, symlink } from 'node:fs/promises';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import {
+  access,
+  chmod,
+  mkdtemp,
+  readFile,
+  readlink,
+  writeFile,
+  mkdir,
+  copyFile,
+  symlink,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomFillSync } from 'node:crypto';
 import { installDemo } from './demo-install.js';
@@ -20,6 +33,12 @@ const FERRY = join(dirname(fileURLToPath(import.meta.url)), 'ferry.js');
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
 let work = '';
+
+/** Every long-running process the demo starts; killed when the demo exits, however it exits. */
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGTERM');
+});
 function step(title: string): void {
   console.log(`\n${bold(`== ${title}`)}`);
 }
@@ -53,6 +72,8 @@ interface Running {
 async function background(args: string[], started: string, stopped: string): Promise<Running> {
   console.log(`$ ferry ${args.map((a) => (a.startsWith(work) ? relative(work, a) : a)).join(' ')} &`);
   const child = spawn(process.execPath, [FERRY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
   const events: Record<string, unknown>[] = [];
   let buffered = '';
   child.stderr.on('data', (d: Buffer) => {
@@ -313,7 +334,7 @@ async function peerDemo(dir: string, root: string, firstData: string): Promise<v
  * then both stay up for a browser until Ctrl-C (or stop at once with --exit).
  */
 async function serverDemo(dir: string, root: string): Promise<void> {
-  step("12. The connected server: a release, the site's next bundle with a canary plan, the web UI");
+  step("14. The connected server: a release, the site's next bundle with a canary plan, the web UI");
   const server = join(work, 'server');
   const usb = join(work, 'usb');
   const release = {
@@ -415,6 +436,302 @@ async function serverDemo(dir: string, root: string): Promise<void> {
     await mirror?.stop();
     await srv.stop();
     console.log('  SIGTERM → mirror and server stopped gracefully');
+  }
+}
+
+/** Polls `check` every 200 ms until it gives a value; throws after `ms` naming what it waited for. */
+async function until<T>(what: string, check: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 200))) {
+    const v = await check();
+    if (v !== undefined) return v;
+  }
+  throw new Error(`demo: gave up waiting for ${what} after ${ms / 1000} s`);
+}
+
+/**
+ * One node of the rollout step: a real single-file agent installed as <install>/versions/<v>/ferry-agent
+ * with <install>/current pointing at it, kept running the way systemd/ferry-agent.service does
+ * (ferry-agent-prestart.sh before every start, a restart whenever it exits, as after activating a new
+ * version).
+ */
+class DemoNode {
+  readonly install: string;
+  readonly state: string;
+  readonly logs: Record<string, unknown>[] = [];
+  private child: ChildProcess | undefined;
+  private supervisor: Promise<void> | undefined;
+  private stopping = false;
+  constructor(
+    readonly name: string,
+    dir: string,
+  ) {
+    this.install = join(dir, name, 'opt-ferry');
+    this.state = join(dir, name, 'state');
+  }
+
+  async setUp(build: string, version: string): Promise<void> {
+    await mkdir(join(this.install, 'versions', version), { recursive: true });
+    await copyFile(build, join(this.install, 'versions', version, 'ferry-agent'));
+    await symlink(join('versions', version), join(this.install, 'current'));
+  }
+
+  start(runArgs: string[]): void {
+    this.supervisor = this.supervise(runArgs);
+  }
+
+  private async supervise(runArgs: string[]): Promise<void> {
+    const env = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+    const prestart = join(dirname(FERRY), '../../systemd/ferry-agent-prestart.sh');
+    for (let starts = 0; starts < 20 && !this.stopping; starts++) {
+      spawnSync('sh', [prestart, this.state, this.install], { stdio: 'ignore' });
+      const c = spawn(join(this.install, 'current', 'ferry-agent'), ['run', ...runArgs], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        cwd: '/',
+        env,
+      });
+      this.child = c;
+      children.add(c);
+      let partial = '';
+      c.stderr.on('data', (d: Buffer) => {
+        partial += d.toString();
+        const lines = partial.split('\n');
+        partial = lines.pop() ?? '';
+        for (const l of lines) {
+          try {
+            this.logs.push(JSON.parse(l) as Record<string, unknown>);
+          } catch {
+            this.logs.push({ event: 'text', line: l });
+          }
+        }
+      });
+      await new Promise((resolve) => c.once('close', resolve));
+      children.delete(c);
+      if (!this.stopping) await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  /** Asks for a cycle now (SIGUSR1) rather than at the next interval. */
+  poke(): void {
+    this.child?.kill('SIGUSR1');
+  }
+
+  async version(): Promise<string> {
+    return basename(await readlink(join(this.install, 'current')));
+  }
+
+  async agentId(): Promise<string | undefined> {
+    const text = await readFile(join(this.state, 'state.json'), 'utf8').catch(() => '{}');
+    const id = (JSON.parse(text) as { agentId?: unknown }).agentId;
+    return typeof id === 'string' ? id : undefined;
+  }
+
+  /** True once the update machine committed `v` and `current` points at it. */
+  async committed(v: string): Promise<boolean> {
+    const text = await readFile(join(this.state, 'update.json'), 'utf8').catch(() => 'null');
+    const u = JSON.parse(text) as { machine?: { phase: string; version: string | null } } | null;
+    return u?.machine?.phase === 'committed' && u.machine.version === v && (await this.version()) === v;
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.child?.kill('SIGTERM');
+    await this.supervisor;
+  }
+}
+
+/**
+ * A staged rollout with real agents: two agent versions built from this tree (scripts/build-agent.mjs),
+ * a bundle that moves the site from 2.0.0 to 2.1.0 under a manual plan, a mirror, and three nodes running
+ * the real single-file agent. They wait at the mirror's gate; `update-now` lets a canary go first, and
+ * `approve` lets the rest follow. Every process started here is stopped, whatever happens.
+ */
+async function rolloutDemo(dir: string, root: string): Promise<void> {
+  step('13. A staged rollout with real agents: three nodes move from 2.0.0 to 2.1.0, a canary first');
+  const began = Date.now();
+  const repo = join(dirname(FERRY), '../..');
+  const from = '2.0.0';
+  const to = '2.1.0';
+  const build = (v: string) => join(work, 'agent-builds', v, 'ferry-agent');
+  await Promise.all(
+    [from, to].map(async (v) => {
+      const out = build(v);
+      if (
+        await access(out).then(
+          () => true,
+          () => false,
+        )
+      ) {
+        console.log(`  reusing ${relative(work, out)}`);
+        return;
+      }
+      const r = await new Promise<{ code: number | null; text: string }>((resolve, reject) => {
+        const c = spawn(
+          process.execPath,
+          [join(repo, 'scripts/build-agent.mjs'), '--version', v, '--out', out],
+          { stdio: ['ignore', 'pipe', 'pipe'] },
+        );
+        let text = '';
+        c.stdout.on('data', (d: Buffer) => (text += d.toString()));
+        c.stderr.on('data', (d: Buffer) => (text += d.toString()));
+        c.once('error', reject);
+        c.once('close', (code) => resolve({ code, text }));
+      });
+      if (r.code !== 0) throw new Error(`demo: building agent ${v} failed: ${r.text}`);
+      const first = r.text.split('\n')[0] ?? '';
+      console.log(`$ node scripts/build-agent.mjs --version ${v} --out ${relative(work, out)}`);
+      console.log(`  ${first.replace(out, relative(work, out))}`);
+    }),
+  );
+
+  const platform = `linux-${process.arch}`;
+  const spec = {
+    publisher: 'acme-ops',
+    sequence: 1,
+    expires: '90d',
+    sites: ['plant-7'],
+    artifacts: [
+      { name: 'ferry-agent', kind: 'agent', version: to, platform, path: relative(work, build(to)) },
+    ],
+    // the first wave is (almost surely) empty at three nodes: the rollout waits for an approval at once
+    rollout: {
+      agent: to,
+      strategy: 'manual',
+      waves: [{ percent: 0.01 }, { percent: 100 }],
+      maxFailureRate: 0,
+    },
+  };
+  await mkdir(dir, { recursive: true });
+  const specPath = join(work, 'rollout-spec.json');
+  await writeFile(specPath, JSON.stringify(spec, null, 2) + '\n');
+  console.log(`  plan: agent ${to}, strategy manual, waves 0.01 % then 100 %, halt on the first failure`);
+  const bundle = join(dir, `agent-${to}.ferry`);
+  ferry(
+    ['bundle', 'create', '--spec', specPath, '--key', join(work, 'keys/release.key'), '--out', bundle],
+    0,
+  );
+  const data = join(dir, 'data');
+  ferry(['mirror', 'import', bundle, '--data', data, '--trust', root, '--site', 'plant-7'], 0);
+
+  const nodes = ['node-1', 'node-2', 'node-3'].map((n) => new DemoNode(n, dir));
+  let mirror: Running | undefined;
+  try {
+    mirror = await background(
+      ['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0'],
+      'mirror.started',
+      'mirror.stopped',
+    );
+    const made = ferry(
+      ['mirror', 'token', 'create', '--data', data, '--ttl', '1h', '--uses', '3', '--group', 'web'],
+      0,
+      true,
+    );
+    const tokenFile = join(dir, 'enrol.token');
+    await writeFile(tokenFile, made.stdout, { mode: 0o600 });
+    const runArgs = (n: DemoNode) => [
+      ...['--state', n.state, '--mirror', mirror!.url, '--trust', root, '--site', 'plant-7'],
+      ...['--group', 'web', '--token-file', tokenFile, '--install-root', n.install],
+      ...['--interval', '1', '--update-soak', '1'],
+    ];
+    for (const n of nodes) {
+      await n.setUp(build(from), from);
+      n.start(runArgs(n));
+    }
+    console.log(
+      `  3 nodes, each with ${relative(work, join(dir, 'node-N/opt-ferry'))}/current → versions/${from}, ` +
+        'kept running as systemd would (prestart boot counter, restart on exit):',
+    );
+    console.log(
+      `$ ${relative(work, join(dir, 'node-N/opt-ferry/current/ferry-agent'))} run --state … --mirror ${mirror.url} ` +
+        '--token-file … --interval 1 --update-soak 1 &',
+    );
+    const ids = await until('the three agents to enrol', async () => {
+      const all = await Promise.all(nodes.map((n) => n.agentId()));
+      return all.every((x): x is string => x !== undefined) ? all : undefined;
+    });
+    for (const [i, n] of nodes.entries())
+      console.log(`  ${n.name}: agent ${ids[i]} enrolled, running ${from}`);
+    const phase = (): string => {
+      const r = spawnSync(
+        process.execPath,
+        [FERRY, 'mirror', 'rollout', 'status', '--data', data, '--json'],
+        {
+          encoding: 'utf8',
+        },
+      );
+      return r.status === 0 ? (JSON.parse(r.stdout) as { rollout: { phase: string } }).rollout.phase : '';
+    };
+    await until('the rollout to await approval', async () =>
+      Promise.resolve(phase() === 'awaiting-approval' ? true : undefined),
+    );
+    console.log(`  every node asks the gate each cycle; nobody may start ${to} yet:`);
+    ferry(['mirror', 'rollout', 'status', '--data', data], 0);
+
+    // the canary: the first node still on the old version (a node in the tiny first wave went already)
+    const versions = await Promise.all(nodes.map((n) => n.version()));
+    const ci = Math.max(0, versions.indexOf(from));
+    const canary = nodes[ci]!;
+    console.log(`  the operator lets ${canary.name} go first:`);
+    ferry(['mirror', 'update-now', '--agent', ids[ci]!, '--data', data, '--actor', 'ops'], 0);
+    canary.poke();
+    const t0 = Date.now();
+    await until(`${canary.name} to commit ${to}`, async () =>
+      (await canary.committed(to)) ? true : undefined,
+    );
+    const others = nodes.filter((n) => n !== canary);
+    const otherVersions = await Promise.all(others.map((n) => n.version()));
+    console.log(
+      `  ${canary.name} downloaded ${to}, verified it, self-tested it, switched current, restarted, passed its ` +
+        `health check, soaked 1 s and committed (${((Date.now() - t0) / 1000).toFixed(1)} s); ` +
+        others.map((n, i) => `${n.name} ${otherVersions[i]}`).join(', '),
+    );
+    ferry(['mirror', 'rollout', 'status', '--data', data], 0);
+
+    console.log('  the canary is healthy: the operator approves the next wave');
+    ferry(['mirror', 'rollout', 'approve', '--data', data, '--actor', 'ops'], 0);
+    for (const n of others) n.poke();
+    await until('every node to commit', async () =>
+      (await Promise.all(others.map((n) => n.committed(to)))).every(Boolean) ? true : undefined,
+    );
+    await until('the rollout to complete', async () =>
+      Promise.resolve(phase() === 'completed' ? true : undefined),
+    );
+    ferry(['mirror', 'rollout', 'status', '--data', data], 0);
+    const fleetLine = await until('the mirror to see every agent on the new version', () => {
+      const r = spawnSync(process.execPath, [FERRY, 'mirror', 'status', '--data', data], {
+        encoding: 'utf8',
+      });
+      const line = /^\s*fleet: .*$/m.exec(r.stdout)?.[0].trim();
+      return Promise.resolve(line?.includes(`(${to}: 3)`) ? line : undefined);
+    });
+    console.log(
+      `$ ferry mirror status --data ${relative(work, data)}   # its fleet line, from the agents' heartbeats`,
+    );
+    console.log(`  ${fleetLine}`);
+    ferry(['agent', 'status', '--state', canary.state], 0);
+    for (const n of nodes) {
+      const bin = join(n.install, 'current', 'ferry-agent');
+      const v = spawnSync(bin, ['--version'], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` },
+      });
+      console.log(`$ ${relative(work, bin)} --version   # current → versions/${await n.version()}`);
+      console.log(`  ${v.stdout.trim()}`);
+    }
+    console.log(
+      `  all three nodes on ${to}; this step took ${((Date.now() - began) / 1000).toFixed(1)} s, builds included`,
+    );
+  } catch (e) {
+    for (const n of nodes) {
+      const tail = n.logs
+        .filter((l) => String(l.event).startsWith('update') || l.level === 'error')
+        .slice(-6);
+      console.error(`  ${n.name} (last update events): ${JSON.stringify(tail)}`);
+    }
+    throw e;
+  } finally {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await mirror?.stop();
+    console.log('  SIGTERM → agents and mirror stopped');
   }
 }
 
@@ -594,6 +911,8 @@ async function main(): Promise<void> {
     '12. A peer mirror: no courier visits it; it pulls the release from the first mirror and serves an agent',
   );
   await peerDemo(join(work, 'peer'), join(work, 'root.json'), join(work, 'served/data'));
+
+  await rolloutDemo(join(work, 'rollout'), join(work, 'root.json'));
 
   console.log(
     `\n${bold('demo complete')}: every good bundle verified, every bad one was refused with its reason. Files are in ${work}`,

@@ -120,8 +120,11 @@ export class MirrorRollout {
   }
 
   /** Steps the gate, records its decisions, then persists (always when `force` or something was decided). */
-  private async feed(e: GateEvent, force = true): Promise<StepResult> {
-    const r = step(this.s, e, this.now(), this.limits);
+  private async feed(e: GateEvent, force = true, inPlace = false): Promise<StepResult> {
+    // In place only for what agents report (the hot path, no copy of the fleet per batch); a decision
+    // it leads to is recorded below before anything is persisted, and a failure to record it is
+    // thrown to the heartbeat's sender, which sends again.
+    const r = step(this.s, e, this.now(), this.limits, { inPlace });
     for (const a of r.actions) {
       await this.o.outbox.appendRolloutEvent(a.info);
       this.o.log.info('rollout.decided', { ...a.info });
@@ -163,7 +166,7 @@ export class MirrorRollout {
   /** Verified heartbeats, with the groups the mirror recorded for each agent at enrolment. */
   heartbeats(items: readonly { heartbeat: Heartbeat; groups: readonly string[] }[]): Promise<void> {
     const refresh = Math.min(this.limits.silentMs, this.limits.evidenceMs, this.limits.vanishMs) / 4;
-    const events: GateEvent[] = [];
+    const events: Extract<GateEvent, { type: 'agent' }>[] = [];
     for (const { heartbeat: hb, groups } of items) {
       const updates = updatesOf(hb);
       const a = this.s.agents[hb.agentId];
@@ -172,8 +175,17 @@ export class MirrorRollout {
     }
     if (events.length === 0) return Promise.resolve();
     return this.serial(async () => {
+      // What an agent says decides nothing by itself: all but the batch's last event are folded in
+      // place (no copy of the whole fleet per heartbeat), and the last one judges the waves once.
+      const last = events.length - 1;
+      let updates = false;
+      for (const [i, e] of events.entries()) {
+        updates ||= e.updates.length > 0;
+        if (i < last)
+          this.s = step(this.s, e, this.now(), this.limits, { inPlace: true, evaluate: false }).state;
+      }
       // An update outcome is written before the heartbeat that carries it is acknowledged.
-      for (const e of events) await this.feed(e, e.type === 'agent' && e.updates.length > 0);
+      await this.feed(events[last]!, updates, true);
     });
   }
 

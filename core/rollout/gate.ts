@@ -128,9 +128,13 @@ export function initialGate(): GateState {
 const isOver = (r: Run) => r.phase === 'aborted' || r.phase === 'completed';
 
 /** Everything an event may change is copied first: the caller's state is never mutated. */
-function advance(s: GateState, now: number, limits: GateLimits): GateState {
+function advance(s: GateState, now: number, limits: GateLimits, inPlace: boolean): GateState {
   const delta = s.wall === 0 ? 0 : Math.min(Math.max(now - s.wall, 0), limits.maxGapMs);
-  return { ...s, clock: s.clock + delta, wall: now, run: s.run && { ...s.run } };
+  if (!inPlace) return { ...s, clock: s.clock + delta, wall: now, run: s.run && { ...s.run } };
+  s.clock += delta;
+  s.wall = now;
+  s.run = s.run && { ...s.run };
+  return s;
 }
 
 function newAgent(s: GateState, agentId: string, groups: string[]): AgentView {
@@ -147,8 +151,15 @@ function newAgent(s: GateState, agentId: string, groups: string[]): AgentView {
   };
 }
 
+/**
+ * The agents map `step` may write into: the copy it made in this step (pure steps copy at most once,
+ * not once per agent), or the caller's own map when the caller handed its state over (`inPlace`).
+ */
+let writable: Record<string, AgentView> | null = null;
+
 function setAgent(s: GateState, id: string, a: AgentView): void {
-  s.agents = { ...s.agents, [id]: a };
+  if (s.agents !== writable) writable = s.agents = { ...s.agents };
+  s.agents[id] = a;
 }
 
 type Standing = 'out' | 'pending' | 'updating' | 'committed' | 'stale' | 'failed' | 'rolledBack' | 'silent';
@@ -443,13 +454,33 @@ function onOperator(
   }
 }
 
+/**
+ * How a caller that owns its state may save work: `inPlace` lets the step write into `state` (the
+ * caller keeps only the result; a pure step copies), and `evaluate: false` skips judging the waves
+ * for all but the last of a batch of agent events (the last one judges them all).
+ */
+export interface StepOptions {
+  inPlace?: boolean;
+  evaluate?: boolean;
+}
+
 export function step(
   state: GateState,
   event: GateEvent,
   now: number,
   limits: GateLimits = DEFAULT_GATE_LIMITS,
+  opts: StepOptions = {},
 ): StepResult {
-  const s = advance(state, now, limits);
+  const s = advance(state, now, limits, opts.inPlace === true);
+  writable = opts.inPlace === true ? s.agents : null;
+  try {
+    return stepIn(s, event, limits, opts.evaluate !== false);
+  } finally {
+    writable = null;
+  }
+}
+
+function stepIn(s: GateState, event: GateEvent, limits: GateLimits, judge: boolean): StepResult {
   const actions: GateAction[] = [];
   let refused: StepResult['refused'];
   switch (event.type) {
@@ -470,6 +501,6 @@ export function step(
     default:
       refused = onOperator(s, event, limits, actions);
   }
-  evaluate(s, limits, actions);
+  if (judge || refused || event.type !== 'agent') evaluate(s, limits, actions);
   return refused ? { state: s, actions, refused } : { state: s, actions };
 }

@@ -257,9 +257,13 @@ async function main() {
   const release = parseSize(a['release-size'], 'release-size');
   const blobs = Number(a.blobs);
   const rate = `${a['link-rate']}/s`;
+  // Each figure is printed as it is measured too: a long run that is cut short keeps what it had.
   const one = await onePeer(key, size);
+  console.error(`bench: one peer to one peer: ${JSON.stringify(one)}`);
   const chain = await spread(key, release, blobs, rate, 'chain');
+  console.error(`bench: chain: ${chain} s`);
   const mesh = await spread(key, release, blobs, rate, 'mesh');
+  console.error(`bench: mesh: ${mesh} s`);
   const c = courier(key);
   const result = {
     onePeer: one,

@@ -44,7 +44,12 @@ export function parseJsonBody(bytes: Uint8Array): unknown {
 export async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
   if (!ctx.is('application/json'))
     throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
-  const tooLarge = () => new HttpError(413, 'BODY_TOO_LARGE', `this route takes at most ${limit} bytes`);
+  return parseJsonBody(await readCapped(ctx, limit, 'route'));
+}
+
+/** The request body, 413 as soon as the declared or the received length passes `limit` (nothing more is buffered). */
+async function readCapped(ctx: Context, limit: number, what: string): Promise<Buffer> {
+  const tooLarge = () => new HttpError(413, 'BODY_TOO_LARGE', `this ${what} takes at most ${limit} bytes`);
   if (Number(ctx.get('Content-Length') || 0) > limit) throw tooLarge();
   const chunks: Buffer[] = [];
   let size = 0;
@@ -53,7 +58,7 @@ export async function readJsonBody(ctx: Context, limit: number): Promise<unknown
     if (size > limit) throw tooLarge();
     chunks.push(chunk);
   }
-  return parseJsonBody(Buffer.concat(chunks, size));
+  return Buffer.concat(chunks, size);
 }
 
 /**
@@ -69,18 +74,10 @@ export async function readFormBody(
 ): Promise<Record<string, string | string[]>> {
   if (!ctx.is('application/x-www-form-urlencoded'))
     throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'form body must be application/x-www-form-urlencoded');
-  const tooLarge = () => new HttpError(413, 'BODY_TOO_LARGE', `this form takes at most ${limit} bytes`);
-  if (Number(ctx.get('Content-Length') || 0) > limit) throw tooLarge();
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw tooLarge();
-    chunks.push(chunk);
-  }
+  const body = await readCapped(ctx, limit, 'form');
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks, size));
+    text = new TextDecoder('utf-8', { fatal: true }).decode(body);
   } catch {
     throw new HttpError(400, 'BAD_REQUEST', 'form body is not UTF-8');
   }

@@ -14,6 +14,7 @@ import { chmod, mkdir, readFile, readdir, symlink, writeFile } from 'node:fs/pro
 import { createServer, type Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { INSTALL_SCRIPT_TOOLS } from '../platform/install-script.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -54,33 +55,7 @@ async function nodeArtifacts(dir: string): Promise<{ agent: string; runtime: str
 /** A PATH directory with the usual tools but no node, and a systemctl that records its calls. */
 async function toolbox(dir: string): Promise<string> {
   await mkdir(dir, { recursive: true });
-  for (const t of [
-    'sh',
-    'curl',
-    'openssl',
-    'gzip',
-    'sha256sum',
-    'mktemp',
-    'rm',
-    'cat',
-    'tr',
-    'grep',
-    'sed',
-    'head',
-    'tail',
-    'wc',
-    'cut',
-    'date',
-    'sort',
-    'uname',
-    'chmod',
-    'mkdir',
-    'cp',
-    'mv',
-    'ln',
-    'env',
-    'readlink',
-  ]) {
+  for (const t of INSTALL_SCRIPT_TOOLS) {
     const at = spawnSync('sh', ['-c', `command -v ${t}`], { encoding: 'utf8' }).stdout.trim();
     if (at.startsWith('/')) await symlink(at, join(dir, t));
   }

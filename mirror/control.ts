@@ -19,6 +19,7 @@ import { chmod, open, rm } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { isCodedError } from '../core/errors.js';
+import { parseJsonStrict } from '../core/json.js';
 import type { Logger } from '../platform/log.js';
 
 export const controlSocketPath = (dataDir: string) => join(dataDir, 'control.sock');
@@ -85,10 +86,13 @@ export async function startControl(
         return reply(413, { ok: false, code: 'BODY_TOO_LARGE', message: 'body too large' });
       let body: Record<string, unknown> = {};
       try {
-        if (chunks.length)
-          body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+        if (chunks.length) {
+          const v = parseJsonStrict(Buffer.concat(chunks));
+          if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+          body = v as Record<string, unknown>;
+        }
       } catch {
-        return reply(400, { ok: false, code: 'BAD_REQUEST', message: 'body is not JSON' });
+        return reply(400, { ok: false, code: 'BAD_REQUEST', message: 'body is not a JSON object' });
       }
       handler(body).then(
         (r) => reply(200, { ok: true, ...r }),

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { decodeBase64Strict } from '../core/encoding.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { fsyncDir, writeFileAtomic } from '../platform/fsx.js';
-import { decodeManifest, manifestBlobs } from '../core/manifest.js';
+import { decodeManifest, manifestBlobs, MAX_MANIFEST_BYTES } from '../core/manifest.js';
 import { loadPinnedRoot, trustStoredChain, type TrustedRoot } from '../core/root.js';
 import { BlobStage } from './stage.js';
 import { MirrorError } from './errors.js';
@@ -186,7 +186,11 @@ export class Store {
   }
 
   async readManifestBytes(ref: Pick<ManifestRef, 'publisher' | 'sequence'>): Promise<Buffer> {
-    return readFile(this.manifestPath(ref));
+    const path = this.manifestPath(ref);
+    // Written here only after verification, under the same cap; a file past it was not written by ferry.
+    if ((await stat(path)).size > MAX_MANIFEST_BYTES)
+      throw new MirrorError('STORE_INVALID', `${path} is larger than a manifest may be`);
+    return readFile(path);
   }
 
   /** Digests a stored manifest names that the store does not hold yet. */

@@ -25,6 +25,52 @@ export function assetRoot(): string {
   throw new PlatformError('NOT_FOUND', 'assets/install.sh not found beside ferry (set FERRY_ASSET_DIR)');
 }
 
+/**
+ * The programs assets/install.sh (and the verify-lib.sh it sources) runs on a node. `node` is not among
+ * them: the runtime it installs runs the agent. Demos and tests build a node's PATH from this list.
+ */
+export const INSTALL_SCRIPT_TOOLS: readonly string[] = [
+  'sh',
+  'comm',
+  'dash',
+  'curl',
+  'openssl',
+  'gzip',
+  'sha256sum',
+  'mktemp',
+  'rm',
+  'cat',
+  'tr',
+  'grep',
+  'sed',
+  'head',
+  'tail',
+  'wc',
+  'cut',
+  'date',
+  'sort',
+  'uname',
+  'chmod',
+  'mkdir',
+  'cp',
+  'mv',
+  'ln',
+  'env',
+  'ls',
+  'tar',
+  'id',
+  'dirname',
+  'basename',
+  'readlink',
+  'sync',
+  'stat',
+  'printf',
+  'true',
+  'false',
+  'install',
+  'find',
+];
+
 export interface InstallScriptDefaults {
   /** The mirror URL the script uses unless given --mirror. */
   mirror: string;

@@ -7,7 +7,7 @@
  * shortage (status, heartbeat drift), and takes the release once there is room.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { importInto, readTelemetry, startMirrorAt, OPEN_ENROLMENT } from './helpers/agent-proc.js';
@@ -91,6 +91,24 @@ describe.skipIf(noTmpfs !== undefined)('an agent whose disk is too small for a r
       expect(first.out).toMatchObject({ sync: { kind: 'updated', sequence: 1 } });
       expect((await readFile(conf)).equals(small)).toBe(true);
       expect((await status()).storage.shortage).toBeNull();
+      // The running version is the one `current` points at under the install root.
+      const install = join(state, '..', 'install');
+      await mkdir(join(install, 'versions', '1.2.3'), { recursive: true });
+      await symlink(join('versions', '1.2.3'), join(install, 'current'));
+      const withRoot = await runFerry([
+        'agent',
+        'status',
+        '--state',
+        state,
+        '--install-root',
+        install,
+        '--json',
+      ]);
+      expect(withRoot.code, withRoot.stderr).toBe(0);
+      expect(JSON.parse(withRoot.stdout)).toMatchObject({ version: '1.2.3', update: null });
+      expect(
+        (await runFerry(['agent', 'status', '--state', state, '--install-root', install])).stdout,
+      ).toContain('running: ferry-agent 1.2.3');
 
       await importInto(data, r2.file, w.rootPath);
       await rm(conf); // drift the last release's file: the agent must still restore it

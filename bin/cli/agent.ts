@@ -7,7 +7,8 @@ import { readPolicyProblems } from '../../agent/problems.js';
 import { readAgentState } from '../../agent/agent-state.js';
 import { readShortage } from '../../agent/storage.js';
 import { freeBytes, parseLimits, type ClientLimits } from '../../platform/http/client.js';
-import { installRootOf } from '../../agent/update/install.js';
+import { currentVersion, installRootOf } from '../../agent/update/install.js';
+import { readUpdateFile } from '../../agent/update/update-file.js';
 import { manualRollback } from '../../agent/update/rollback.js';
 import { VERSION } from '../version.js';
 import { humanSeconds, int, jsonOption, list, printJson, str, type Command, type Parsed } from './common.js';
@@ -262,9 +263,11 @@ export const agentStatus: Command = {
   summary:
     'Shows the agent state: id, site, active manifest, last contact, disconnection, outbox depth, script runs,\n' +
     'free space in the state directory and a standing storage shortage (STORAGE_FULL) if any,\n' +
-    'and problems in the signed policies it runs under (each with its code; they are also logged and reported home).',
-  usage: '--state DIR [--json]',
-  options: { state: { type: 'string' }, ...jsonOption },
+    'and problems in the signed policies it runs under (each with its code; they are also logged and reported home).\n' +
+    'With --install-root (or run as <root>/current/ferry-agent) it also names the version `current` points at;\n' +
+    'the self-update state (phase, version, previous, highest committed) comes from the state directory.',
+  usage: '--state DIR [--install-root DIR] [--json]',
+  options: { state: { type: 'string' }, 'install-root': { type: 'string' }, ...jsonOption },
   async run(p, io) {
     const dir = str(p, 'state');
     const s = await readAgentState(dir);
@@ -275,8 +278,16 @@ export const agentStatus: Command = {
     const now = Date.now();
     const shortage = await readShortage(dir);
     const problems = (await readPolicyProblems(dir))?.problems ?? [];
+    const installRoot = str(p, 'install-root', false)
+      ? resolve(str(p, 'install-root'))
+      : installRootOf(process.argv[1]);
+    const m = (await readUpdateFile(dir))?.machine;
     const view = {
       agentId: s.agentId,
+      version: installRoot ? ((await currentVersion(installRoot)) ?? null) : null,
+      update: m
+        ? { phase: m.phase, version: m.version, previous: m.previous, highestCommitted: m.highestCommitted }
+        : null,
       site: s.site,
       groups: s.groups,
       mirrors: s.mirrors,
@@ -300,6 +311,13 @@ export const agentStatus: Command = {
       io.out(
         `agent ${s.agentId ?? '(not enrolled)'} at site ${s.site}, groups ${s.groups.join(', ') || '(none)'}`,
       );
+      if (view.version) io.out(`running: ferry-agent ${view.version}`);
+      if (view.update && view.update.version)
+        io.out(
+          `self-update: ${view.update.phase} ${view.update.version}` +
+            (view.update.previous ? ` (previous ${view.update.previous})` : '') +
+            (view.update.highestCommitted ? `, highest committed ${view.update.highestCommitted}` : ''),
+        );
       io.out(`active: ${view.active ? `${view.active.publisher} sequence ${view.active.sequence}` : 'none'}`);
       io.out(
         `last contact: ${view.lastContactAt ?? 'never'}${view.disconnectedSec ? `, cut off for ${humanSeconds(view.disconnectedSec)}` : ''}`,

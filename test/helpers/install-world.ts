@@ -7,60 +7,18 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { INSTALL_SCRIPT_TOOLS } from '../../platform/install-script.js';
 import { buildBundle, REPO, type World } from './fixtures.js';
 import { importInto, makeToken, startMirrorAt, type MirrorAt } from './agent-proc.js';
 
 export const AGENT_VERSION = '0.1.0';
 export const PLATFORM = 'linux-x64';
 
-/** Programs install.sh runs (node is not among them: the runtime it installs runs the agent). */
-const TOOLS = [
-  'sh',
-  'comm',
-  'dash',
-  'curl',
-  'openssl',
-  'gzip',
-  'sha256sum',
-  'mktemp',
-  'rm',
-  'cat',
-  'tr',
-  'grep',
-  'sed',
-  'head',
-  'tail',
-  'wc',
-  'cut',
-  'date',
-  'sort',
-  'uname',
-  'chmod',
-  'mkdir',
-  'cp',
-  'mv',
-  'ln',
-  'env',
-  'ls',
-  'tar',
-  'id',
-  'dirname',
-  'basename',
-  'readlink',
-  'sync',
-  'stat',
-  'printf',
-  'true',
-  'false',
-  'install',
-  'find',
-];
-
 /** `<dir>/bin`: symlinks to the system's tools except node, and the systemctl stand-in. */
 export async function makeToolbox(dir: string): Promise<{ bin: string; systemctlLog: string }> {
   const bin = join(dir, 'bin');
   await mkdir(bin, { recursive: true });
-  for (const t of TOOLS) {
+  for (const t of INSTALL_SCRIPT_TOOLS) {
     let at: string;
     try {
       at = execFileSync('sh', ['-c', `command -v ${t}`], { encoding: 'utf8' }).trim();

@@ -173,6 +173,7 @@ export class Agent {
         now: this.now,
         timeoutMs: this.o.timeoutMs ?? 30_000,
         limits: { ...limitsFromEnv(), ...this.o.updateLimits },
+        ...(this.o.httpLimits && { httpLimits: this.o.httpLimits }),
       });
       await this.updater.onStart();
     }

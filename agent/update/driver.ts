@@ -23,6 +23,7 @@ import {
   writePendingRecord,
   type UpdateReport,
 } from './update-file.js';
+import type { ClientLimits } from '../../platform/http/limits.js';
 
 /** The process exits with this code after a swap or a rollback, so the supervisor starts `current`. */
 export const UPDATE_EXIT_CODE = 75;
@@ -37,6 +38,8 @@ export interface DriverOptions {
   now: () => number;
   timeoutMs: number;
   limits?: Partial<UpdateLimits>;
+  /** HTTP deadlines, floor rate and disk reserve for downloads ($FERRY_AGENT_HTTP_LIMITS). */
+  httpLimits?: Partial<ClientLimits>;
   /** e.g. linux-x64 */
   platform?: string;
   exit?: (code: number) => void;
@@ -70,6 +73,7 @@ export class UpdateDriver {
       cacheDir: o.cacheDir,
       log: o.log,
       timeoutMs: o.timeoutMs,
+      ...(o.httpLimits && { httpLimits: o.httpLimits }),
     };
     this.exit = o.exit ?? ((code: number) => process.exit(code));
   }

@@ -13,6 +13,7 @@ import { readAgentState } from '../agent-state.js';
 import { crashPoint } from '../../platform/crash.js';
 import { pointCurrentAt, removeVersion, sha256File, stageVersion, versionBinary } from './install.js';
 import type { UpdateEvent } from './machine.js';
+import type { ClientLimits } from '../../platform/http/limits.js';
 
 export interface StepContext {
   installRoot: string;
@@ -20,6 +21,8 @@ export interface StepContext {
   cacheDir: string;
   log: Logger;
   timeoutMs: number;
+  /** HTTP deadlines, floor rate and disk reserve for the download, as the agent's own fetches use. */
+  httpLimits?: Partial<ClientLimits>;
 }
 
 /** The target's bytes into the verified cache, from the first mirror that has them. */
@@ -32,7 +35,11 @@ export async function download(
   if (!target || target.version !== version || !mirrors)
     return { type: 'download-failed', reason: 'no artifact in hand' };
   try {
-    await fetchBlob(mirrors, target, c.cacheDir, { timeoutMs: c.timeoutMs, log: c.log });
+    await fetchBlob(mirrors, target, c.cacheDir, {
+      timeoutMs: c.timeoutMs,
+      log: c.log,
+      ...(c.httpLimits && { limits: c.httpLimits }),
+    });
     crashPoint('downloaded');
     return { type: 'download-done' };
   } catch (e) {

@@ -17,7 +17,6 @@
  */
 import type { FerryErrorCode } from './errors.js';
 import type { Manifest } from './manifest.js';
-import type { RootPayload } from './root.js';
 import { parseIsoUtc } from './time.js';
 
 /** Every refusal this rule makes. */
@@ -58,8 +57,13 @@ export interface Candidate {
   signers: readonly string[];
 }
 
-/** The trusted root as this rule needs it. */
-export type FreshnessRoot = Pick<RootPayload, 'version' | 'expires' | 'created' | 'roles'>;
+/** The trusted root as this rule needs it (the fields of core/root.ts RootPayload it reads). */
+export interface FreshnessRoot {
+  version: number;
+  expires: string;
+  created?: string;
+  roles: Record<'root' | 'bundle', { keyids: string[]; threshold: number }>;
+}
 
 export interface FreshnessPolicy {
   /** The verifier's site; absent (bundle verify without --site) means any site. */

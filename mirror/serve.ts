@@ -197,12 +197,18 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     rollout: o.rollout ?? { rolloutSummary: () => fleetRolloutOf(gate?.rolloutSummary() ?? null) },
   });
   const fleetView = o.fleetView ?? 'local';
+  // Who the peers are now: --peer and the peers file, re-read as it changes (relay, bundle sync, site log).
+  const peersNow = peerList(o.peers ?? [], o.peerSync?.peersFile, log);
   const forwarder = new Forwarder({
     outbox,
     identity,
     site,
     ...(o.upstream !== undefined && { upstream: o.upstream }),
     peers: o.peers ?? [],
+    // The peers file as well as --peer (re-read as it changes), as bundle sync uses it.
+    ...(o.peerSync?.peersFile !== undefined && {
+      peerList: peersNow,
+    }),
     log,
     metrics,
     ...(o.retryBaseMs !== undefined && { retryBaseMs: o.retryBaseMs }),
@@ -239,7 +245,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   const peerTransport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
   const peerSync = new PeerSync({
     store,
-    peers: peerList(o.peers ?? [], ps.peersFile, log),
+    peers: peersNow,
     transport: ps.rateBytesPerSec ? throttledTransport(peerTransport, ps.rateBytesPerSec) : peerTransport,
     log: log.child({ part: 'peers' }),
     ...(ps.intervalMs !== undefined && { intervalMs: ps.intervalMs }),
@@ -286,7 +292,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     log: siteLog,
     rollout,
     agents,
-    peers: peerList(o.peers ?? [], ps.peersFile, log),
+    peers: peersNow,
     transport: peerTransport,
     logger: log.child({ part: 'site' }),
     now: store.now,

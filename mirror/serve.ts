@@ -269,6 +269,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
     bundlePeers: peerSync.status(),
+    ...(late.siteSync && { siteLog: late.siteSync.status() }),
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
@@ -363,8 +364,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
         serverKeyId = await pinnedServerKeyId(o.dataDir);
         return { ...r };
       },
-      'GET /status': () =>
-        Promise.resolve({ mirror: identity.id, ...telemetryView(), siteLog: siteSync?.status() ?? null }),
+      'GET /status': () => Promise.resolve({ mirror: identity.id, ...telemetryView() }),
       ...fleetControl(fleet, store),
       ...enrolmentControl(agents, site, log),
       ...rolloutControl(rollout, agents, view),

@@ -199,6 +199,9 @@ describe('one site, several mirrors: the site log', () => {
     const text = await runFerry(['mirror', 'status', '--data', B.data]);
     expect(text.stdout).toMatch(/site log: \d+ entries held/);
     expect(text.stdout).toContain(`site peer ${A.mirror.url}: link up`);
+    const page = await (await fetch(`${B.mirror.url}/`)).text();
+    expect(page).toContain('id="site-log"');
+    expect(page).toContain(A.mirror.url);
     for (const p of s.peers) await p.mirror.stop();
   });
 

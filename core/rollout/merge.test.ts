@@ -186,8 +186,13 @@ describe('site log entries: who may speak for the site', () => {
   const idB = mirrorIdOf(b.publicKey);
   const listed = new Map([[idA, a.publicKey]]);
   const body: SiteLogBody = { kind: 'rollout', rolloutId: R, action: 'halt', actor: 'op', reason: '' };
-  const payload = (mirror: string, site = 'plant'): SiteLogPayload =>
-    ({ ...body, type: SITE_LOG_TYPE, site, mirror, at: T0 });
+  const payload = (mirror: string, site = 'plant'): SiteLogPayload => ({
+    ...body,
+    type: SITE_LOG_TYPE,
+    site,
+    mirror,
+    at: T0,
+  });
   const signer = (k: typeof a) => ({ keyid: keyIdOf(k.publicKey), seed: k.seed });
   const json = (v: unknown) => JSON.parse(JSON.stringify(v)) as unknown;
 

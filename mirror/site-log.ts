@@ -7,12 +7,13 @@
  * twice is kept once.
  *
  * Bounded: past `maxEntries`, the log is compacted — entries of rollouts other
- * than the newest few are dropped, as are enrolments of revoked agents — by
- * appending what stays and trimming what went before (the seq never restarts,
- * so a peer's cursor stays valid). Entries from peers past the bound, even
+ * than the newest few are dropped, as are enrolments of revoked agents — into a
+ * new journal that continues the old one's seq (so a peer's cursor stays
+ * valid), swapped in by renames. Entries from peers past the bound, even
  * after compaction, are refused with SITE_LOG_FULL.
  */
-import { join } from 'node:path';
+import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Envelope } from '../core/dsse.js';
 import { CodedError } from '../core/errors.js';
 import {
@@ -23,6 +24,7 @@ import {
   type SiteLogBody,
 } from '../core/site-log.js';
 import type { RolloutEntry } from '../core/rollout/merge.js';
+import { fsyncDir } from '../platform/fsx.js';
 import { Journal } from '../platform/journal.js';
 import type { MirrorIdentity } from './identity.js';
 
@@ -34,6 +36,12 @@ export interface SiteLogLimits {
 }
 
 export const DEFAULT_SITE_LOG_LIMITS: SiteLogLimits = { maxEntries: 50_000, keepRollouts: 4 };
+
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
 
 interface Held extends SiteEntry {
   seq: number;
@@ -47,7 +55,7 @@ export class SiteLog {
   private chain: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    private readonly journal: Journal<{ env: Envelope }>,
+    private journal: Journal<{ env: Envelope }>,
     readonly site: string,
     private readonly identity: MirrorIdentity,
     /** Mirror id → public key of every mirror whose entries count here (this one included). */
@@ -62,7 +70,12 @@ export class SiteLog {
     peerKeys: ReadonlyMap<string, Uint8Array>,
     limits: Partial<SiteLogLimits> = {},
   ): Promise<SiteLog> {
-    const journal = await Journal.open<{ env: Envelope }>(join(dataDir, 'site-log'));
+    const dir = join(dataDir, 'site-log');
+    // A compaction cut short: the new journal was complete once the old one was moved aside.
+    if (!(await exists(dir)) && (await exists(`${dir}.new`))) await rename(`${dir}.new`, dir);
+    await rm(`${dir}.old`, { recursive: true, force: true });
+    await rm(`${dir}.new`, { recursive: true, force: true });
+    const journal = await Journal.open<{ env: Envelope }>(dir);
     const mirrors = new Map(peerKeys);
     mirrors.set(identity.id, identity.key.publicKey);
     const log = new SiteLog(journal, site, identity, mirrors, { ...DEFAULT_SITE_LOG_LIMITS, ...limits });
@@ -144,9 +157,9 @@ export class SiteLog {
   }
 
   /** Checks and keeps an entry a peer served; true when it was new. Refusals throw with a code. */
-  accept(v: unknown): Promise<boolean> {
+  async accept(v: unknown): Promise<boolean> {
     const e = openSiteEntry(v, this.mirrors, this.site);
-    if (this.byId.has(e.id)) return Promise.resolve(false);
+    if (this.byId.has(e.id)) return false;
     return this.serial(async () => {
       if (this.byId.size >= this.limits.maxEntries) await this.compactIfFull();
       if (this.byId.size >= this.limits.maxEntries)
@@ -192,12 +205,26 @@ export class SiteLog {
         ? keep.has(e.payload.rolloutId)
         : e.payload.kind === 'revoke' || !revoked.has(e.payload.agentId),
     );
-    const upTo = this.journal.head;
-    const seqs = await this.journal.append(stays.map((e) => ({ env: e.envelope })));
+    // A new journal beside the old, continuing its seq, then swapped in by renames: a crash leaves one
+    // whole journal or the other (open() finishes a swap it finds half done).
+    const dir = this.journal.dir;
+    const fresh = `${dir}.new`;
+    const head = this.journal.head;
+    await this.journal.close();
+    await rm(fresh, { recursive: true, force: true });
+    await mkdir(fresh);
+    await writeFile(join(fresh, `${String(head + 1).padStart(16, '0')}.jsonl`), '');
+    const next = await Journal.open<{ env: Envelope }>(fresh);
+    const seqs = await next.append(stays.map((e) => ({ env: e.envelope })));
+    await next.close();
+    await rename(dir, `${dir}.old`);
+    await rename(fresh, dir);
+    await fsyncDir(dirname(dir));
+    await rm(`${dir}.old`, { recursive: true, force: true });
+    this.journal = await Journal.open<{ env: Envelope }>(dir);
     this.byId.clear();
     this.agentEntries.clear();
     stays.forEach((e, i) => this.index({ ...e, seq: seqs[i]! }));
-    await this.journal.trim(upTo);
   }
 
   close(): Promise<void> {

@@ -265,6 +265,34 @@ describe('one site, several mirrors: the site log', () => {
   });
 });
 
+describe('a chain of three mirrors', () => {
+  it('a halt at A reaches C through B; C, given the rollout by bundle sync from B, is halted by it', async () => {
+    const s = await site(['a', 'b', 'c'], 1);
+    const [A, B, C] = s.peers as [Peer, Peer, Peer];
+    // A and C each hear only B.
+    await link(A, [B]);
+    await link(C, [B]);
+    const agent = s.agents[0]!;
+    await eventually('C knows the agent enrolled at A', async () =>
+      (await agent.ask(C.mirror.url)).status === 200 ? true : undefined,
+    );
+    // The rollout reaches A and B; A halts it.
+    const second = await buildBundle(w, join(w.dir, `${s.tag}-2.ferry`), {
+      spec: { sequence: 2, rollout: { agent: TARGET, ...HELD } },
+      artifacts: [agentArtifact(TARGET)],
+    });
+    for (const p of [A, B]) await importInto(p.data, second.volumes[0]!.path, w.rootPath);
+    await eventually('A runs the rollout', async () => ((await status(A.data)) ? true : undefined));
+    expect((await operator(A.data, 'halt', '--reason', 'hold everything')).code).toBe(0);
+    // C gets the rollout from B (bundle sync) and the halt from B (site log), in whichever order:
+    // a halt of a rollout C does not run yet waits in its log.
+    await phaseIs(C, 'halted');
+    expect((await status(C.data))?.haltReason).toBe('hold everything');
+    expect((await agent.ask(C.mirror.url)).answer?.code).toBe('HALTED');
+    for (const p of s.peers) await p.mirror.stop();
+  });
+});
+
 interface MirrorStatusJson {
   siteLog: {
     entries: number;

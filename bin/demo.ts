@@ -290,10 +290,14 @@ async function peerDemo(dir: string, root: string, firstData: string): Promise<v
     'mirror.stopped',
   );
   const data = join(dir, 'data');
+  // The first mirror's key, so the second takes its site log (enrolments, revocations, rollout decisions).
+  await mkdir(dir, { recursive: true });
+  const firstPub = join(dir, 'first-mirror.pub');
+  ferry(['mirror', 'identity', '--data', firstData, '--out', firstPub], 0);
   const second = await background(
     [
       ...['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0', '--trust', root, '--site', 'plant-7'],
-      ...['--peer', first.url, '--peer-interval', '0.5'],
+      ...['--peer', first.url, '--peer-interval', '0.5', '--peer-key', firstPub],
     ],
     'mirror.started',
     'mirror.stopped',
@@ -302,6 +306,10 @@ async function peerDemo(dir: string, root: string, firstData: string): Promise<v
     const adopted = await second.waitFor('peer.adopted', 60_000);
     console.log(
       `  second mirror adopted sequence ${String(adopted.sequence)} from peer ${String(adopted.offeredBy)} (${String(adopted.blobsAdded)} blobs pulled and verified)`,
+    );
+    const known = await second.waitFor('site.agent_adopted', 60_000);
+    console.log(
+      `  site log: the second mirror serves agent ${String(known.agentId)}, enrolled at the first, from the first mirror's signed entry`,
     );
     ferry(['mirror', 'status', '--data', data], 0);
     const made = ferry(

@@ -251,6 +251,31 @@ export class AgentsStore {
     return { record, alreadyRevoked: false };
   }
 
+  /**
+   * An enrolment or revocation a peer mirror of the site recorded (mirror/site-sync.ts), kept here so
+   * the agent is served (or refused) as that mirror would. Not put in the outbox: the mirror that
+   * decided it sends it home. An agent already known here keeps its record; a revocation is final.
+   * Returns whether anything changed.
+   */
+  async adoptFromSite(
+    r:
+      | Omit<AgentRecord, 'keyid' | 'tokenId' | 'request'>
+      | { id: string; revokedAt: string; revokeReason: string },
+  ): Promise<boolean> {
+    await this.open();
+    const existing = await this.get(r.id);
+    if ('publicKey' in r) {
+      if (existing) return false;
+      const publicKey = decodeHex(r.publicKey, 32, 'publicKey');
+      if (agentIdOf(publicKey) !== r.id) throw new CodedError('BAD_ENROLMENT', 'agent id is not its key');
+      await this.write({ ...r, keyid: keyIdOf(publicKey), groups: [...r.groups] });
+      return true;
+    }
+    if (!existing || existing.revokedAt !== undefined) return false;
+    await this.write({ ...existing, revokedAt: r.revokedAt, revokeReason: r.revokeReason });
+    return true;
+  }
+
   /** Every enrolled agent, by id. */
   async list(): Promise<AgentRecord[]> {
     await this.open();

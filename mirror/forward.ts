@@ -13,7 +13,8 @@
  * Targets: the `--upstream` (the server, or a mirror closer to it) first; while
  * it fails, each `--peer` in order, asking it to relay (`Ferry-Relay: peer`) —
  * a peer takes them only while it has a working upstream itself, so batches
- * never wander between mirrors that have no way home. Each target failing is
+ * never wander between mirrors that have no way home. The peers are the `--peer`
+ * URLs and those of the peers file, re-read as it changes. Each target failing is
  * retried with exponential back-off and jitter; a backlog drains request after
  * request with no pause while the target keeps answering.
  *
@@ -34,6 +35,12 @@ export interface ForwardOptions {
   site: string;
   upstream?: string;
   peers?: string[];
+  /**
+   * The peers to relay through, asked again before each request (at most once a second): the
+   * `--peer` URLs and the peers file (mirror/peer-list.ts), so a peer added or removed there is
+   * used or dropped without a restart. Given, it replaces `peers`.
+   */
+  peerList?: () => Promise<string[]>;
   log: Logger;
   metrics?: Metrics;
   /** Back-off after a failure: base doubles per consecutive failure up to max, then jitter in [50 %, 100 %]. */
@@ -104,7 +111,8 @@ export function outboxGauges(m: Metrics, outbox: MirrorOutbox): void {
 }
 
 export class Forwarder {
-  private readonly targets: Target[];
+  private targets: Target[];
+  private peersReadAt = 0;
   private readonly transport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
   private stopped = false;
   private loop: Promise<void> | undefined;
@@ -154,8 +162,27 @@ export class Forwarder {
     };
   }
 
+  /** Follows the peer list: a target kept keeps its back-off; new ones join after the upstream. */
+  private async refreshPeers(): Promise<void> {
+    const list = this.opts.peerList;
+    if (!list || Date.now() - this.peersReadAt < 1000) return;
+    this.peersReadAt = Date.now();
+    let urls: string[];
+    try {
+      urls = await list();
+    } catch (e) {
+      this.opts.log.warn('forward.peers_unreadable', { error: e instanceof Error ? e.message : String(e) });
+      return;
+    }
+    const old = new Map(this.targets.filter((t) => t.kind === 'peer').map((t) => [t.url, t]));
+    this.targets = [
+      ...this.targets.filter((t) => t.kind === 'upstream'),
+      ...urls.map((url) => old.get(url) ?? { url, kind: 'peer' as const, failures: 0, retryAt: 0 }),
+    ];
+  }
+
   start(): void {
-    if (this.loop || !this.targets.length) return;
+    if (this.loop || (!this.targets.length && !this.opts.peerList)) return;
     this.unsubscribe = this.opts.outbox.onAppend(() => this.wake());
     this.loop = this.run().catch((e: unknown) => {
       this.opts.log.error('forward.crashed', { error: e instanceof Error ? e.message : String(e) });
@@ -184,15 +211,18 @@ export class Forwarder {
     const { outbox, metrics } = this.opts;
     while (!this.stopped) {
       if (metrics) outboxGauges(metrics, outbox);
+      await this.refreshPeers();
       if (outbox.depth === 0) {
-        await this.sleep(60_000); // woken by the next append
+        // Woken by the next append; a peers file is looked at meanwhile, so the status stays current.
+        await this.sleep(this.opts.peerList ? 5000 : 60_000);
         if (!this.stopped && outbox.depth > 0) await this.sleep(this.o.lingerMs);
         continue;
       }
       const now = Date.now();
       const target = this.targets.find((t) => t.retryAt <= now);
       if (!target) {
-        const next = Math.min(...this.targets.map((t) => t.retryAt));
+        // None yet (a peers file still empty): look again in a second.
+        const next = Math.min(now + 1000, ...this.targets.map((t) => t.retryAt));
         await this.sleep(Math.max(10, next - now));
         continue;
       }

@@ -63,7 +63,18 @@ export interface MirrorRolloutOptions {
   limits?: Partial<GateLimits>;
   /** The agents enrolled (and not revoked) here, given to the gate with each new plan. */
   roster?: () => Promise<{ agentId: string; groups: string[] }[]>;
+  /**
+   * Told of each decision this mirror makes — an operator's action the gate accepts, or a halt the
+   * gate decides itself — before the state that follows is written, so it can go into the site log
+   * (mirror/site-sync.ts). Decisions replayed from the site log are not told again.
+   */
+  onDecision?: (d: LocalDecision) => Promise<void>;
 }
+
+/** A decision made at this mirror, for the site log. */
+export type LocalDecision =
+  | { type: 'operator'; event: OperatorEvent; state: GateState }
+  | { type: 'auto-halt'; rolloutId: string; reason: string };
 
 /** A heartbeat's update outcomes (`results[].update`, agent/update/report.ts), read defensively. */
 function updatesOf(hb: Heartbeat): { outcome: string; version: string }[] {
@@ -126,6 +137,13 @@ export class MirrorRollout {
     // thrown to the heartbeat's sender, which sends again.
     const r = step(this.s, e, this.now(), this.limits, { inPlace });
     for (const a of r.actions) {
+      // The gate's own halt (not an operator's or the site's halt event stepped in) is a decision too.
+      if (a.info.event === 'halted' && a.info.actor === 'mirror' && e.type !== 'halt')
+        await this.o.onDecision?.({
+          type: 'auto-halt',
+          rolloutId: a.info.rolloutId,
+          reason: a.info.reason ?? '',
+        });
       await this.o.outbox.appendRolloutEvent(a.info);
       this.o.log.info('rollout.decided', { ...a.info });
     }
@@ -216,7 +234,25 @@ export class MirrorRollout {
     return this.serial(async () => {
       const r = step(this.s, e, this.now(), this.limits);
       if (r.refused) throw new RolloutRefusedError(r.refused.code, r.refused.message);
+      await this.o.onDecision?.({ type: 'operator', event: e, state: this.s });
       return this.feed(e);
+    });
+  }
+
+  /**
+   * Steps in what the site decided elsewhere (`events` from core/rollout/merge.ts reconcile, asked of
+   * the state as it is once this runs); an event the gate refuses changes nothing and is skipped.
+   */
+  converge(events: (s: GateState) => OperatorEvent[]): Promise<string[]> {
+    return this.serial(async () => {
+      const done: string[] = [];
+      for (const e of events(this.s)) {
+        const r = step(this.s, e, this.now(), this.limits);
+        if (r.refused) continue;
+        await this.feed(e);
+        done.push(e.type);
+      }
+      return done;
     });
   }
 

@@ -59,6 +59,8 @@ function fleetRolloutOf(s: GateSummary | null): FleetRolloutSummary | null {
   };
 }
 import { PeerSync } from './peers.js';
+import { SiteLog } from './site-log.js';
+import { SiteSync } from './site-sync.js';
 import { peerList } from './peer-list.js';
 import { undiciTransport } from '../platform/http/undici.js';
 import { throttledTransport } from '../platform/http/throttle.js';
@@ -92,6 +94,13 @@ export interface MirrorOptions {
    * this mirror relays for no one.
    */
   relayKeyPaths?: string[];
+  /**
+   * Public keys of the other mirrors of this site whose site log entries count here (halts, approvals,
+   * enrolments, revocations; mirror/site-sync.ts). Without them, this mirror follows only its own.
+   */
+  peerKeyPaths?: string[];
+  /** Between site log rounds (ms); default the peer interval, else 10 s. */
+  siteSyncIntervalMs?: number;
   /** Enrol agents that bring no token, with the groups they claim (announced in the log and on `/`). */
   openEnrolment?: boolean;
   /** Forwarding back-off bounds (defaults 1 s doubling to 60 s). */
@@ -156,6 +165,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   // Checked before anything is written: a key that is not the pinned one refuses the start.
   const serverKey = o.serverKeyPath ? await serverKeyFor(o.dataDir, o.serverKeyPath) : undefined;
   const relayKeys = await loadRelayKeys(o.relayKeyPaths ?? []);
+  const peerKeys = await loadRelayKeys(o.peerKeyPaths ?? []);
   const store = await Store.open(o.dataDir, init ? { init } : {});
   const metrics = mirrorMetrics();
   const log = o.log;
@@ -187,12 +197,18 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     rollout: o.rollout ?? { rolloutSummary: () => fleetRolloutOf(gate?.rolloutSummary() ?? null) },
   });
   const fleetView = o.fleetView ?? 'local';
+  // Who the peers are now: --peer and the peers file, re-read as it changes (relay, bundle sync, site log).
+  const peersNow = peerList(o.peers ?? [], o.peerSync?.peersFile, log);
   const forwarder = new Forwarder({
     outbox,
     identity,
     site,
     ...(o.upstream !== undefined && { upstream: o.upstream }),
     peers: o.peers ?? [],
+    // The peers file as well as --peer (re-read as it changes), as bundle sync uses it.
+    ...(o.peerSync?.peersFile !== undefined && {
+      peerList: peersNow,
+    }),
     log,
     metrics,
     ...(o.retryBaseMs !== undefined && { retryBaseMs: o.retryBaseMs }),
@@ -229,7 +245,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   const peerTransport = undiciTransport({ keepAliveTimeoutMs: 30_000 });
   const peerSync = new PeerSync({
     store,
-    peers: peerList(o.peers ?? [], ps.peersFile, log),
+    peers: peersNow,
     transport: ps.rateBytesPerSec ? throttledTransport(peerTransport, ps.rateBytesPerSec) : peerTransport,
     log: log.child({ part: 'peers' }),
     ...(ps.intervalMs !== undefined && { intervalMs: ps.intervalMs }),
@@ -253,13 +269,18 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
     bundlePeers: peerSync.status(),
+    ...(late.siteSync && { siteLog: late.siteSync.status() }),
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
+  const siteLog = await SiteLog.open(o.dataDir, site, identity, peerKeys);
+  // The site log's driver needs the gate, and the gate tells it of decisions: bound once both exist.
+  const late: { siteSync?: SiteSync } = {};
   const rollout = (gate = await MirrorRollout.open({
     dataDir: o.dataDir,
     outbox,
     log,
+    onDecision: (d) => late.siteSync?.onDecision(d) ?? Promise.resolve(),
     roster: async () =>
       (await agents.list())
         .filter((a) => a.revokedAt === undefined)
@@ -268,6 +289,15 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   }));
   const followPlan = async () => rollout.adopt((await view.current()).active?.manifest ?? null);
   await followPlan();
+  const siteSync = (late.siteSync = new SiteSync({
+    log: siteLog,
+    rollout,
+    agents,
+    peers: peersNow,
+    transport: peerTransport,
+    logger: log.child({ part: 'site' }),
+    now: store.now,
+  }));
   agents.onCommitted(async (items) => {
     const list = [];
     for (const { heartbeat } of items)
@@ -299,6 +329,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       },
       telemetry: telemetryView,
       fleet: { service: fleet, mode: fleetView },
+      siteLog,
     }),
     log,
     metrics: { registry: metrics, prefix: 'ferry_mirror' },
@@ -347,6 +378,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   outbox.onAck(gauges);
   forwarder.start();
   peerSync.start();
+  await siteSync.start(o.siteSyncIntervalMs ?? ps.intervalMs);
   if (agents.openEnrolment)
     log.warn('mirror.open_enrolment', {
       message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
@@ -363,6 +395,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     outbox: outbox.depth,
     serverKey: serverKeyId ?? null,
     relayFrom: [...relayKeys.keys()],
+    siteLogFrom: [...peerKeys.keys()],
     enrolment: agents.openEnrolment ? 'open' : 'token',
     active: state.active?.sequence ?? null,
     fleetView,
@@ -381,6 +414,8 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       clearInterval(rolloutTicker);
       await forwarder.stop();
       await peerSync.stop();
+      await siteSync?.stop();
+      await siteLog.close();
       await peerTransport.close();
       await control?.close();
       await fleet.close();

@@ -13,6 +13,7 @@ import { FLEET_CSS, fleetBlock, type FleetBlockView } from './fleet-page.js';
 /** The page reloads itself this often (a meta refresh: no script). */
 export const STATUS_REFRESH_SEC = 15;
 import type { PeerStatus } from './peers.js';
+import type { SitePeerStatus, SiteSyncStatus } from './site-sync.js';
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -23,6 +24,8 @@ export type TelemetryView = ForwardStatus & {
   enrolment?: 'token' | 'open';
   /** Bundle-sync peers (mirror/peers.ts): link, sequence, back-off, transfer. */
   bundlePeers?: PeerStatus[];
+  /** The site log and each peer's cursor in it (mirror/site-sync.ts). */
+  siteLog?: SiteSyncStatus;
 };
 
 function enrolmentLine(t: TelemetryView | undefined): Html {
@@ -105,6 +108,26 @@ function peersBlock(t: TelemetryView | undefined): Html {
   </div>`;
 }
 
+/** The site log: entries held and, per peer, how far this mirror has read it and what it refused. */
+function siteLogBlock(t: TelemetryView | undefined): Html {
+  const s = t?.siteLog;
+  if (!s) return html``;
+  return html`<div id="site-log">
+    <p>${s.entries} entries held (seq ${s.head})</p>
+    ${table<SitePeerStatus>({
+      columns: [
+        { head: 'peer', cell: (p) => p.url },
+        { head: 'link', cell: (p) => p.link },
+        { head: 'read through', cell: (p) => p.cursor },
+        { head: 'taken', cell: (p) => p.accepted },
+        { head: 'refused', cell: (p) => (p.refused ? `${p.refused} (${p.lastRefusal?.code ?? ''})` : '0') },
+        { head: 'error', cell: (p) => p.lastError?.code ?? '' },
+      ],
+      rows: s.peers,
+    })}
+  </div>`;
+}
+
 function activeBlock(v: StatusView): Html {
   const a = v.state.active;
   if (!a || !v.manifest) return html`<p id="active" class="none">no active bundle</p>`;
@@ -144,7 +167,7 @@ export function renderStatusPage(v: StatusView): string {
     <h2>Telemetry outbox</h2>
     ${telemetryBlock(v.telemetry)}
     <h2>Peer mirrors</h2>
-    ${peersBlock(v.telemetry)}
+    ${peersBlock(v.telemetry)} ${v.telemetry?.siteLog && html`<h2>Site log</h2>`} ${siteLogBlock(v.telemetry)}
     <h2>Pending (waiting for blobs)</h2>
     ${table<Pending>({
       columns: [

@@ -21,6 +21,7 @@ import { importBundle } from '../../mirror/import.js';
 import { fleetStatus, fleetStatusOptions, fleetStatusUsage, printFleet } from './fleet.js';
 import { startMirror, type PeerSyncSettings } from '../../mirror/serve.js';
 import type { PeerStatus } from '../../mirror/peers.js';
+import type { SiteSyncStatus } from '../../mirror/site-sync.js';
 import { parseLimits } from '../../platform/http/limits.js';
 import { writeInventory } from '../../mirror/inventory.js';
 import { Store } from '../../mirror/store.js';
@@ -144,6 +145,7 @@ export const mirrorStatus: Command = {
       for (const t of telemetry.targets)
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
       for (const line of peerLines(telemetry.bundlePeers ?? [])) io.out(line);
+      for (const line of siteLogLines(telemetry.siteLog)) io.out(line);
     }
     printFleet(io, fleet);
     return 0;
@@ -205,10 +207,14 @@ export const mirrorServe: Command = {
     'put on back-off. --peer-interval SEC between polls (default 10); --peer-rate 20MB/s caps each peer;\n' +
     "--peer-limits JSON overrides the client's idle timeout, deadlines and floor rate towards peers\n" +
     '(e.g. {"idleTimeoutMs":5000}).\n' +
+    "Site log: rollout decisions (approve, halt, resume, abort, update-now, the gate's own halts), enrolments\n" +
+    'and revocations made at any mirror of the site reach the others each peer round. --peer-key MIRROR.pub\n' +
+    '(repeatable; `ferry mirror identity --out` of each other mirror of this site) names the mirrors whose\n' +
+    'decisions count here; an entry signed by any other key is refused.\n' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--peer-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -225,6 +231,7 @@ export const mirrorServe: Command = {
     'retry-max': { type: 'string' },
     'server-key': { type: 'string' },
     'relay-key': { type: 'string', multiple: true },
+    'peer-key': { type: 'string', multiple: true },
     ...httpOptions,
     'open-enrolment': { type: 'boolean' },
     'silent-after': { type: 'string' },
@@ -247,6 +254,7 @@ export const mirrorServe: Command = {
     const peers = list(p, 'peer', false);
     const serverKey = str(p, 'server-key', false);
     const relayKeys = list(p, 'relay-key', false);
+    const peerKeys = list(p, 'peer-key', false);
     for (const u of [upstream, ...peers].filter(Boolean)) parseUrl(u);
     const mirror = await startMirror({
       dataDir: str(p, 'data'),
@@ -261,6 +269,7 @@ export const mirrorServe: Command = {
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
       ...(serverKey && { serverKeyPath: resolve(serverKey) }),
       ...(relayKeys.length > 0 && { relayKeyPaths: relayKeys.map((k) => resolve(k)) }),
+      ...(peerKeys.length > 0 && { peerKeyPaths: peerKeys.map((k) => resolve(k)) }),
       limits: httpLimits(p),
       openEnrolment: p.values['open-enrolment'] === true,
       ...(silentAfterMs !== undefined && { silentAfterMs }),
@@ -458,6 +467,26 @@ interface TelemetryStatus extends OutboxFigures {
   targets: { url: string; kind: string; ok: boolean; failures: number; lastError?: string }[];
   /** Bundle-sync peers, while the mirror serves. */
   bundlePeers?: PeerStatus[];
+  /** The site log and each peer's cursor in it, while the mirror serves. */
+  siteLog?: SiteSyncStatus | null;
+}
+
+/** The site log: entries held, then one line per peer (link, cursor, taken and refused). */
+function siteLogLines(s: SiteSyncStatus | null | undefined): string[] {
+  if (!s) return [];
+  return [
+    `site log: ${s.entries} entr${s.entries === 1 ? 'y' : 'ies'} held (seq ${s.head})`,
+    ...s.peers.map((p) => {
+      const parts = [
+        `  site peer ${p.url}: link ${p.link}`,
+        `read through ${p.cursor}`,
+        `${p.accepted} taken`,
+      ];
+      if (p.refused > 0) parts.push(`${p.refused} refused (last ${p.lastRefusal?.code ?? ''})`);
+      if (p.lastError) parts.push(`error ${p.lastError.code}`);
+      return parts.join(', ');
+    }),
+  ];
 }
 
 /** The outbox as the serving mirror sees it, or read here when none serves (null while another process holds it). */

@@ -27,6 +27,8 @@ import { withFastPolls, withFastTelemetry, type Handler } from './fast.js';
 import type { MirrorRollout } from '../rollout.js';
 import { rolloutRouter } from './rollout.js';
 import { fleetRouter, type FleetHttp } from './fleet.js';
+import type { SiteLog } from '../site-log.js';
+import { siteLogRouter } from './site-log.js';
 
 export interface AppDeps {
   store: Store;
@@ -48,6 +50,8 @@ export interface AppDeps {
   rollout?: MirrorRollout;
   /** The fleet view (mirror/fleet-store.ts): `GET /v1/fleet`, on the status page and in /metrics. */
   fleet?: FleetHttp;
+  /** The site log peers pull (`GET /v1/site-log`, mirror/site-log.ts). */
+  siteLog?: SiteLog;
 }
 
 /** App-wide ceiling, checked before any route runs; routes that read bodies apply their own smaller caps. */
@@ -65,6 +69,7 @@ export function createApp({
   telemetry,
   rollout,
   fleet,
+  siteLog,
 }: AppDeps): Koa {
   const app = new Koa();
   // Errors after the response has started (a blob stream failing mid-way) reach Koa's
@@ -86,6 +91,7 @@ export function createApp({
     ...(rollout ? [rolloutRouter(rollout, agents, view)] : []),
     opsRouter(view, metrics, store.now, telemetry, fleet),
     ...(fleet ? [fleetRouter(view, fleet)] : []),
+    ...(siteLog ? [siteLogRouter(siteLog)] : []),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

@@ -21,6 +21,8 @@ form.inline{display:inline}fieldset{margin:1em 0;border:1px solid #ccc}label{mar
 .msg{padding:4px 8px;background:#eef;border:1px solid #99c}.err{padding:4px 8px;background:#fee;border:1px solid #c99}
 .halt{border:2px solid #c33;padding:4px 8px;margin:4px 0}.pager a{margin-right:1em}`;
 
+export const isAdmin = (v: Viewer): boolean => v.role === 'admin';
+
 export function csrfField(v: Viewer): Html {
   return html`<input type="hidden" name="csrf" value="${v.csrf}" />`;
 }

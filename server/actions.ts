@@ -184,7 +184,13 @@ export async function buildBundle(
   site: unknown,
   release: unknown,
   strategy: unknown,
-  o: { signed: boolean; key?: PrivateKey; out?: string; expires?: string },
+  o: {
+    signed: boolean;
+    key?: PrivateKey;
+    out?: string;
+    expires?: string;
+    setPins?: Record<string, string>;
+  },
 ) {
   if (typeof site !== 'string' || typeof release !== 'string') throw bad('site and release are required');
   const strat = strategy === undefined || strategy === '' ? 'staggered' : strategy;
@@ -213,6 +219,7 @@ export async function buildBundle(
     actor: c.actor,
     ...(o.out && { out: o.out }),
     ...(o.expires && { expires: o.expires }),
+    ...(o.setPins && { setPins: o.setPins }),
     ...(c.now && { now: c.now }),
   });
 }

@@ -31,13 +31,12 @@ export interface PageOptions {
   title: string;
   viewer: Viewer;
   body: Html;
-  /** Seconds after which the page reloads itself (live views; no script needed). */
-  refresh?: number;
+  /** A same-origin script the page loads (./live.ts). */
+  script?: string;
   notice?: string;
 }
 
 export function page(o: PageOptions): string {
-  const refresh = o.refresh ? html`<meta http-equiv="refresh" content="${o.refresh}" />` : html``;
   const nav = html`<nav>
     <a href="/">Dashboard</a><a href="/agents">Agents</a><a href="/releases">Releases</a
     ><a href="/sites">Sites</a><a href="/bundles">Bundles</a><a href="/audit">Audit log</a>
@@ -50,7 +49,8 @@ export function page(o: PageOptions): string {
   return layout({
     title: `ferry server — ${o.title}`,
     css: CSS,
-    body: html`${refresh}${nav}
+    ...(o.script && { scripts: [o.script] }),
+    body: html`${nav}
       <h1>${o.title}</h1>
       ${notice}${o.body}`,
   });

@@ -4,7 +4,8 @@
  * interpolated value unless it is already `Html` (made by this tag, `table`,
  * or `trusted` for markup written in the source). A page fetches nothing from
  * elsewhere: styles are inline, and the page's own Content-Security-Policy
- * forbids scripts, so escaped text can never run even where it lands.
+ * forbids inline scripts, so escaped text can never run even where it lands. A
+ * page may load scripts served by its own origin (`scripts`); nothing else runs.
  */
 
 const MINT = Symbol('web.ts');

@@ -1,7 +1,7 @@
 /**
  * The frame every page of the server's UI shares: the web kit's layout (platform/web.ts: escaping,
- * strict CSP, no inline scripts; a live page loads the server's own ./live.ts), a navigation bar, who is signed in, and forms that always carry the
- * session's CSRF token.
+ * strict CSP, no inline scripts; a live page loads the server's own ./live.ts), a navigation bar,
+ * who is signed in, and forms that always carry the session's CSRF token.
  */
 import { html, layout, trusted, type Html } from '../../platform/web.js';
 import type { Role } from '../access.js';

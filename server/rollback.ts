@@ -50,6 +50,10 @@ export function rollbackPins(
     if (a.groups.length === 0) pins[`agent:${a.id}`] = to;
     for (const g of a.groups) pins[`group:${g}`] = to;
   }
+  if (Object.keys(pins).length === 0)
+    throw bad(
+      `no agent of site ${site} has reported to this server and the site has no pins: nothing would let its agents go back below the version they committed`,
+    );
   return { from, to, pins };
 }
 

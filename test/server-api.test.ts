@@ -297,7 +297,8 @@ describe('the JSON API', () => {
       authorisedDowngrade: true,
     });
     // … and the same bundle without the pins would be refused as a downgrade
-    const { pins: _pins, ...unpinned } = manifest;
+    const unpinned: Manifest = { ...manifest };
+    delete unpinned.pins;
     expect(targetVersion({ ...input, manifest: unpinned })).toMatchObject({
       kind: 'refuse',
       code: 'DOWNGRADE_REFUSED',

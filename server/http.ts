@@ -72,6 +72,7 @@ const SERVER_CODES: Partial<Record<ServerCode, [number, PublicError['body']['cod
   RELEASE_EXISTS: [409, 'RELEASE_EXISTS'],
   UNKNOWN_BUNDLE: [404, 'UNKNOWN_BUNDLE'],
   NO_SIGNING_KEY: [409, 'NO_SIGNING_KEY'],
+  POLICY_INVALID: [400, 'POLICY_INVALID'],
 };
 
 /**

@@ -333,4 +333,40 @@ describe('the JSON API', () => {
     const audit = await api(s.url, 'GET', '/v1/audit?limit=5', token);
     expect(JSON.stringify(audit.json)).toContain('"action":"rollback"');
   });
+
+  it('refuses a policy the agents would refuse, on upload and in a release, changing nothing', async () => {
+    const ok = JSON.stringify({
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'harden-ssh', groups: ['web'], schedule: 'once' }],
+    });
+    expect((await upload('kind=policy&name=baseline&version=7', ok)).status).toBe(201);
+    const before = await durable();
+    for (const body of [
+      '{"type":"ferry.policy/v1","files":[],"files":[]}',
+      'not json',
+      JSON.stringify({ type: 'ferry.policy/v2' }),
+      JSON.stringify({
+        type: 'ferry.policy/v1',
+        scripts: [{ script: 'x', groups: ['*'], schedule: 'hourly' }],
+      }),
+      JSON.stringify({ type: 'ferry.policy/v1', agent: { pollIntervalSec: -1 } }),
+    ]) {
+      const r = await upload('kind=policy&name=baseline&version=8', body);
+      expect({ body, status: r.status, code: r.json.code }).toEqual({
+        body,
+        status: 400,
+        code: 'POLICY_INVALID',
+      });
+    }
+    // valid alone, but it names a script the release does not carry
+    const rel = await api(s.url, 'POST', '/v1/releases', token, {
+      name: 'policies',
+      version: '1',
+      artifacts: ['policy:baseline@7'],
+    });
+    expect(rel.status).toBe(400);
+    expect(rel.json.code).toBe('POLICY_INVALID');
+    expect(rel.json.message).toMatch(/harden-ssh/);
+    expect(await durable()).toEqual(before);
+  });
 });

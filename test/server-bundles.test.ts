@@ -112,6 +112,73 @@ describe('releases, sites and site bundles', () => {
       version: '1',
       artifacts: [{ name: 'rotate-logs', kind: 'script', version: '2', path: 'other.sh' }],
     });
+    // policies the agents would refuse (core/policy.ts), or that name what the release does not carry
+    const policy = async (file: string, doc: unknown) =>
+      writeFile(join(dir, 'rel', file), typeof doc === 'string' ? doc : JSON.stringify(doc));
+    await policy('p-json.json', '{"type":"ferry.policy/v1","scripts":[],"scripts":[]}');
+    await policy('p-schedule.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'rotate-logs', groups: ['*'], schedule: 'every 1s' }],
+    });
+    await policy('p-path.json', {
+      type: 'ferry.policy/v1',
+      files: [{ path: '../etc/shadow', artifact: 'rotate-logs', mode: '0644' }],
+    });
+    await policy('p-refs.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'harden-ssh', groups: ['*'], schedule: 'once' }],
+    });
+    await policy('p-ok.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'rotate-logs', groups: ['*'], schedule: 'every 15m' }],
+    });
+    const newScript = { name: 'fresh', kind: 'script', version: '1', path: 'other.sh' };
+    for (const [i, file] of ['p-json.json', 'p-schedule.json', 'p-path.json', 'p-refs.json'].entries())
+      // the good script listed first is not stored either: every entry is checked before any byte is
+      await bad(
+        `policy-${i}.json`,
+        {
+          name: 'pol',
+          version: '1',
+          artifacts: [
+            newScript,
+            { name: 'rotate-logs', kind: 'script', version: '2', path: 'rotate.sh' },
+            { name: 'baseline', kind: 'policy', version: '1', path: file },
+          ],
+        },
+        /POLICY_INVALID/,
+      );
+    await bad(
+      'policy-alone.json',
+      {
+        name: 'pol',
+        version: '1',
+        artifacts: [{ name: 'baseline', kind: 'policy', version: '1', path: 'p-ok.json' }],
+      },
+      /POLICY_INVALID/,
+    );
+    // the same policy with the script it names: registered
+    await writeFile(
+      join(dir, 'rel/pol-ok.json'),
+      JSON.stringify({
+        name: 'pol',
+        version: '2',
+        artifacts: [
+          { name: 'rotate-logs', kind: 'script', version: '2', path: 'rotate.sh' },
+          { name: 'baseline', kind: 'policy', version: '1', path: 'p-ok.json' },
+        ],
+      }),
+    );
+    const ok = await ferry([
+      'server',
+      'release',
+      'add',
+      '--data',
+      data,
+      '--spec',
+      join(dir, 'rel/pol-ok.json'),
+    ]);
+    expect(ok.code, ok.stderr).toBe(0);
     await refused(['server', 'site', 'add', '--data', data, '--name', 'a b'], /BAD_INPUT/);
     await refused(
       ['server', 'site', 'add', '--data', data, '--name', 'ship-3', '--sequence', 'x1'],

@@ -211,6 +211,24 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     await page.waitForSelector('#error');
     expect(await page.textContent('#error')).toContain('BAD_INPUT');
     await shot(page, '03-bad-form');
+    // a policy the agents would refuse (a schedule they cannot run)
+    const bad = join(dir, 'bad-policy.json');
+    await writeFile(
+      bad,
+      JSON.stringify({
+        type: 'ferry.policy/v1',
+        scripts: [{ script: 'x', groups: ['*'], schedule: 'sometimes' }],
+      }),
+    );
+    await page.goto(`${server.url}/releases`);
+    await page.selectOption('#upload select[name=kind]', 'policy');
+    await page.fill('#upload input[name=name]', 'baseline');
+    await page.fill('#upload input[name=version]', '1');
+    await page.setInputFiles('#upload input[type=file]', bad);
+    await page.click('#upload button');
+    await page.waitForSelector('#error');
+    expect(await page.textContent('#error')).toContain('POLICY_INVALID');
+    await shot(page, '03-bad-policy');
     await page.goto(`${server.url}/sites`);
     await page.fill('.pin-form input[name=target]', 'group:scada');
     await page.fill('.pin-form input[name=version]', 'latest');

@@ -27,8 +27,10 @@ export interface UiDeps {
   toPublic: (e: unknown) => PublicError;
   pageSize?: number;
   maxUploadBytes?: number;
-  /** Seconds between reloads of the live rollout page. */
+  /** Seconds between live updates of the rollout pages. */
   refreshSec?: number;
+  /** Cookies marked Secure: the server serves TLS, or sits behind a proxy that does. */
+  cookieSecure?: boolean;
 }
 
 export const FORM_BYTES = 256 * 1024;

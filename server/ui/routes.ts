@@ -16,8 +16,6 @@ import { rolloutRoutes } from './routes-rollouts.js';
 
 export type { UiDeps } from './routes-kit.js';
 
-const cookieOpts = { httpOnly: true, sameSite: 'strict' as const, path: '/', overwrite: true };
-
 /** Pages answer errors as pages (status and code kept); the API keeps its JSON. */
 export function uiErrors(d: UiDeps) {
   return async function pageErrors(ctx: Context, next: Next): Promise<void> {
@@ -43,10 +41,17 @@ export function uiRouter(d: UiDeps): Router {
   const k = uiKit(d);
   const { done } = k;
   const str = (x: string | string[] | undefined) => (typeof x === 'string' ? x : undefined);
+  const secure = d.cookieSecure === true;
+  const cookieOpts = { httpOnly: true, sameSite: 'strict' as const, path: '/', overwrite: true, secure };
+  // Behind a TLS-terminating proxy the request reaches us in plain HTTP; the browser's is HTTPS.
+  const cookies = (ctx: Context) => {
+    if (secure) ctx.cookies.secure = true;
+    return ctx.cookies;
+  };
 
   r.get('/login', (ctx) => {
     const token = randomBytes(24).toString('base64url');
-    ctx.cookies.set(LOGIN_COOKIE, token, { ...cookieOpts, maxAge: 15 * 60_000 });
+    cookies(ctx).set(LOGIN_COOKIE, token, { ...cookieOpts, maxAge: 15 * 60_000 });
     send(ctx, loginPage(token));
   });
 
@@ -56,7 +61,7 @@ export function uiRouter(d: UiDeps): Router {
     const password = str(form.password) ?? '';
     const cookie = ctx.cookies.get(LOGIN_COOKIE);
     const fresh = randomBytes(24).toString('base64url');
-    ctx.cookies.set(LOGIN_COOKIE, fresh, { ...cookieOpts, maxAge: 15 * 60_000 });
+    cookies(ctx).set(LOGIN_COOKIE, fresh, { ...cookieOpts, maxAge: 15 * 60_000 });
     const again = (status: number, code: string, message: string) => {
       ctx.status = status;
       send(ctx, loginPage(fresh, `${code}: ${message}`));
@@ -77,8 +82,8 @@ export function uiRouter(d: UiDeps): Router {
       return again(401, 'UNAUTHENTICATED', 'wrong user or password');
     }
     const { id } = d.sessions.create(user, role);
-    ctx.cookies.set(SESSION_COOKIE, id, cookieOpts);
-    ctx.cookies.set(LOGIN_COOKIE, null, cookieOpts);
+    cookies(ctx).set(SESSION_COOKIE, id, cookieOpts);
+    cookies(ctx).set(LOGIN_COOKIE, null, cookieOpts);
     await d.audit.append(user, 'login', { ip: ctx.ip, role });
     done(ctx, '/');
   });
@@ -88,7 +93,7 @@ export function uiRouter(d: UiDeps): Router {
     const form = await readFormBody(ctx, FORM_BYTES);
     checkCsrf(ctx, form.csrf);
     d.sessions.end(authOf(ctx).sessionId);
-    ctx.cookies.set(SESSION_COOKIE, null, cookieOpts);
+    cookies(ctx).set(SESSION_COOKIE, null, cookieOpts);
     await d.audit.append(v.user, 'logout', {});
     done(ctx, '/login');
   });

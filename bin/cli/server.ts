@@ -52,8 +52,7 @@ export const serverStart: Command = {
     if (refreshSec < 1 || refreshSec > 3600) throw usage('--ui-refresh must be 1-3600 seconds');
     const certPath = str(p, 'tls-cert', false);
     const keyPath = str(p, 'tls-key', false);
-    if ((certPath === '') !== (keyPath === ''))
-      throw usage('--tls-cert and --tls-key go together');
+    if ((certPath === '') !== (keyPath === '')) throw usage('--tls-cert and --tls-key go together');
     const server = await startServer({
       dataDir: str(p, 'data'),
       host,

@@ -65,9 +65,23 @@ function manifestOf(bytes: Buffer): Record<string, unknown> {
   };
 }
 
-describe('releases, sites and site bundles', () => {
-  it('registers a site and a release (each artifact stored once, by digest); a release never changes', async () => {
-    let r = await ferry([
+interface CatalogView {
+  sites: Record<string, { sequence: number }>;
+  releases: Record<string, { artifacts: { sha256: string }[] }>;
+}
+const catalog = async (): Promise<CatalogView> =>
+  JSON.parse(
+    await readFile(join(data, 'catalog.json'), 'utf8').catch(() => '{"sites":{},"releases":{}}'),
+  ) as CatalogView;
+
+/**
+ * The site and the release the bundles are built from, registered by whichever test needs them first,
+ * so that each test also runs alone (`-t`) or in another order; the site's current sequence.
+ */
+async function registered(): Promise<number> {
+  let c = await catalog();
+  if (!Object.hasOwn(c.sites, 'plant-7')) {
+    const r = await ferry([
       'server',
       'site',
       'add',
@@ -81,14 +95,26 @@ describe('releases, sites and site bundles', () => {
       '4',
     ]);
     expect(r.code, r.stderr).toBe(0);
-    r = await ferry(['server', 'release', 'add', '--data', data, '--spec', spec, '--json']);
+  }
+  if (!Object.hasOwn(c.releases, 'fleet@1.1.0')) {
+    const r = await ferry(['server', 'release', 'add', '--data', data, '--spec', spec, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const rel = (JSON.parse(r.stdout) as { release: { artifacts: { sha256: string }[] } }).release;
+  }
+  c = await catalog();
+  return c.sites['plant-7']!.sequence;
+}
+
+describe('releases, sites and site bundles', () => {
+  it('registers a site and a release (each artifact stored once, by digest); a release never changes', async () => {
+    expect(await registered()).toBeGreaterThanOrEqual(4);
+    const rel = (await catalog()).releases['fleet@1.1.0']!;
+    expect(rel.artifacts).toHaveLength(2);
     for (const a of rel.artifacts) expect(await readFile(join(data, 'blobs/sha256', a.sha256))).toBeTruthy();
     await refused(['server', 'release', 'add', '--data', data, '--spec', spec], /RELEASE_EXISTS/);
   });
 
   it('refuses bad release specs and bad site names before storing anything', async () => {
+    await registered();
     const bad = async (name: string, body: unknown, code = /BAD_INPUT/) => {
       const p = join(dir, 'rel', name);
       await writeFile(p, typeof body === 'string' ? body : JSON.stringify(body));
@@ -187,7 +213,8 @@ describe('releases, sites and site bundles', () => {
   });
 
   it("writes the site's next bundle, signed: the auditor's verify passes and a mirror imports it", async () => {
-    const out = join(dir, 'plant-7-5.ferry');
+    const seq = (await registered()) + 1;
+    const out = join(dir, `plant-7-${seq}.ferry`);
     const r = await ferry([
       'server',
       'bundle',
@@ -203,10 +230,10 @@ describe('releases, sites and site bundles', () => {
       out,
     ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/sequence 5.*staggered.*signed/);
+    expect(r.stdout).toMatch(new RegExp(`sequence ${seq}.*staggered.*signed`));
     const m = manifestOf(await readFile(out));
     expect(m).toMatchObject({
-      sequence: 5,
+      sequence: seq,
       publisher: 'acme-ops',
       sites: ['plant-7'],
       signatures: 1,
@@ -234,6 +261,7 @@ describe('releases, sites and site bundles', () => {
   });
 
   it('refuses an unknown site or release, a bad strategy and a missing signing key, changing nothing', async () => {
+    await registered();
     const base = ['server', 'bundle', '--data', data, '--key', join(w.keyDir, 'release.key')];
     await refused([...base, '--site', 'atlantis', '--release', 'fleet@1.1.0'], /UNKNOWN_SITE/);
     await refused([...base, '--site', 'plant-7', '--release', 'fleet@9'], /UNKNOWN_RELEASE/);
@@ -252,7 +280,8 @@ describe('releases, sites and site bundles', () => {
   });
 
   it('leaves a bundle unsigned for the signing station, and records it once signed there', async () => {
-    const out = join(dir, 'plant-7-6.ferry');
+    const seq = (await registered()) + 1;
+    const out = join(dir, `plant-7-${seq}.ferry`);
     const r = await ferry([
       'server',
       'bundle',
@@ -271,14 +300,14 @@ describe('releases, sites and site bundles', () => {
     ]);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({
-      bundle: { sequence: 6, status: 'unsigned', signatures: 0 },
+      bundle: { sequence: seq, status: 'unsigned', signatures: 0 },
     });
     expect((await ferry(['bundle', 'verify', out, '--trust', w.rootPath])).code).toBe(1);
     // not signed yet: nothing to record
     await refused(['server', 'bundle', 'import', out, '--data', data], /BUNDLE_MISMATCH/);
     // a bundle this server did not build
     const foreign = join(dir, 'foreign.ferry');
-    await buildBundle(w, foreign, { spec: { sequence: 6 } });
+    await buildBundle(w, foreign, { spec: { sequence: seq } });
     await refused(['server', 'bundle', 'import', foreign, '--data', data], /BUNDLE_MISMATCH/);
     // at the station
     const s = await ferry(['bundle', 'sign', out, '--key', join(w.keyDir, 'release.key')]);
@@ -287,7 +316,7 @@ describe('releases, sites and site bundles', () => {
     const imp = await ferry(['server', 'bundle', 'import', out, '--data', data, '--json']);
     expect(imp.code, imp.stderr).toBe(0);
     expect(JSON.parse(imp.stdout)).toMatchObject({
-      bundle: { id: 'plant-7-6', status: 'imported', signatures: 1 },
+      bundle: { id: `plant-7-${seq}`, status: 'imported', signatures: 1 },
     });
     const audit = await ferry(['server', 'audit', 'verify', '--data', data, '--json']);
     expect(audit.code).toBe(0);

@@ -336,6 +336,15 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     expect(await waveText(1)).toContain('no report yet'); // a wave no event mentions still shows
     expect(Number(await page.getAttribute('#live', 'data-live-updates'))).toBeGreaterThan(0);
     expect(navigations).toBe(0);
+    // the fragment the script polls: 304 while nothing changes; without a session 401, never data
+    const live = `${server.url}/sites/plant-7/rollouts/live`;
+    const first = await page.request.get(live);
+    expect(first.status()).toBe(200);
+    const etag = first.headers().etag!;
+    expect((await page.request.get(live, { headers: { 'If-None-Match': etag } })).status()).toBe(304);
+    const anonymous = await fetch(live, { redirect: 'manual' });
+    expect(anonymous.status).toBe(401);
+    expect(await anonymous.text()).not.toContain('HALTED');
     expect(page.url()).toBe(`${server.url}/sites/plant-7/rollouts`);
     await shot(page, '06-rollouts-halted');
     await page.goto(`${server.url}/`);

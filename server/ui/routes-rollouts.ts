@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { compareSemver, isSemver } from '../../core/semver.js';
 import { rollbackSite } from '../rollback.js';
+import { need } from '../auth-http.js';
 import { siteRollouts } from '../rollout-view.js';
 import type { CatalogData } from '../catalog.js';
 import { LIVE_SCRIPT, LIVE_SCRIPT_PATH } from './live.js';
@@ -43,7 +44,8 @@ export const rolloutRoutes: AreaRoutes = (r, d, k) => {
   });
 
   r.get('/sites/:site/rollouts/live', async (ctx) => {
-    viewer(ctx);
+    // 401, not the sign-in redirect: the page's script stops when the session is gone
+    need(ctx, 'viewer');
     const site = ctx.params.site ?? '';
     const body = rolloutsFragment(siteRollouts(d.store.state, await d.catalog.read(), site, Date.now()));
     const text = body.toString();

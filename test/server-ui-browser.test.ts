@@ -152,6 +152,7 @@ async function signIn(user: string, password: string): Promise<Page> {
   });
   await page.goto(`${server.url}/`);
   expect(page.url()).toBe(`${server.url}/login`);
+  await shot(page, `00-login-${user}`);
   await page.fill('input[name=user]', user);
   await page.fill('input[name=password]', password);
   await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);

@@ -1,6 +1,7 @@
 /**
  * Render time of the server's busiest pages with a large fleet in memory: the agents page (first
- * page, a filtered page, a deep page) and the dashboard, at 10,000 and 100,000 agents, each against a
+ * page, a filtered page, a deep page), the dashboard and one site's rollouts page (every agent of
+ * the fleet scanned for the site's, each placed in its wave), at 10,000 and 100,000 agents, each against a
  * baseline run in the same process on the same state: `JSON.stringify` of every agent (what serving
  * the whole fleet as one JSON document costs). It prints a table and never fails on the figures.
  *
@@ -10,7 +11,8 @@ import { parseArgs } from 'node:util';
 import type { CatalogData } from '../server/catalog.js';
 import { emptyState, type AgentState, type ServerState } from '../server/fleet-state.js';
 import { queryAgents, siteHealth } from '../server/fleet-query.js';
-import { agentsPage, dashboardPage } from '../server/ui/pages.js';
+import { agentsPage, dashboardPage, rolloutsPage } from '../server/ui/pages.js';
+import { siteRollouts } from '../server/rollout-view.js';
 import type { Viewer } from '../server/ui/layout.js';
 
 const { values } = parseArgs({
@@ -40,6 +42,22 @@ function fleet(n: number): { state: ServerState; catalog: CatalogData } {
       groups: {},
       createdAt: '2026-01-01T00:00:00Z',
     };
+  catalog.bundles.push({
+    id: 'site-0-3',
+    site: 'site-0',
+    release: 'fleet@1.2.0',
+    sequence: 3,
+    strategy: 'staggered',
+    file: '/dev/null',
+    bytes: 0,
+    payloadSha256: 'ab'.repeat(32),
+    signatures: 1,
+    status: 'signed',
+    builtAt: '2026-01-01T00:00:00Z',
+    builtBy: 'bench',
+    plan: catalog.sites['site-0']!.plan!,
+    rolloutId: 'ef'.repeat(32),
+  });
   const now = Date.now();
   for (let i = 0; i < n; i++) {
     const id = i.toString(16).padStart(32, '0');
@@ -110,6 +128,15 @@ for (const n of sizes) {
     [
       'dashboard',
       () => dashboardPage(viewer, siteHealth(state, catalog, now), [], { agents: n, rejections: 0 }),
+    ],
+    [
+      'rollouts, one site',
+      () =>
+        rolloutsPage(viewer, 'site-0', siteRollouts(state, catalog, 'site-0', now), {
+          liveSec: 5,
+          choices: [],
+          target: '1.2.0',
+        }),
     ],
   ];
   for (const [page, fn] of cases) {

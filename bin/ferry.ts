@@ -73,6 +73,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
         bundle: a.serverBundle,
         'bundle import': a.serverBundleImport,
       }))),
+      ...(await import('./cli/server-rollback.js').then((b) => ({ rollback: b.serverRollback }))),
     };
   },
 };

@@ -52,6 +52,7 @@ export const WIRE_CODES = [
   'RELEASE_EXISTS',
   'UNKNOWN_BUNDLE',
   'NO_SIGNING_KEY',
+  'POLICY_INVALID',
   // the service itself
   'STORE_LOCKED',
   'STORE_INVALID',

@@ -27,10 +27,15 @@ interface Conn {
 }
 
 /** Must be attached before the request handler, so that its header reaches every response. */
-export function trackConnections(server: Server, onClose?: (s: Socket) => void): Drainer {
+export function trackConnections(
+  server: Server,
+  onClose?: (s: Socket) => void,
+  /** `secureConnection` for a TLS server: the socket its requests arrive on. */
+  connectionEvent: 'connection' | 'secureConnection' = 'connection',
+): Drainer {
   const conns = new Map<Socket, Conn>();
   let closing = false;
-  server.on('connection', (s: Socket) => {
+  server.on(connectionEvent, (s: Socket) => {
     conns.set(s, { inFlight: 0, answered: false });
     s.once('close', () => {
       conns.delete(s);

@@ -8,8 +8,10 @@ import { CodedError } from '../core/errors.js';
 export type PlatformErrorCode =
   /** Another process holds a data directory's lock for longer than the wait allows. */
   | 'STORE_LOCKED'
-  /** A service was asked to serve TLS, which the HTTP server kit does not do yet. */
+  /** A service was asked for TLS client certificates, which the HTTP server kit does not do yet. */
   | 'TLS_NOT_IMPLEMENTED'
+  /** The certificate or key a service was given to serve TLS cannot be read or do not form a pair. */
+  | 'TLS_INVALID'
 
   /** A path the operator named does not exist (the message names it). */
   | 'NOT_FOUND'

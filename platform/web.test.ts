@@ -1,6 +1,6 @@
 /** The web kit: every interpolation is escaped unless it is markup made by the kit. */
 import { describe, expect, it } from 'vitest';
-import { escapeHtml, html, Html, layout, PAGE_CSP, table, trusted } from './web.js';
+import { escapeHtml, html, Html, layout, PAGE_CSP, PAGE_CSP_SCRIPTS, table, trusted } from './web.js';
 
 const HOSTILE = `<script>alert("x")</script>' onmouseover='steal()' & \`tick\``;
 
@@ -86,5 +86,14 @@ describe('layout', () => {
     expect(page).toContain(`content="${escapeHtml(PAGE_CSP)}"`);
     expect(PAGE_CSP).toMatch(/default-src 'none'/);
     expect(page).not.toMatch(/<script|<link|src=|https?:\/\//);
+  });
+
+  it('lets a page load its own same-origin scripts and nothing inline or from elsewhere', () => {
+    const page = layout({ title: 't', body: html`<p>x</p>`, scripts: ['/ui/live.js'] });
+    expect(page).toContain('<script src="/ui/live.js" defer></script>');
+    expect(page).toContain(`content="${escapeHtml(PAGE_CSP_SCRIPTS)}"`);
+    expect(PAGE_CSP_SCRIPTS).toMatch(/script-src 'self'; connect-src 'self'$/);
+    expect(PAGE_CSP_SCRIPTS).not.toMatch(/unsafe-inline'[^;]*script|script-src[^;]*(unsafe|https?:|\*)/);
+    expect(layout({ title: 't', body: html`` })).not.toContain('script-src');
   });
 });

@@ -4,7 +4,8 @@
  * interpolated value unless it is already `Html` (made by this tag, `table`,
  * or `trusted` for markup written in the source). A page fetches nothing from
  * elsewhere: styles are inline, and the page's own Content-Security-Policy
- * forbids scripts, so escaped text can never run even where it lands.
+ * forbids inline scripts, so escaped text can never run even where it lands. A
+ * page may load scripts served by its own origin (`scripts`); nothing else runs.
  */
 
 const MINT = Symbol('web.ts');
@@ -95,6 +96,9 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-
 export const PAGE_CSP =
   "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'self'";
 
+/** For a page that loads its own scripts: scripts and fetches from the page's origin only, nothing inline. */
+export const PAGE_CSP_SCRIPTS = `${PAGE_CSP}; script-src 'self'; connect-src 'self'`;
+
 export interface LayoutOptions {
   title: string;
   body: Html;
@@ -102,6 +106,8 @@ export interface LayoutOptions {
   css?: string;
   /** Reload the page every so many seconds (a meta refresh: no script needed). */
   refreshSec?: number;
+  /** Same-origin paths of scripts the page loads (deferred); the CSP then allows scripts from 'self'. */
+  scripts?: string[];
 }
 
 /** A whole page: head with charset, title, CSP and inline styles; the body as given. */
@@ -111,10 +117,14 @@ export function layout(o: LayoutOptions): string {
     <html lang="en">
       <head>
         <meta charset="utf-8" />
-        <meta http-equiv="Content-Security-Policy" content="${PAGE_CSP}" />
+        <meta
+          http-equiv="Content-Security-Policy"
+          content="${o.scripts?.length ? PAGE_CSP_SCRIPTS : PAGE_CSP}"
+        />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         ${o.refreshSec !== undefined && html`<meta http-equiv="refresh" content="${Math.max(1, Math.round(o.refreshSec))}" />`}
         <title>${o.title}</title>
+        ${(o.scripts ?? []).map((src) => html`<script src="${src}" defer></script>`)}
         <style>
           ${css}
         </style>

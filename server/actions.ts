@@ -25,6 +25,7 @@ import {
 } from './catalog.js';
 import { ServerError } from './errors.js';
 import { buildSiteBundle } from './site-bundle.js';
+import { checkPolicyFile, checkReleasePolicies } from './policy-check.js';
 import type { ServerState } from './fleet-state.js';
 
 const bad = (m: string) => new ServerError('BAD_INPUT', m);
@@ -46,6 +47,7 @@ export async function storeArtifact(
   path: string,
 ): Promise<ArtifactRecord> {
   const m = checkArtifactMeta(meta);
+  if (m.kind === 'policy') await checkPolicyFile(path, `policy ${m.name}@${m.version}`);
   const blob = await c.catalog.putBlob(path);
   let rec: ArtifactRecord;
   try {
@@ -74,7 +76,11 @@ export async function registerRelease(
     throw bad('release name and version are required');
   if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string'))
     throw bad('artifacts must be a list of artifact keys');
-  const rec = await c.catalog.update((d) => addRelease(d, name, version, keys, c.actor, c.now ?? new Date()));
+  const rec = await c.catalog.update(async (d) => {
+    const r = addRelease(d, name, version, keys, c.actor, c.now ?? new Date());
+    await checkReleasePolicies(r.artifacts, (h) => c.catalog.blobPath(h));
+    return r;
+  });
   await c.audit.append(c.actor, 'release.registered', {
     release: `${rec.name}@${rec.version}`,
     artifacts: rec.artifacts.map((a) => `${a.kind}:${a.name}@${a.version}:${a.sha256.slice(0, 12)}`),
@@ -184,7 +190,13 @@ export async function buildBundle(
   site: unknown,
   release: unknown,
   strategy: unknown,
-  o: { signed: boolean; key?: PrivateKey; out?: string; expires?: string },
+  o: {
+    signed: boolean;
+    key?: PrivateKey;
+    out?: string;
+    expires?: string;
+    setPins?: Record<string, string>;
+  },
 ) {
   if (typeof site !== 'string' || typeof release !== 'string') throw bad('site and release are required');
   const strat = strategy === undefined || strategy === '' ? 'staggered' : strategy;
@@ -213,6 +225,7 @@ export async function buildBundle(
     actor: c.actor,
     ...(o.out && { out: o.out }),
     ...(o.expires && { expires: o.expires }),
+    ...(o.setPins && { setPins: o.setPins }),
     ...(c.now && { now: c.now }),
   });
 }

@@ -23,6 +23,7 @@ import type { Catalog } from './catalog.js';
 import { queryAgents, rolloutsOf, siteHealth } from './fleet-query.js';
 import type { ServerStore } from './store.js';
 import { readUploadRaw } from './upload-raw.js';
+import { rollbackSite } from './rollback.js';
 
 const BODY = 256 * 1024;
 
@@ -166,6 +167,18 @@ export function apiRouter(d: ApiDeps): Router {
       signed: body.signed !== false,
     });
     ctx.body = { bundle: record };
+    ctx.status = 201;
+  });
+
+  // Roll a site back to an older release (server/rollback.ts): its next bundle, pinned so agents accept it.
+  r.post('/sites/:site/rollback', async (ctx) => {
+    const { c, body } = await admin(ctx, ['release', 'signed']);
+    if (body.signed !== undefined && typeof body.signed !== 'boolean')
+      throw new HttpError(400, 'BAD_INPUT', 'signed must be true or false');
+    const out = await rollbackSite(c, d.store.state, ctx.params.site ?? '', body.release, {
+      signed: body.signed !== false,
+    });
+    ctx.body = { bundle: out.record, rollback: out.rollback };
     ctx.status = 201;
   });
   return r;

@@ -29,7 +29,8 @@ export type AuditAction =
   | 'bundle.signed'
   | 'bundle.imported'
   | 'telemetry.imported'
-  | 'mirror.registered';
+  | 'mirror.registered'
+  | 'rollback';
 
 export interface AuditEntry {
   seq: number;

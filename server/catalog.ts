@@ -63,6 +63,9 @@ export interface BundleRecord {
   builtAt: string;
   builtBy: string;
   importedAt?: string;
+  /** The rollout plan the bundle carries and its id (core/rollout/plan.ts), as the site's mirrors compute it. */
+  plan?: Rollout;
+  rolloutId?: string;
 }
 
 export interface CatalogData {

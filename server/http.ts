@@ -72,6 +72,7 @@ const SERVER_CODES: Partial<Record<ServerCode, [number, PublicError['body']['cod
   RELEASE_EXISTS: [409, 'RELEASE_EXISTS'],
   UNKNOWN_BUNDLE: [404, 'UNKNOWN_BUNDLE'],
   NO_SIGNING_KEY: [409, 'NO_SIGNING_KEY'],
+  POLICY_INVALID: [400, 'POLICY_INVALID'],
 };
 
 /**
@@ -225,8 +226,10 @@ export interface AppDeps {
   limiter?: LoginLimiter;
   catalog?: Catalog;
   audit?: AuditLog;
-  /** Seconds between reloads of the live rollout page. */
+  /** Seconds between live updates of the rollout pages. */
   refreshSec?: number;
+  /** Mark the UI's cookies Secure (TLS here, or at a proxy in front). */
+  cookieSecure?: boolean;
 }
 
 export function createApp({
@@ -240,6 +243,7 @@ export function createApp({
   catalog = new FileCatalog(store.dir),
   audit = new AuditLog(store.dir),
   refreshSec,
+  cookieSecure,
 }: AppDeps): Koa {
   const app = new Koa();
   app.on('error', (e: unknown) =>
@@ -267,6 +271,7 @@ export function createApp({
     log,
     toPublic: publicError,
     ...(refreshSec && { refreshSec }),
+    ...(cookieSecure && { cookieSecure }),
   };
   const pageErrors = uiErrors(ui);
   app.use((ctx, next) => (ctx.path.startsWith('/v1/') ? next() : pageErrors(ctx, next)));

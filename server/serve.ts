@@ -4,7 +4,7 @@
  * ingests finish and are durable, then a checkpoint and the lock is released.
  */
 import type { Logger } from '../platform/log.js';
-import { startHttp, type HttpService, type ServerLimits } from '../platform/http/server.js';
+import { startHttp, type HttpService, type ServerLimits, type TlsOptions } from '../platform/http/server.js';
 import { createApp, serverMetrics } from './http.js';
 import { ServerStore } from './store.js';
 import { backendName } from '../core/ed25519.js';
@@ -20,8 +20,12 @@ export interface ServerOptions {
   log: Logger;
   /** Connection cap and timeouts (platform/http/server.ts has the defaults). */
   limits?: Partial<ServerLimits>;
-  /** Seconds between reloads of the live rollout page. */
+  /** Seconds between live updates of the rollout pages. */
   refreshSec?: number;
+  /** Serve HTTPS with this certificate and key; the UI's cookies are then Secure. */
+  tls?: TlsOptions;
+  /** Secure cookies over plain HTTP: a TLS-terminating proxy stands in front. */
+  cookieSecure?: boolean;
 }
 
 export interface RunningServer {
@@ -53,6 +57,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     access,
     audit,
     ...(o.refreshSec && { refreshSec: o.refreshSec }),
+    ...((o.cookieSecure || o.tls) && { cookieSecure: true }),
   }).callback();
   let http: HttpService;
   try {
@@ -63,6 +68,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       log: o.log,
       metrics: { registry: metrics, prefix: 'ferry_server' },
       ...(o.limits && { limits: o.limits }),
+      ...(o.tls && { tls: o.tls }),
     });
   } catch (e) {
     await store.close();

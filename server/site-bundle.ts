@@ -22,6 +22,7 @@ import {
   type Manifest,
   type Rollout,
 } from '../core/manifest.js';
+import { rolloutIdOf } from '../core/rollout/plan.js';
 import { isoUtc, resolveExpiry } from '../core/time.js';
 import { checkBundleFile } from '../platform/bundle-file.js';
 import { writeBundleFromStore } from '../platform/bundle-write.js';
@@ -60,6 +61,8 @@ export interface BuildOptions {
   expires?: string;
   actor: string;
   now?: Date;
+  /** Pins written into the site's record before the bundle is built, in the same change (a rollback's). */
+  setPins?: Record<string, string>;
 }
 
 /** Builds, writes, then records the bundle and the site's new sequence; audited. */
@@ -75,6 +78,7 @@ export async function buildSiteBundle(
     const release = releaseOf(c, o.release);
     const agent = release.artifacts.find((a) => a.kind === 'agent');
     const sequence = site.sequence + 1;
+    if (o.setPins) Object.assign(site.pins, o.setPins);
     const pins: Record<string, string> = { ...site.pins };
     if (agent) for (const id of site.updateNow) pins[`agent:${id}`] = agent.version;
     const manifest: Manifest = {
@@ -122,6 +126,7 @@ export async function buildSiteBundle(
       status: o.signer ? 'signed' : 'unsigned',
       builtAt: now.toISOString(),
       builtBy: o.actor,
+      ...(plan && { plan, rolloutId: rolloutIdOf(manifest) }),
     };
     site.sequence = sequence;
     if (plan) site.plan = plan;

@@ -3,7 +3,7 @@
  * release and a site, pin, bulk-mark agents, build a bundle) works, and bad input on every route gets a
  * coded error and leaves the data directory as it was.
  */
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ferry, makeKey, snapshotDir, tempDir } from './helpers/fixtures.js';
@@ -17,6 +17,9 @@ import {
   type TestAgent,
 } from './helpers/server-fixtures.js';
 import { api, startServerProc, type ServerProc } from './helpers/server-proc.js';
+import { decodeBase64Strict } from '../core/encoding.js';
+import type { Manifest } from '../core/manifest.js';
+import { targetVersion } from '../agent/update/version-choice.js';
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -198,6 +201,172 @@ describe('the JSON API', () => {
       const r = await upload(query, bytes, type);
       expect({ query, status: r.status, code: r.json.code }).toEqual({ query, status, code });
     }
+    expect(await durable()).toEqual(before);
+  });
+
+  it('rolls a site back to an older release in a bundle its agents accept (API and CLI); bad input changes nothing', async () => {
+    const up = await upload(
+      'kind=agent&name=ferry-agent&version=1.0.0&platform=linux-x64',
+      Buffer.alloc(10_000, 5),
+    );
+    expect(up.status).toBe(201);
+    const rel = await api(s.url, 'POST', '/v1/releases', token, {
+      name: 'fleet',
+      version: '1.0.0',
+      artifacts: ['agent:ferry-agent@1.0.0/linux-x64'],
+    });
+    expect(rel.status).toBe(201);
+    const viewer = await ferry([
+      'server',
+      'user',
+      'add',
+      '--data',
+      data,
+      '--name',
+      'vic',
+      '--role',
+      'viewer',
+    ]);
+    expect(viewer.code).toBe(0);
+    const viewerToken = (
+      await ferry(['server', 'token', 'create', '--data', data, '--user', 'vic'])
+    ).stdout.trim();
+    const before = await durable();
+    const path = '/v1/sites/plant-7/rollback';
+    for (const [who, p, body, status, code] of [
+      [token, path, { release: 'fleet@2.0.0' }, 400, 'BAD_INPUT'], // not older than the site's 2.0.0
+      [token, path, { release: 'fleet@0.9' }, 404, 'UNKNOWN_RELEASE'],
+      [token, path, {}, 400, 'BAD_INPUT'],
+      [token, path, { release: 'fleet@1.0.0', signed: 'yes' }, 400, 'BAD_INPUT'],
+      [token, path, { release: 'fleet@1.0.0', strategy: 'manual' }, 400, 'BAD_INPUT'],
+      [token, '/v1/sites/ship-3/rollback', { release: 'fleet@1.0.0' }, 400, 'BAD_INPUT'], // no rollout yet
+      [token, '/v1/sites/atlantis/rollback', { release: 'fleet@1.0.0' }, 404, 'UNKNOWN_SITE'],
+      [viewerToken, path, { release: 'fleet@1.0.0' }, 403, 'FORBIDDEN'],
+      [undefined, path, { release: 'fleet@1.0.0' }, 401, 'UNAUTHENTICATED'],
+    ] as const) {
+      const r = await api(s.url, 'POST', p, who, body);
+      expect({ p, body, status: r.status, code: r.json.code }).toEqual({ p, body, status, code });
+    }
+    const cli = await ferry([
+      'server',
+      'rollback',
+      '--data',
+      data,
+      '--site',
+      'plant-7',
+      '--to-release',
+      'fleet@2.0.0',
+    ]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/BAD_INPUT/);
+    expect((await ferry(['server', 'rollback', '--data', data, '--to-release', 'fleet@1.0.0'])).code).toBe(2);
+    expect(await durable()).toEqual(before);
+
+    const r = await api(s.url, 'POST', path, token, { release: 'fleet@1.0.0' });
+    expect(r.status, JSON.stringify(r.json)).toBe(201);
+    expect(r.json.rollback).toEqual({ from: '2.0.0', to: '1.0.0', pins: { 'group:canary': '1.0.0' } });
+    const bundle = r.json.bundle as { file: string; sequence: number; strategy: string; status: string };
+    expect(bundle).toMatchObject({ sequence: 2, strategy: 'immediate', status: 'signed' });
+    // the manifest an agent will verify: its own group pinned to the older build
+    const bytes = await readFile(bundle.file);
+    const size = parseInt(
+      bytes
+        .subarray(124, 136)
+        .toString('latin1')
+        .replace(/[\0 ]+$/, ''),
+      8,
+    );
+    const env = JSON.parse(bytes.subarray(512, 512 + size).toString('utf8')) as { payload: string };
+    const manifest = JSON.parse(decodeBase64Strict(env.payload, 'payload').toString('utf8')) as Manifest;
+    expect(manifest.rollout).toMatchObject({ agent: '1.0.0', strategy: 'immediate' });
+    expect(manifest.pins).toEqual({ 'group:scada': '1.0.0', 'group:canary': '1.0.0' });
+    // what the agent decides, having committed 2.0.0: it goes back, because a signed pin names 1.0.0 …
+    const input = {
+      manifest,
+      payloadDigest: 'x',
+      platform: 'linux-x64',
+      agentId: agent.id,
+      groups: ['canary'],
+      running: '2.0.0',
+      highestCommitted: '2.0.0',
+      badVersions: [],
+    };
+    expect(targetVersion(input)).toMatchObject({
+      kind: 'update',
+      version: '1.0.0',
+      authorisedDowngrade: true,
+    });
+    // … and the same bundle without the pins would be refused as a downgrade
+    const unpinned: Manifest = { ...manifest };
+    delete unpinned.pins;
+    expect(targetVersion({ ...input, manifest: unpinned })).toMatchObject({
+      kind: 'refuse',
+      code: 'DOWNGRADE_REFUSED',
+    });
+
+    // from the CLI, further back: the pins already at 1.0.0 are lowered with it
+    expect(
+      (await upload('kind=agent&name=ferry-agent&version=0.9.0&platform=linux-x64', Buffer.alloc(9_000, 6)))
+        .status,
+    ).toBe(201);
+    expect(
+      (
+        await api(s.url, 'POST', '/v1/releases', token, {
+          name: 'fleet',
+          version: '0.9.0',
+          artifacts: ['agent:ferry-agent@0.9.0/linux-x64'],
+        })
+      ).status,
+    ).toBe(201);
+    const args = ['server', 'rollback', '--data', data, '--site', 'plant-7', '--to-release', 'fleet@0.9.0'];
+    const cli2 = await ferry([...args, '--unsigned', '--json']);
+    expect(cli2.code, cli2.stderr).toBe(0);
+    expect(JSON.parse(cli2.stdout)).toMatchObject({
+      ok: true,
+      bundle: { sequence: 3, status: 'unsigned', strategy: 'immediate' },
+      rollback: { from: '1.0.0', to: '0.9.0', pins: { 'group:scada': '0.9.0', 'group:canary': '0.9.0' } },
+    });
+    // the site now targets 0.9.0: going there again is not a rollback
+    const again = await ferry([...args, '--json']);
+    expect(again.code).toBe(1);
+    expect(JSON.parse(again.stdout)).toMatchObject({ ok: false, code: 'BAD_INPUT' });
+    const audit = await api(s.url, 'GET', '/v1/audit?limit=5', token);
+    expect(JSON.stringify(audit.json)).toContain('"action":"rollback"');
+  });
+
+  it('refuses a policy the agents would refuse, on upload and in a release, changing nothing', async () => {
+    const ok = JSON.stringify({
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'harden-ssh', groups: ['web'], schedule: 'once' }],
+    });
+    expect((await upload('kind=policy&name=baseline&version=7', ok)).status).toBe(201);
+    const before = await durable();
+    for (const body of [
+      '{"type":"ferry.policy/v1","files":[],"files":[]}',
+      'not json',
+      JSON.stringify({ type: 'ferry.policy/v2' }),
+      JSON.stringify({
+        type: 'ferry.policy/v1',
+        scripts: [{ script: 'x', groups: ['*'], schedule: 'hourly' }],
+      }),
+      JSON.stringify({ type: 'ferry.policy/v1', agent: { pollIntervalSec: -1 } }),
+    ]) {
+      const r = await upload('kind=policy&name=baseline&version=8', body);
+      expect({ body, status: r.status, code: r.json.code }).toEqual({
+        body,
+        status: 400,
+        code: 'POLICY_INVALID',
+      });
+    }
+    // valid alone, but it names a script the release does not carry
+    const rel = await api(s.url, 'POST', '/v1/releases', token, {
+      name: 'policies',
+      version: '1',
+      artifacts: ['policy:baseline@7'],
+    });
+    expect(rel.status).toBe(400);
+    expect(rel.json.code).toBe('POLICY_INVALID');
+    expect(rel.json.message).toMatch(/harden-ssh/);
     expect(await durable()).toEqual(before);
   });
 });

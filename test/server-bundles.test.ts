@@ -65,9 +65,23 @@ function manifestOf(bytes: Buffer): Record<string, unknown> {
   };
 }
 
-describe('releases, sites and site bundles', () => {
-  it('registers a site and a release (each artifact stored once, by digest); a release never changes', async () => {
-    let r = await ferry([
+interface CatalogView {
+  sites: Record<string, { sequence: number }>;
+  releases: Record<string, { artifacts: { sha256: string }[] }>;
+}
+const catalog = async (): Promise<CatalogView> =>
+  JSON.parse(
+    await readFile(join(data, 'catalog.json'), 'utf8').catch(() => '{"sites":{},"releases":{}}'),
+  ) as CatalogView;
+
+/**
+ * The site and the release the bundles are built from, registered by whichever test needs them first,
+ * so that each test also runs alone (`-t`) or in another order; the site's current sequence.
+ */
+async function registered(): Promise<number> {
+  let c = await catalog();
+  if (!Object.hasOwn(c.sites, 'plant-7')) {
+    const r = await ferry([
       'server',
       'site',
       'add',
@@ -81,14 +95,26 @@ describe('releases, sites and site bundles', () => {
       '4',
     ]);
     expect(r.code, r.stderr).toBe(0);
-    r = await ferry(['server', 'release', 'add', '--data', data, '--spec', spec, '--json']);
+  }
+  if (!Object.hasOwn(c.releases, 'fleet@1.1.0')) {
+    const r = await ferry(['server', 'release', 'add', '--data', data, '--spec', spec, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const rel = (JSON.parse(r.stdout) as { release: { artifacts: { sha256: string }[] } }).release;
+  }
+  c = await catalog();
+  return c.sites['plant-7']!.sequence;
+}
+
+describe('releases, sites and site bundles', () => {
+  it('registers a site and a release (each artifact stored once, by digest); a release never changes', async () => {
+    expect(await registered()).toBeGreaterThanOrEqual(4);
+    const rel = (await catalog()).releases['fleet@1.1.0']!;
+    expect(rel.artifacts).toHaveLength(2);
     for (const a of rel.artifacts) expect(await readFile(join(data, 'blobs/sha256', a.sha256))).toBeTruthy();
     await refused(['server', 'release', 'add', '--data', data, '--spec', spec], /RELEASE_EXISTS/);
   });
 
   it('refuses bad release specs and bad site names before storing anything', async () => {
+    await registered();
     const bad = async (name: string, body: unknown, code = /BAD_INPUT/) => {
       const p = join(dir, 'rel', name);
       await writeFile(p, typeof body === 'string' ? body : JSON.stringify(body));
@@ -112,6 +138,73 @@ describe('releases, sites and site bundles', () => {
       version: '1',
       artifacts: [{ name: 'rotate-logs', kind: 'script', version: '2', path: 'other.sh' }],
     });
+    // policies the agents would refuse (core/policy.ts), or that name what the release does not carry
+    const policy = async (file: string, doc: unknown) =>
+      writeFile(join(dir, 'rel', file), typeof doc === 'string' ? doc : JSON.stringify(doc));
+    await policy('p-json.json', '{"type":"ferry.policy/v1","scripts":[],"scripts":[]}');
+    await policy('p-schedule.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'rotate-logs', groups: ['*'], schedule: 'every 1s' }],
+    });
+    await policy('p-path.json', {
+      type: 'ferry.policy/v1',
+      files: [{ path: '../etc/shadow', artifact: 'rotate-logs', mode: '0644' }],
+    });
+    await policy('p-refs.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'harden-ssh', groups: ['*'], schedule: 'once' }],
+    });
+    await policy('p-ok.json', {
+      type: 'ferry.policy/v1',
+      scripts: [{ script: 'rotate-logs', groups: ['*'], schedule: 'every 15m' }],
+    });
+    const newScript = { name: 'fresh', kind: 'script', version: '1', path: 'other.sh' };
+    for (const [i, file] of ['p-json.json', 'p-schedule.json', 'p-path.json', 'p-refs.json'].entries())
+      // the good script listed first is not stored either: every entry is checked before any byte is
+      await bad(
+        `policy-${i}.json`,
+        {
+          name: 'pol',
+          version: '1',
+          artifacts: [
+            newScript,
+            { name: 'rotate-logs', kind: 'script', version: '2', path: 'rotate.sh' },
+            { name: 'baseline', kind: 'policy', version: '1', path: file },
+          ],
+        },
+        /POLICY_INVALID/,
+      );
+    await bad(
+      'policy-alone.json',
+      {
+        name: 'pol',
+        version: '1',
+        artifacts: [{ name: 'baseline', kind: 'policy', version: '1', path: 'p-ok.json' }],
+      },
+      /POLICY_INVALID/,
+    );
+    // the same policy with the script it names: registered
+    await writeFile(
+      join(dir, 'rel/pol-ok.json'),
+      JSON.stringify({
+        name: 'pol',
+        version: '2',
+        artifacts: [
+          { name: 'rotate-logs', kind: 'script', version: '2', path: 'rotate.sh' },
+          { name: 'baseline', kind: 'policy', version: '1', path: 'p-ok.json' },
+        ],
+      }),
+    );
+    const ok = await ferry([
+      'server',
+      'release',
+      'add',
+      '--data',
+      data,
+      '--spec',
+      join(dir, 'rel/pol-ok.json'),
+    ]);
+    expect(ok.code, ok.stderr).toBe(0);
     await refused(['server', 'site', 'add', '--data', data, '--name', 'a b'], /BAD_INPUT/);
     await refused(
       ['server', 'site', 'add', '--data', data, '--name', 'ship-3', '--sequence', 'x1'],
@@ -120,7 +213,8 @@ describe('releases, sites and site bundles', () => {
   });
 
   it("writes the site's next bundle, signed: the auditor's verify passes and a mirror imports it", async () => {
-    const out = join(dir, 'plant-7-5.ferry');
+    const seq = (await registered()) + 1;
+    const out = join(dir, `plant-7-${seq}.ferry`);
     const r = await ferry([
       'server',
       'bundle',
@@ -136,10 +230,10 @@ describe('releases, sites and site bundles', () => {
       out,
     ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/sequence 5.*staggered.*signed/);
+    expect(r.stdout).toMatch(new RegExp(`sequence ${seq}.*staggered.*signed`));
     const m = manifestOf(await readFile(out));
     expect(m).toMatchObject({
-      sequence: 5,
+      sequence: seq,
       publisher: 'acme-ops',
       sites: ['plant-7'],
       signatures: 1,
@@ -167,6 +261,7 @@ describe('releases, sites and site bundles', () => {
   });
 
   it('refuses an unknown site or release, a bad strategy and a missing signing key, changing nothing', async () => {
+    await registered();
     const base = ['server', 'bundle', '--data', data, '--key', join(w.keyDir, 'release.key')];
     await refused([...base, '--site', 'atlantis', '--release', 'fleet@1.1.0'], /UNKNOWN_SITE/);
     await refused([...base, '--site', 'plant-7', '--release', 'fleet@9'], /UNKNOWN_RELEASE/);
@@ -185,7 +280,8 @@ describe('releases, sites and site bundles', () => {
   });
 
   it('leaves a bundle unsigned for the signing station, and records it once signed there', async () => {
-    const out = join(dir, 'plant-7-6.ferry');
+    const seq = (await registered()) + 1;
+    const out = join(dir, `plant-7-${seq}.ferry`);
     const r = await ferry([
       'server',
       'bundle',
@@ -204,14 +300,14 @@ describe('releases, sites and site bundles', () => {
     ]);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({
-      bundle: { sequence: 6, status: 'unsigned', signatures: 0 },
+      bundle: { sequence: seq, status: 'unsigned', signatures: 0 },
     });
     expect((await ferry(['bundle', 'verify', out, '--trust', w.rootPath])).code).toBe(1);
     // not signed yet: nothing to record
     await refused(['server', 'bundle', 'import', out, '--data', data], /BUNDLE_MISMATCH/);
     // a bundle this server did not build
     const foreign = join(dir, 'foreign.ferry');
-    await buildBundle(w, foreign, { spec: { sequence: 6 } });
+    await buildBundle(w, foreign, { spec: { sequence: seq } });
     await refused(['server', 'bundle', 'import', foreign, '--data', data], /BUNDLE_MISMATCH/);
     // at the station
     const s = await ferry(['bundle', 'sign', out, '--key', join(w.keyDir, 'release.key')]);
@@ -220,7 +316,7 @@ describe('releases, sites and site bundles', () => {
     const imp = await ferry(['server', 'bundle', 'import', out, '--data', data, '--json']);
     expect(imp.code, imp.stderr).toBe(0);
     expect(JSON.parse(imp.stdout)).toMatchObject({
-      bundle: { id: 'plant-7-6', status: 'imported', signatures: 1 },
+      bundle: { id: `plant-7-${seq}`, status: 'imported', signatures: 1 },
     });
     const audit = await ferry(['server', 'audit', 'verify', '--data', data, '--json']);
     expect(audit.code).toBe(0);

@@ -27,6 +27,7 @@ import {
 import { startServerProc, type ServerProc } from './helpers/server-proc.js';
 import { haveProgram } from './helpers/system.js';
 import { makeKey } from './helpers/fixtures.js';
+import { waveOf } from '../core/rollout/wave.js';
 
 const HAVE_CHROMIUM = haveProgram('chromium');
 const SHOTS = join(REPO, 'test-artifacts/server-ui');
@@ -41,7 +42,8 @@ let viewerPassword: string;
 const agents: TestAgent[] = [];
 let seq = 0;
 
-const ROLLOUT_ID = 'ab'.repeat(32);
+const WAVES = [{ percent: 5 }, { percent: 25 }, { percent: 100 }];
+let rolloutId = 'ab'.repeat(32);
 const counts = (c: Partial<RolloutCounts>): RolloutCounts => ({
   agents: 0,
   pending: 0,
@@ -62,7 +64,7 @@ function rollout(
     seq: ++seq,
     at: new Date().toISOString(),
     rollout: {
-      rolloutId: ROLLOUT_ID,
+      rolloutId,
       manifestSequence: 1,
       version: '1.1.0',
       event,
@@ -121,7 +123,7 @@ beforeAll(async () => {
   agents.forEach((a, i) =>
     recs.push(enrolment(a, ++seq, enrolmentInfo(a, `node-${i}`, i === 0 ? ['canary'] : ['scada']))),
   );
-  agents.forEach((a) => recs.push(heartbeat(a, ++seq, 1)));
+  agents.forEach((a) => recs.push(heartbeat(a, ++seq, 1, { sentAt: new Date().toISOString() })));
   await send(recs);
   const { chromium } = await import('playwright-core');
   browser = await chromium.launch({
@@ -150,6 +152,7 @@ async function signIn(user: string, password: string): Promise<Page> {
   });
   await page.goto(`${server.url}/`);
   expect(page.url()).toBe(`${server.url}/login`);
+  await shot(page, `00-login-${user}`);
   await page.fill('input[name=user]', user);
   await page.fill('input[name=password]', password);
   await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);
@@ -181,8 +184,22 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     await page.fill('#register input[name=version]', '1.1.0');
     await page.check('#register input[value="agent:ferry-agent@1.1.0/linux-x64"]');
     await Promise.all([page.waitForURL(`${server.url}/releases`), page.click('#register button')]);
+    // the build the site runs today, registered as a release of its own (where a rollback goes)
+    const older = join(dir, 'ferry-agent-1.0.0');
+    await writeFile(older, Buffer.alloc(30_000, 8));
+    await page.selectOption('#upload select[name=kind]', 'agent');
+    await page.fill('#upload input[name=name]', 'ferry-agent');
+    await page.fill('#upload input[name=version]', '1.0.0');
+    await page.fill('#upload input[name=platform]', 'linux-x64');
+    await page.setInputFiles('#upload input[type=file]', older);
+    await Promise.all([page.waitForURL(`${server.url}/releases`), page.click('#upload button')]);
+    await page.fill('#register input[name=name]', 'fleet');
+    await page.fill('#register input[name=version]', '1.0.0');
+    await page.check('#register input[value="agent:ferry-agent@1.0.0/linux-x64"]');
+    await Promise.all([page.waitForURL(`${server.url}/releases`), page.click('#register button')]);
     await shot(page, '02-releases');
     expect(await page.textContent('#releases')).toContain('fleet@1.1.0');
+    expect(await page.textContent('#releases')).toContain('fleet@1.0.0');
   }, 60_000);
 
   it('refuses a bad form with a coded error page and changes nothing', async () => {
@@ -195,6 +212,24 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     await page.waitForSelector('#error');
     expect(await page.textContent('#error')).toContain('BAD_INPUT');
     await shot(page, '03-bad-form');
+    // a policy the agents would refuse (a schedule they cannot run)
+    const bad = join(dir, 'bad-policy.json');
+    await writeFile(
+      bad,
+      JSON.stringify({
+        type: 'ferry.policy/v1',
+        scripts: [{ script: 'x', groups: ['*'], schedule: 'sometimes' }],
+      }),
+    );
+    await page.goto(`${server.url}/releases`);
+    await page.selectOption('#upload select[name=kind]', 'policy');
+    await page.fill('#upload input[name=name]', 'baseline');
+    await page.fill('#upload input[name=version]', '1');
+    await page.setInputFiles('#upload input[type=file]', bad);
+    await page.click('#upload button');
+    await page.waitForSelector('#error');
+    expect(await page.textContent('#error')).toContain('POLICY_INVALID');
+    await shot(page, '03-bad-policy');
     await page.goto(`${server.url}/sites`);
     await page.fill('.pin-form input[name=target]', 'group:scada');
     await page.fill('.pin-form input[name=version]', 'latest');
@@ -222,15 +257,57 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     expect(await page.textContent('#health')).toContain('4 agents behind');
   }, 60_000);
 
-  it('shows the halt live on the rollouts page when telemetry says the canary failed', async () => {
+  it('shows the plan sent, then the halt and the bars move live when telemetry arrives', async () => {
+    const catalog = JSON.parse(await readFile(join(data, 'catalog.json'), 'utf8')) as {
+      bundles: { rolloutId: string }[];
+    };
+    rolloutId = catalog.bundles[0]!.rolloutId;
+    expect(rolloutId).toMatch(/^[0-9a-f]{64}$/);
     await page.goto(`${server.url}/sites/plant-7/rollouts`);
-    expect(await page.textContent('#no-rollouts')).toContain('no rollout');
+    let navigations = 0;
+    page.on('framenavigated', (f) => {
+      if (f === page.mainFrame()) navigations++;
+    });
+    // the plan the site was sent: every wave, none reported yet
+    const section = `#rollout-${rolloutId.slice(0, 12)}`;
+    expect(await page.textContent(`${section} .status`)).toBe('sent');
+    expect(await page.textContent(`${section} .strategy`)).toBe('staggered');
+    expect(await page.textContent(`${section} .max-failure`)).toBe('10.0%');
+    const rows = page.locator(`${section} table`).first().locator('tbody tr');
+    expect(await rows.count()).toBe(3);
+    const waveText = async (i: number) => (await rows.nth(i).innerText()).replace(/\s+/g, ' ');
+    expect(await waveText(0)).toMatch(/^1 5 % 30 min 0 % no report yet/);
+    expect(await waveText(2)).toMatch(/^3 100 % 0 min 0 % no report yet/);
+    // the fleet the server sees, placed in waves as the mirror places them: all four still pending
     const canary = agents[0]!;
+    const canaryWave = waveOf(rolloutId, canary.id, WAVES);
+    let fleetTotal = 0;
+    for (let i = 0; i < 3; i++) {
+      const n = agents.filter((a) => waveOf(rolloutId, a.id, WAVES) === i).length;
+      fleetTotal += n;
+      if (n) expect(await waveText(i)).toContain(`agents ${n}, pending ${n}`);
+      else expect(await waveText(i)).toContain('no agent');
+    }
+    expect(fleetTotal).toBe(4);
+    await shot(page, '05-rollouts-sent');
+
+    // the site's mirror reports over its link while the page stays open
     await send([
       rollout('started', 0, { counts: counts({ agents: 1, pending: 1 }) }),
       heartbeat(canary, ++seq, 2, {
+        sentAt: new Date().toISOString(),
         version: '1.0.0',
-        results: [{ name: 'update', ok: false, reason: 'self-test failed' }],
+        results: [
+          { name: 'update', ok: false, reason: 'self-test failed' },
+          {
+            update: {
+              outcome: 'failed',
+              version: '1.1.0',
+              reason: 'self-test failed',
+              at: new Date().toISOString(),
+            },
+          },
+        ],
       }),
       rollout('halted', 0, {
         counts: counts({ agents: 1, failed: 1 }),
@@ -239,19 +316,42 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
         reason: 'failure rate 100% over maxFailureRate 10%',
       }),
     ]);
-    // the page reloads itself (every second here); no one clicks
+    // no one clicks: the page's script brings the new rows
     await page.waitForSelector('.halt', { timeout: 30_000 });
     const halt = await page.textContent('.halt');
     expect(halt).toContain('HALTED at wave 1');
     expect(halt).toContain('failure rate 100.0%');
     expect(halt).toContain('threshold 10.0%');
     expect(halt).toContain('failed 1');
-    expect(await page.textContent('.status')).toBe('halted');
-    await shot(page, '05-rollouts-halted');
+    expect(await page.textContent(`${section} .status`)).toBe('halted');
+    expect(await page.getAttribute(`${section} tbody tr:first-child .bar.reported .c-failed`, 'title')).toBe(
+      'failed 1',
+    );
+    expect(await waveText(0)).toMatch(/^1 5 % 30 min 0 % agents 1, failed 1/);
+    expect(
+      await page.getAttribute(
+        `${section} tbody tr:nth-child(${canaryWave + 1}) .bar.fleet .c-failed`,
+        'title',
+      ),
+    ).toBe('failed 1');
+    expect(await waveText(1)).toContain('no report yet'); // a wave no event mentions still shows
+    expect(Number(await page.getAttribute('#live', 'data-live-updates'))).toBeGreaterThan(0);
+    expect(navigations).toBe(0);
+    // the fragment the script polls: 304 while nothing changes; without a session 401, never data
+    const live = `${server.url}/sites/plant-7/rollouts/live`;
+    const first = await page.request.get(live);
+    expect(first.status()).toBe(200);
+    const etag = first.headers().etag!;
+    expect((await page.request.get(live, { headers: { 'If-None-Match': etag } })).status()).toBe(304);
+    const anonymous = await fetch(live, { redirect: 'manual' });
+    expect(anonymous.status).toBe(401);
+    expect(await anonymous.text()).not.toContain('HALTED');
+    expect(page.url()).toBe(`${server.url}/sites/plant-7/rollouts`);
+    await shot(page, '06-rollouts-halted');
     await page.goto(`${server.url}/`);
     expect(await page.textContent('#alerts')).toContain('HALTED at wave 1');
-    await shot(page, '06-dashboard-alert');
-  }, 60_000);
+    await shot(page, '07-dashboard-alert');
+  }, 90_000);
 
   it('pins a group, and marks the failing agent for "update now" from the filtered agents page', async () => {
     await page.goto(`${server.url}/sites`);
@@ -259,19 +359,58 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     await page.fill('.pin-form input[name=version]', '1.0.0');
     await Promise.all([page.waitForURL(`${server.url}/sites`), page.click('.pin-form button')]);
     expect(await page.textContent('#site-plant-7 ~ table')).toContain('group:scada');
-    await shot(page, '07-sites-pinned');
+    await shot(page, '08-sites-pinned');
     await page.goto(`${server.url}/agents?site=plant-7&failing=1`);
     expect(await page.textContent('#pager')).toContain('1 agent(s)');
     expect(await page.textContent('#agents')).toContain('node-0');
     await page.check(`input[name=agents][value="${agents[0]!.id}"]`);
     await page.check('#bulk input[value=update-now]');
     await Promise.all([page.waitForURL(`${server.url}/agents`), page.click('#bulk button')]);
-    await shot(page, '08-agents');
+    await shot(page, '09-agents');
     await page.goto(`${server.url}/agents/${agents[0]!.id}`);
     expect(await page.textContent('#results')).toContain('self-test failed');
-    await shot(page, '09-agent');
+    await shot(page, '10-agent');
     await page.goto(`${server.url}/sites`);
     expect(await page.textContent('#site-plant-7 + p')).toContain('1 marked "update now"');
+  }, 60_000);
+
+  it('rolls the site back to the older release from the rollouts page; bad rollbacks change nothing', async () => {
+    await page.goto(`${server.url}/sites/plant-7/rollouts`);
+    expect(await page.textContent('#site-decides')).toContain("the site's own decisions");
+    const csrf = (await page.getAttribute('#rollback input[name=csrf]', 'value'))!;
+    // not older than the site's target, unknown, no CSRF token: refused, nothing changed
+    const before = await snapshotDir(data);
+    delete before['state.json'];
+    for (const [form, status, code] of [
+      [{ csrf, release: 'fleet@1.1.0' }, 400, 'BAD_INPUT'],
+      [{ csrf, release: 'fleet@0.1' }, 404, 'UNKNOWN_RELEASE'],
+      [{ csrf, release: '' }, 400, 'BAD_INPUT'],
+      [{ release: 'fleet@1.0.0' }, 403, 'CSRF_REJECTED'],
+    ] as const) {
+      const res = await page.request.post(`${server.url}/sites/plant-7/rollback`, { form, maxRedirects: 0 });
+      expect(res.status(), JSON.stringify(form)).toBe(status);
+      expect(await res.text()).toContain(code);
+    }
+    const after = await snapshotDir(data);
+    delete after['state.json'];
+    expect(after).toEqual(before);
+    expect(await page.textContent('#rollback select[name=release]')).toContain('fleet@1.0.0 (agent 1.0.0)');
+    await page.selectOption('#rollback select[name=release]', 'fleet@1.0.0');
+    await Promise.all([
+      page.waitForURL(`${server.url}/sites/plant-7/rollouts`),
+      page.click('#rollback button'),
+    ]);
+    // the newest plan sent: the older agent, at once, to every wave
+    const first = page.locator('section.rollout').first();
+    expect(await first.locator('h2').textContent()).toMatch(/1\.0\.0 —\s*sent/);
+    expect(await first.locator('.strategy').textContent()).toBe('immediate');
+    await shot(page, '11-rollouts-rollback');
+    await page.goto(`${server.url}/sites`);
+    const pins = (await page.textContent('#site-plant-7 ~ table'))!;
+    expect(pins).toMatch(/group:canary\s*1\.0\.0/);
+    expect(pins).toMatch(/group:scada\s*1\.0\.0/);
+    await page.goto(`${server.url}/bundles`);
+    expect(await page.textContent('#bundles')).toContain('plant-7-2');
   }, 60_000);
 
   it('lists every action in the audit log, with its actor', async () => {
@@ -285,10 +424,11 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
       'pin',
       'update-now',
       'mirror.registered',
+      'rollback',
     ])
       expect(text).toContain(a);
     expect(text).toMatch(/admin\s*pin/);
-    await shot(page, '10-audit');
+    await shot(page, '12-audit');
     const v = await ferry(['server', 'audit', 'verify', '--data', data]);
     expect(v.code, v.stderr).toBe(0);
   }, 60_000);
@@ -310,7 +450,11 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     await vp.goto(`${server.url}/sites`);
     expect(await vp.$('.pin-form')).toBeNull();
     expect(await vp.$('.build-form')).toBeNull();
-    await shot(vp, '11-viewer-sites');
+    await shot(vp, '13-viewer-sites');
+    await vp.goto(`${server.url}/sites/plant-7/rollouts`);
+    expect(await vp.$('#rollback')).toBeNull();
+    expect(await vp.textContent('#live')).toContain('1.0.0');
+    await shot(vp, '14-viewer-rollouts');
     const catalog = await readFile(join(data, 'catalog.json'), 'utf8');
     // a viewer who crafts the request anyway (its own cookie and CSRF token) is refused
     const csrf = await vp.getAttribute('input[name=csrf]', 'value');
@@ -320,6 +464,12 @@ describe.skipIf(!HAVE_CHROMIUM)('the server UI in chromium', () => {
     });
     expect(res.status()).toBe(403);
     expect(await res.text()).toContain('FORBIDDEN');
+    const back = await vp.request.post(`${server.url}/sites/plant-7/rollback`, {
+      form: { csrf: csrf!, release: 'fleet@1.0.0' },
+      maxRedirects: 0,
+    });
+    expect(back.status()).toBe(403);
+    expect(await back.text()).toContain('FORBIDDEN');
     expect(await readFile(join(data, 'catalog.json'), 'utf8')).toBe(catalog);
   }, 60_000);
 });

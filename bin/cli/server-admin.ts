@@ -16,6 +16,7 @@ import {
 } from '../../server/catalog.js';
 import { ServerError } from '../../server/errors.js';
 import { importSignedBundle } from '../../server/site-bundle.js';
+import { checkPolicyFile, checkPolicyRefs } from '../../server/policy-check.js';
 import { jsonOption, printJson, str, type Command, type Parsed } from './common.js';
 
 /** Who did it, in the audit log: the operating-system user running the command. */
@@ -160,6 +161,16 @@ export const serverReleaseAdd: Command = {
       );
     // every file read and checked against what is registered before any byte is stored
     for (const e of entries) checkArtifactConflict(current, e.checked, (await hashFile(e.path)).sha256);
+    // every policy checked as the agents will check it, and against what the release carries
+    for (const e of entries)
+      if (e.checked.kind === 'policy') {
+        const what = `policy ${e.checked.name}@${e.checked.version}`;
+        checkPolicyRefs(
+          await checkPolicyFile(e.path, what),
+          entries.map((x) => x.checked),
+          what,
+        );
+      }
     const keys: string[] = [];
     for (const e of entries) keys.push(artifactKey(await storeArtifact(c, e.meta, e.path)));
     const r = await registerRelease(c, s.name, s.version, keys);

@@ -29,14 +29,19 @@ export const serverStart: Command = {
   summary:
     'Runs the connected-side server: takes telemetry batches from mirrors over HTTP (POST /v1/telemetry,\n' +
     '202 once durable), serves the web UI and the API (sign-in or bearer token; the first start creates\n' +
-    'the admin and prints its one-time password). The rollout pages reload every --ui-refresh seconds (5). ' +
+    'the admin and prints its one-time password). The rollout pages update every --ui-refresh seconds (5).\n' +
+    'With --tls-cert and --tls-key (PEM) it serves HTTPS and marks its cookies Secure; behind a proxy that\n' +
+    'terminates TLS, --cookie-secure marks them Secure over plain HTTP. ' +
     httpHelp +
     '\nSIGTERM/SIGINT stop it gracefully. Logs are JSON lines on stderr.',
-  usage: `--data DIR --listen HOST:PORT [--ui-refresh SEC] ${httpUsage}`,
+  usage: `--data DIR --listen HOST:PORT [--ui-refresh SEC] [--tls-cert FILE --tls-key FILE | --cookie-secure] ${httpUsage}`,
   options: {
     data: { type: 'string' },
     listen: { type: 'string' },
     'ui-refresh': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'cookie-secure': { type: 'boolean' },
     ...httpOptions,
   },
   async run(p, io) {
@@ -45,7 +50,19 @@ export const serverStart: Command = {
     const limits = httpLimits(p);
     const refreshSec = int(p, 'ui-refresh', 5);
     if (refreshSec < 1 || refreshSec > 3600) throw usage('--ui-refresh must be 1-3600 seconds');
-    const server = await startServer({ dataDir: str(p, 'data'), host, port, log, limits, refreshSec });
+    const certPath = str(p, 'tls-cert', false);
+    const keyPath = str(p, 'tls-key', false);
+    if ((certPath === '') !== (keyPath === '')) throw usage('--tls-cert and --tls-key go together');
+    const server = await startServer({
+      dataDir: str(p, 'data'),
+      host,
+      port,
+      log,
+      limits,
+      refreshSec,
+      ...(certPath && keyPath && { tls: { certPath, keyPath } }),
+      ...(p.values['cookie-secure'] === true && { cookieSecure: true }),
+    });
     if (server.firstAdminPassword)
       io.out(
         `first start: created user admin; one-time password (shown only now, stored only as a hash): ${server.firstAdminPassword}\n` +

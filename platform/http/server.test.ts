@@ -55,7 +55,7 @@ describe('parseListen', () => {
 });
 
 describe('startHttp', () => {
-  it('refuses limits that cannot work and a TLS option it cannot honour yet', async () => {
+  it('refuses limits that cannot work, TLS client certificates (not yet) and a TLS pair it cannot read', async () => {
     expect(() => resolveLimits({ maxConnections: 0 })).toThrow(expect.objectContaining({ code: 'USAGE' }));
     expect(() => resolveLimits({ headersTimeoutMs: 20 * 60_000 })).toThrow(/header timeout/);
     expect(resolveLimits({}).maxConnections).toBe(1024);
@@ -65,9 +65,18 @@ describe('startHttp', () => {
         port: 0,
         handler: (_q, r) => r.end(),
         log: recorder().log,
-        tls: { certPath: 'c.pem', keyPath: 'k.pem' },
+        tls: { certPath: 'c.pem', keyPath: 'k.pem', clientCaPath: 'ca.pem' },
       }),
     ).rejects.toMatchObject({ code: 'TLS_NOT_IMPLEMENTED' });
+    await expect(
+      startHttp({
+        host: '127.0.0.1',
+        port: 0,
+        handler: (_q, r) => r.end(),
+        log: recorder().log,
+        tls: { certPath: '/nonexistent/c.pem', keyPath: '/nonexistent/k.pem' },
+      }),
+    ).rejects.toMatchObject({ code: 'TLS_INVALID' });
   });
 
   it('at the cap, ends idle keep-alive connections so new clients are served; counts and logs once', async () => {

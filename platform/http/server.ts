@@ -14,7 +14,10 @@
  * Error mapping and bodies for Koa apps are in server-errors.ts and server-body.ts.
  */
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { FerryError } from '../../core/errors.js';
 import { trackConnections } from '../drain.js';
@@ -41,8 +44,9 @@ export const DEFAULT_SERVER_LIMITS: ServerLimits = {
 };
 
 /**
- * TLS and client certificates, for when they come: the one place they will be added. Not
- * implemented yet; `startHttp` refuses a `tls` option rather than serve plain HTTP silently.
+ * TLS (node:https) with a PEM certificate chain and key read at start; a pair that cannot be read or
+ * does not match is refused (TLS_INVALID) rather than served without TLS. Client certificates are
+ * not implemented yet (TLS_NOT_IMPLEMENTED).
  */
 export interface TlsOptions {
   certPath: string;
@@ -68,7 +72,7 @@ export interface HttpServerOptions {
 }
 
 export interface HttpService {
-  /** `http://HOST:PORT` as bound (the kernel's port when 0 was asked for). */
+  /** `http(s)://HOST:PORT` as bound (the kernel's port when 0 was asked for). */
   url: string;
   server: Server;
   /** Connections open now. */
@@ -87,8 +91,33 @@ export function parseListen(s: string): { host: string; port: number } {
 }
 
 /** The URL clients use for a bound address. */
-export function urlOf(addr: AddressInfo): string {
-  return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+export function urlOf(addr: AddressInfo, scheme: 'http' | 'https' = 'http'): string {
+  return `${scheme}://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+}
+
+async function readTls(t: TlsOptions): Promise<{ cert: Buffer; key: Buffer }> {
+  if (t.clientCaPath)
+    throw new PlatformError('TLS_NOT_IMPLEMENTED', 'TLS client certificates are not implemented yet');
+  const read = async (path: string, what: string) => {
+    try {
+      return await readFile(path);
+    } catch (e) {
+      throw new PlatformError(
+        'TLS_INVALID',
+        `the TLS ${what} ${path} cannot be read: ${(e as Error).message}`,
+      );
+    }
+  };
+  const creds = { cert: await read(t.certPath, 'certificate'), key: await read(t.keyPath, 'key') };
+  try {
+    createSecureContext(creds);
+  } catch (e) {
+    throw new PlatformError(
+      'TLS_INVALID',
+      `${t.certPath} and ${t.keyPath} are not a PEM certificate and its key: ${(e as Error).message}`,
+    );
+  }
+  return creds;
 }
 
 /** The limits a server runs with: the defaults, overridden; refused (USAGE) when they cannot work. */
@@ -106,15 +135,23 @@ export function resolveLimits(partial: Partial<ServerLimits> = {}): ServerLimits
 
 /** Creates the server, listens, and resolves once it is bound. */
 export async function startHttp(o: HttpServerOptions): Promise<HttpService> {
-  if (o.tls) throw new PlatformError('TLS_NOT_IMPLEMENTED', 'TLS is not implemented yet: serve plain HTTP');
   const limits = resolveLimits(o.limits);
-  const server = createServer({
+  const tls = o.tls ? await readTls(o.tls) : undefined;
+  const common = {
     headersTimeout: limits.headersTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     // how often expired header/request timeouts are looked for (Node's default is every 30 s)
     connectionsCheckingInterval: Math.max(250, Math.min(5_000, Math.floor(limits.headersTimeoutMs / 4))),
-  });
+  };
+  // An https server serves requests exactly as an http one does (it is one, over TLS sockets).
+  const server = tls
+    ? (createHttpsServer({
+        ...common,
+        ...tls,
+        handshakeTimeout: limits.headersTimeoutMs,
+      }) as unknown as Server)
+    : createServer(common);
   server.maxConnections = limits.maxConnections;
 
   const reg = o.metrics?.registry;
@@ -132,20 +169,25 @@ export async function startHttp(o: HttpServerOptions): Promise<HttpService> {
   // three quarters of the cap (so a server hovering at the cap logs one episode, not one per socket).
   let episode: { since: number; refused: number; shed: number } | undefined;
   const low = Math.floor(limits.maxConnections * 0.75);
-  const drainer = trackConnections(server, () => {
-    reg?.set(openName, drainer.open());
-    if (episode && drainer.open() <= low) {
-      o.log.info('http.connections_recovered', {
-        maxConnections: limits.maxConnections,
-        open: drainer.open(),
-        refused: episode.refused,
-        idleEnded: episode.shed,
-        seconds: Math.round((Date.now() - episode.since) / 1000),
-      });
-      episode = undefined;
-    }
-  });
-  server.on('connection', () => reg?.set(openName, drainer.open()));
+  const connectionEvent = tls ? 'secureConnection' : 'connection';
+  const drainer = trackConnections(
+    server,
+    () => {
+      reg?.set(openName, drainer.open());
+      if (episode && drainer.open() <= low) {
+        o.log.info('http.connections_recovered', {
+          maxConnections: limits.maxConnections,
+          open: drainer.open(),
+          refused: episode.refused,
+          idleEnded: episode.shed,
+          seconds: Math.round((Date.now() - episode.since) / 1000),
+        });
+        episode = undefined;
+      }
+    },
+    connectionEvent,
+  );
+  server.on(connectionEvent, () => reg?.set(openName, drainer.open()));
   // Idle keep-alive connections give up their slots when refusing starts, and again at most once a
   // second while it lasts (each pass walks every connection, so not once per refused socket).
   let lastShed = 0;
@@ -175,7 +217,7 @@ export async function startHttp(o: HttpServerOptions): Promise<HttpService> {
   server.listen({ port: o.port, host: o.host, ...(o.backlog !== undefined && { backlog: o.backlog }) });
   await once(server, 'listening');
   return {
-    url: urlOf(server.address() as AddressInfo),
+    url: urlOf(server.address() as AddressInfo, tls ? 'https' : 'http'),
     server,
     connections: () => drainer.open(),
     close: (graceMs) => drainer.close(graceMs),

@@ -1,7 +1,7 @@
 /**
  * The frame every page of the server's UI shares: the web kit's layout (platform/web.ts: escaping,
- * strict CSP, no scripts), a navigation bar, who is signed in, and forms that always carry the
- * session's CSRF token.
+ * strict CSP, no inline scripts; a live page loads the server's own ./live.ts), a navigation bar,
+ * who is signed in, and forms that always carry the session's CSRF token.
  */
 import { html, layout, trusted, type Html } from '../../platform/web.js';
 import type { Role } from '../access.js';
@@ -21,6 +21,8 @@ form.inline{display:inline}fieldset{margin:1em 0;border:1px solid #ccc}label{mar
 .msg{padding:4px 8px;background:#eef;border:1px solid #99c}.err{padding:4px 8px;background:#fee;border:1px solid #c99}
 .halt{border:2px solid #c33;padding:4px 8px;margin:4px 0}.pager a{margin-right:1em}`;
 
+export const isAdmin = (v: Viewer): boolean => v.role === 'admin';
+
 export function csrfField(v: Viewer): Html {
   return html`<input type="hidden" name="csrf" value="${v.csrf}" />`;
 }
@@ -29,13 +31,12 @@ export interface PageOptions {
   title: string;
   viewer: Viewer;
   body: Html;
-  /** Seconds after which the page reloads itself (live views; no script needed). */
-  refresh?: number;
+  /** A same-origin script the page loads (./live.ts). */
+  script?: string;
   notice?: string;
 }
 
 export function page(o: PageOptions): string {
-  const refresh = o.refresh ? html`<meta http-equiv="refresh" content="${o.refresh}" />` : html``;
   const nav = html`<nav>
     <a href="/">Dashboard</a><a href="/agents">Agents</a><a href="/releases">Releases</a
     ><a href="/sites">Sites</a><a href="/bundles">Bundles</a><a href="/audit">Audit log</a>
@@ -48,7 +49,8 @@ export function page(o: PageOptions): string {
   return layout({
     title: `ferry server — ${o.title}`,
     css: CSS,
-    body: html`${refresh}${nav}
+    ...(o.script && { scripts: [o.script] }),
+    body: html`${nav}
       <h1>${o.title}</h1>
       ${notice}${o.body}`,
   });

@@ -29,7 +29,9 @@ export type AuditAction =
   | 'bundle.signed'
   | 'bundle.imported'
   | 'telemetry.imported'
-  | 'mirror.registered';
+  | 'mirror.registered'
+  | 'inventory.received'
+  | 'bundle.fetched';
 
 export interface AuditEntry {
   seq: number;

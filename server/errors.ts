@@ -21,7 +21,8 @@ export type ServerCode =
   | 'RELEASE_EXISTS' // a release name and version already registered (releases never change)
   | 'UNKNOWN_BUNDLE' // a bundle the server did not build
   | 'NO_SIGNING_KEY' // a signed bundle asked for, and no key to sign it with
-  | 'BUNDLE_MISMATCH'; // a signed file that is not the bundle the server built
+  | 'BUNDLE_MISMATCH' // a signed file that is not the bundle the server built
+  | 'BAD_INVENTORY'; // a site inventory whose signature, key or format does not hold
 
 export class ServerError extends CodedError<ServerCode> {}
 

@@ -52,6 +52,11 @@ export const WIRE_CODES = [
   'RELEASE_EXISTS',
   'UNKNOWN_BUNDLE',
   'NO_SIGNING_KEY',
+  // a mirror's link to the server (signed requests for its site's bundles)
+  'LINK_AUTH_MISSING',
+  'LINK_AUTH_INVALID',
+  'UNKNOWN_MIRROR',
+  'REQUEST_EXPIRED',
   // the service itself
   'STORE_LOCKED',
   'STORE_INVALID',

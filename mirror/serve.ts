@@ -59,6 +59,7 @@ function fleetRolloutOf(s: GateSummary | null): FleetRolloutSummary | null {
   };
 }
 import { PeerSync } from './peers.js';
+import { UpstreamBundles } from './upstream-bundles.js';
 import { peerList } from './peer-list.js';
 import { undiciTransport } from '../platform/http/undici.js';
 import { throttledTransport } from '../platform/http/throttle.js';
@@ -78,6 +79,8 @@ export interface MirrorOptions {
   dropStableMs?: number;
   /** Where telemetry goes home: the server, or a mirror closer to it. */
   upstream?: string;
+  /** The bundle link to an `upstream` server (mirror/upstream-bundles.ts); on by default. */
+  upstreamBundles?: { enabled: boolean; intervalMs?: number };
   /** Mirrors to relay through while the upstream is unreachable (or when there is none). */
   peers?: string[];
   /**
@@ -244,6 +247,25 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   });
   metrics.define('ferry_mirror_peer_bytes_total', 'counter', 'Blob bytes pulled from peer mirrors, by peer.');
 
+  const link =
+    o.upstream !== undefined && o.upstreamBundles?.enabled !== false
+      ? new UpstreamBundles({
+          upstream: o.upstream,
+          dataDir: o.dataDir,
+          store,
+          identity,
+          site,
+          log: log.child({ part: 'upstream-bundles' }),
+          transport: peerTransport,
+          ...(o.upstreamBundles?.intervalMs !== undefined && { intervalMs: o.upstreamBundles.intervalMs }),
+          ...(o.retryBaseMs !== undefined && { retryBaseMs: o.retryBaseMs }),
+          onImported: (r) => {
+            if (r.ok) metrics.inc('ferry_mirror_imports_total', { status: r.status });
+            else metrics.inc('ferry_mirror_refusals_total', { code: r.code });
+          },
+        })
+      : undefined;
+
   /** The keyid acks are checked with (pinned here at start, or by the first ack carried in). */
   let serverKeyId = await pinnedServerKeyId(o.dataDir);
   /** The outbox and its routes: the status page's block and the control socket's GET /status. */
@@ -253,6 +275,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     ...(serverKeyId !== undefined && { serverKey: serverKeyId }),
     enrolment: agents.openEnrolment ? 'open' : 'token',
     bundlePeers: peerSync.status(),
+    ...(link && { upstreamBundles: link.status() }),
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
@@ -347,6 +370,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   outbox.onAck(gauges);
   forwarder.start();
   peerSync.start();
+  link?.start();
   if (agents.openEnrolment)
     log.warn('mirror.open_enrolment', {
       message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
@@ -358,6 +382,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     drop: o.dropDir ?? null,
     mirror: identity.id,
     upstream: o.upstream ?? null,
+    upstreamBundles: link ? 'on' : 'off',
     peers: o.peers ?? [],
     peersFile: o.peerSync?.peersFile ?? null,
     outbox: outbox.depth,
@@ -381,6 +406,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       clearInterval(rolloutTicker);
       await forwarder.stop();
       await peerSync.stop();
+      await link?.stop();
       await peerTransport.close();
       await control?.close();
       await fleet.close();

@@ -13,6 +13,7 @@ import { FLEET_CSS, fleetBlock, type FleetBlockView } from './fleet-page.js';
 /** The page reloads itself this often (a meta refresh: no script). */
 export const STATUS_REFRESH_SEC = 15;
 import type { PeerStatus } from './peers.js';
+import type { UpstreamBundlesStatus } from './upstream-bundles.js';
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -23,6 +24,8 @@ export type TelemetryView = ForwardStatus & {
   enrolment?: 'token' | 'open';
   /** Bundle-sync peers (mirror/peers.ts): link, sequence, back-off, transfer. */
   bundlePeers?: PeerStatus[];
+  /** The bundle link to the server (mirror/upstream-bundles.ts), when there is one. */
+  upstreamBundles?: UpstreamBundlesStatus;
 };
 
 function enrolmentLine(t: TelemetryView | undefined): Html {

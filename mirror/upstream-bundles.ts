@@ -224,7 +224,7 @@ export class UpstreamBundles {
     this.s.state = 'downloading';
     this.s.transfer = { id: offer.id, sequence: offer.sequence, bytes: offer.bytes, have: 0 };
     try {
-      await download(url, path, {
+      const d = await download(url, path, {
         expectedSize: offer.bytes,
         expectedSha256: offer.sha256,
         headers: this.headers('GET', url),
@@ -234,6 +234,12 @@ export class UpstreamBundles {
         },
         ...(this.o.transport && { transport: this.o.transport }),
         ...(this.o.limits && { limits: this.o.limits }),
+      });
+      this.o.log.info('upstream_bundles.downloaded', {
+        bundle: offer.id,
+        bytes: offer.bytes,
+        resumedFrom: d.resumedFrom,
+        received: d.received,
       });
     } catch (e) {
       if (isCodedError(e) && (e.code === 'BLOB_DIGEST_MISMATCH' || e.code === 'BLOB_SIZE_MISMATCH'))

@@ -20,6 +20,11 @@ import { isCodedError } from '../core/errors.js';
 import { parseJsonStrict } from '../core/json.js';
 import { LINK_AUTH_HEADER, signLinkRequest } from '../core/link-auth.js';
 import { fileSource } from '../platform/fsx.js';
+import { listEntries } from '../platform/bundle-entries.js';
+import { decodeBase64Strict, isSha256Hex } from '../core/encoding.js';
+import { MANIFEST_ENTRY } from '../core/bundle/reader.js';
+import { MAX_MANIFEST_BYTES, parseManifestEnvelope } from '../core/manifest.js';
+import { open } from 'node:fs/promises';
 import { backoffMs, download, request } from '../platform/http/client.js';
 import type { ClientLimits } from '../platform/http/limits.js';
 import type { Transport } from '../platform/http/transport.js';
@@ -94,6 +99,8 @@ export class UpstreamBundles {
   private stopped = false;
   private failures = 0;
   private readonly abort = new AbortController();
+  /** Offers refused (by the file's sha256): not downloaded again while the server offers the same. */
+  private readonly refused = new Map<string, string>();
   private readonly s: UpstreamBundlesStatus;
   readonly staging: string;
 
@@ -190,6 +197,13 @@ export class UpstreamBundles {
         );
       }
       await this.clean(offer);
+      const before = offer && this.refused.get(offer.sha256);
+      if (offer && before) {
+        // the same file again: refused before, refused now, without downloading it again
+        this.s.state = 'failing';
+        this.s.lastOkAt = new Date().toISOString();
+        return interval;
+      }
       if (offer) await this.fetchAndImport(offer);
       this.s.state = 'idle';
       this.s.lastOkAt = new Date().toISOString();
@@ -249,17 +263,29 @@ export class UpstreamBundles {
     this.s.state = 'importing';
     let r: ImportResult;
     try {
+      const missing = await missingFromDelta(path, this.o.store);
+      if (missing.length > 0)
+        throw Object.assign(
+          new Error(
+            `bundle ${offer.id} is a delta that leaves out ${missing.length} blob(s) this mirror does not hold (${missing[0]!.slice(0, 12)}…): ask the server for a full bundle (ferry server bundle --full)`,
+          ),
+          { code: 'DELTA_INCOMPLETE' },
+        );
       r = await importFrom(this.o.store, {
         label: `upstream ${this.o.upstream} bundle ${offer.id}`,
         open: () => fileSource(path),
         quarantine: false,
       });
+    } catch (e) {
+      this.refused.set(offer.sha256, (e as { code?: string }).code ?? 'IO_ERROR');
+      throw e;
     } finally {
       await rm(path, { force: true });
       this.s.transfer = null;
     }
     this.o.onImported?.(r);
     if (!r.ok) {
+      this.refused.set(offer.sha256, r.code);
       this.o.log.warn('upstream_bundles.refused', { bundle: offer.id, code: r.code, reason: r.message });
       throw Object.assign(new Error(`bundle ${offer.id} refused: ${r.message}`), { code: r.code });
     }
@@ -276,6 +302,43 @@ export class UpstreamBundles {
       missing: r.missing.length,
     });
   }
+}
+
+/**
+ * Blobs a bundle file's manifest names that neither the file nor the store holds (a delta built for
+ * a store this mirror no longer matches). Read without trusting anything: a file that does not parse
+ * is left to the import, which refuses it with its own code.
+ */
+async function missingFromDelta(path: string, store: Store): Promise<string[]> {
+  let names: string[];
+  let artifacts: unknown;
+  try {
+    const entries = await listEntries(path);
+    const first = entries[0];
+    if (!first || first.name !== MANIFEST_ENTRY || first.size > MAX_MANIFEST_BYTES) return [];
+    const fh = await open(path, 'r');
+    const bytes = Buffer.alloc(first.size);
+    try {
+      await fh.read(bytes, 0, first.size, first.offset);
+    } finally {
+      await fh.close();
+    }
+    const env = parseManifestEnvelope(bytes);
+    artifacts = (
+      parseJsonStrict(decodeBase64Strict(env.payload, 'manifest payload')) as { artifacts?: unknown }
+    ).artifacts;
+    names = entries.map((e) => e.name);
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(artifacts)) return [];
+  const carried = new Set(names.map((n) => n.replace(/^blobs\/sha256\//, '')));
+  const missing: string[] = [];
+  for (const a of artifacts as { sha256?: unknown }[]) {
+    const d = a?.sha256;
+    if (isSha256Hex(d) && !carried.has(d) && !(await store.hasBlob(d))) missing.push(d);
+  }
+  return missing;
 }
 
 /** A non-200 answer: the server's own code when it sent one. */

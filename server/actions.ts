@@ -91,8 +91,8 @@ export async function registerSite(
   sequence: unknown,
 ): Promise<SiteRecord> {
   const site = checkName(name, 'site name');
-  const pub =
-    publisher === undefined || publisher === '' ? 'ferry-server' : checkName(publisher, 'publisher');
+  // no publisher given: a new site gets the default, a known one keeps its own
+  const pub = publisher === undefined || publisher === '' ? undefined : checkName(publisher, 'publisher');
   const seq = sequence === undefined || sequence === '' ? 0 : Number(sequence);
   if (
     !Number.isSafeInteger(seq) ||

@@ -63,11 +63,11 @@ async function storeOf(data: string) {
   };
 }
 
-async function release(version: string, fill: number, big = 300_000): Promise<void> {
+async function release(version: string, fill: number, tools: number | Buffer = 300_000): Promise<void> {
   const d = join(dir, `rel-${version}`);
   await mkdir(d, { recursive: true });
   await writeFile(join(d, 'ferry-agent'), Buffer.alloc(40_000, fill));
-  await writeFile(join(d, 'tools.tar'), randomBytes(big));
+  await writeFile(join(d, 'tools.tar'), typeof tools === 'number' ? randomBytes(tools) : tools);
   await writeFile(
     join(d, 'release.json'),
     JSON.stringify({
@@ -75,14 +75,19 @@ async function release(version: string, fill: number, big = 300_000): Promise<vo
       version,
       artifacts: [
         { name: 'ferry-agent', kind: 'agent', version, platform: 'linux-x64', path: 'ferry-agent' },
-        { name: 'tools', kind: 'file', version, path: 'tools.tar' },
+        {
+          name: 'tools',
+          kind: 'file',
+          version: typeof tools === 'number' ? version : 'shared',
+          path: 'tools.tar',
+        },
       ],
     }),
   );
   await ok(['server', 'release', 'add', '--data', serverData, '--spec', join(d, 'release.json')]);
 }
 
-const serverBundle = (rel: string, extra: string[] = []) =>
+const serverBundle = (rel: string, extra: string[] = ['--full']) =>
   ok([
     'server',
     'bundle',
@@ -94,7 +99,6 @@ const serverBundle = (rel: string, extra: string[] = []) =>
     rel,
     '--strategy',
     'immediate',
-    '--full',
     ...extra,
   ]);
 
@@ -155,7 +159,7 @@ describe("the mirror's bundle link to the server", () => {
     expect(await readFile(join(serverData, 'audit/log.jsonl'), 'utf8')).toMatch(/"action":"bundle.fetched"/);
 
     // an unsigned bundle (waiting for the signing station) is never offered
-    await serverBundle('fleet@1.0.0', ['--unsigned']);
+    await serverBundle('fleet@1.0.0', ['--full', '--unsigned']);
     const t0 = new Date().toISOString();
     const later = await eventually('two more checks', async () => {
       const x = await status(mirrorData);
@@ -185,6 +189,62 @@ describe("the mirror's bundle link to the server", () => {
     expect((await storeOf(mirrorData)).staging).toEqual([]);
     await m.stop();
     await link.close();
+  }, 120_000);
+});
+
+describe('a delta over the link', () => {
+  it('imports at the mirror that holds what it leaves out; a mirror lacking a blob refuses it, unchanged', async () => {
+    // the mirror's inventory comes home by courier, and the next bundle leaves out what it holds
+    const exp = join(dir, 'export-1.jsonl');
+    await ok(['mirror', 'export-telemetry', '--data', mirrorData, '--out', exp]);
+    await server.stop(); // the courier's import takes the data directory for itself
+    const imp = await ok(['server', 'import-telemetry', exp, '--data', serverData, '--json']);
+    expect(JSON.parse(imp.stdout)).toMatchObject({ inventory: { status: 'kept' } });
+    server = await startServerProc(serverData);
+    procs.push(server);
+    await release('1.2.0', 3, await readFile(join(dir, 'rel-1.1.0/tools.tar')));
+    const built = JSON.parse((await serverBundle('fleet@1.2.0', ['--json'])).stdout) as {
+      bundle: { sequence: number; delta?: { omitted: number } };
+    };
+    expect(built.bundle.delta?.omitted, JSON.stringify(built)).toBe(1);
+    // a mirror of the site that holds none of it (registered, so the server answers it)
+    const bare = join(dir, 'bare');
+    await ok(['mirror', 'identity', '--data', bare, '--out', join(dir, 'bare.pub')]);
+    await ok([
+      'server',
+      'register-mirror',
+      '--data',
+      serverData,
+      '--site',
+      'plant-7',
+      '--pub',
+      join(dir, 'bare.pub'),
+    ]);
+    const b = await startMirrorProc({
+      data: bare,
+      trust: w.rootPath,
+      site: 'plant-7',
+      args: ['--upstream', server.url, '--upstream-interval', '0.5'],
+    });
+    procs.push(b);
+    const before = await storeOf(bare);
+    const refused = await b.waitForLog(
+      (l) => l.event === 'upstream_bundles.failed' && l.code === 'DELTA_INCOMPLETE',
+      60_000,
+    );
+    expect(String(refused.reason)).toMatch(/full/);
+    expect(await storeOf(bare)).toEqual({ ...before, staging: [] });
+    expect((await status(bare)).link?.lastError?.code).toBe('DELTA_INCOMPLETE');
+    await b.stop();
+    // the mirror whose inventory it was completes it
+    const m = await startMirrorProc({
+      data: mirrorData,
+      args: ['--upstream', server.url, '--upstream-interval', '0.5'],
+    });
+    procs.push(m);
+    const imported = await m.waitForLog((l) => l.event === 'upstream_bundles.imported', 60_000);
+    expect(imported).toMatchObject({ sequence: built.bundle.sequence, status: 'active', missing: 0 });
+    await m.stop();
   }, 120_000);
 });
 
@@ -268,7 +328,7 @@ describe('the server answers only a registered mirror of the site', () => {
     const key = await loadPrivateKey(join(mirrorData, 'identity/mirror.key'));
     const good = await ask(key);
     expect(good.status).toBe(200);
-    expect(good.body.bundle).toMatchObject({ sequence: 3 });
+    expect(good.body.bundle).toMatchObject({ id: expect.stringMatching(/^plant-7-\d+$/) as string });
     // replayed: the same signed header again
     const again = await fetch(`${server.url}/v1/link/bundles?after=0`, {
       headers: { [LINK_AUTH_HEADER]: good.header },

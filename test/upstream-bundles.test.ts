@@ -157,6 +157,14 @@ describe("the mirror's bundle link to the server", () => {
     });
     expect(rec.fetches![0]!.mirror).toBe(mirrorId);
     expect(await readFile(join(serverData, 'audit/log.jsonl'), 'utf8')).toMatch(/"action":"bundle.fetched"/);
+    // and on the bundles list of the API
+    const token = (
+      await ok(['server', 'token', 'create', '--data', serverData, '--user', 'admin'])
+    ).stdout.trim();
+    const listed = (await (
+      await fetch(`${server.url}/v1/bundles`, { headers: { authorization: `Bearer ${token}` } })
+    ).json()) as { bundles: { sequence: number; fetches?: { mirror: string; at: string }[] }[] };
+    expect(listed.bundles.find((b) => b.sequence === 1)?.fetches?.[0]).toMatchObject({ mirror: mirrorId });
 
     // an unsigned bundle (waiting for the signing station) is never offered
     await serverBundle('fleet@1.0.0', ['--full', '--unsigned']);
@@ -202,6 +210,16 @@ describe('a delta over the link', () => {
     expect(JSON.parse(imp.stdout)).toMatchObject({ inventory: { status: 'kept' } });
     server = await startServerProc(serverData);
     procs.push(server);
+    const token = (
+      await ok(['server', 'token', 'create', '--data', serverData, '--user', 'admin'])
+    ).stdout.trim();
+    const sites = (await (
+      await fetch(`${server.url}/v1/sites`, { headers: { authorization: `Bearer ${token}` } })
+    ).json()) as { sites: { name: string; inventory?: { mirror: string; active: number } }[] };
+    expect(sites.sites.find((x) => x.name === 'plant-7')?.inventory).toMatchObject({
+      mirror: mirrorId,
+      active: 3,
+    });
     await release('1.2.0', 3, await readFile(join(dir, 'rel-1.1.0/tools.tar')));
     const built = JSON.parse((await serverBundle('fleet@1.2.0', ['--json'])).stdout) as {
       bundle: { sequence: number; delta?: { omitted: number } };

@@ -389,6 +389,22 @@ describe('the server answers only a registered mirror of the site', () => {
     const steal = await ask(ship, { mirror: shipId, site: 'ship-3', path: '/v1/link/bundles/plant-7-1' });
     expect(steal.status).toBe(404);
     expect(steal.body.code).toBe('UNKNOWN_BUNDLE');
+    // the bundle form of the API refuses bad delta options with a code
+    const token = (
+      await ok(['server', 'token', 'create', '--data', serverData, '--user', 'admin'])
+    ).stdout.trim();
+    const post = async (body: unknown) => {
+      const res = await fetch(`${server.url}/v1/bundles`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      return { status: res.status, code: ((await res.json()) as { code?: string }).code };
+    };
+    const base = { site: 'plant-7', release: 'fleet@1.0.0' };
+    expect(await post({ ...base, full: 'yes' })).toEqual({ status: 400, code: 'BAD_INPUT' });
+    expect(await post({ ...base, volumeSize: '4G' })).toEqual({ status: 400, code: 'BAD_INPUT' });
+    expect(await post({ ...base, volumeSize: 100 })).toEqual({ status: 400, code: 'BAD_INPUT' });
     // nothing of it was recorded
     const after = JSON.parse(await catalog()) as { bundles: unknown[] };
     expect(after.bundles).toEqual((JSON.parse(before) as { bundles: unknown[] }).bundles);

@@ -69,6 +69,7 @@ const GROUPS: Record<string, () => Promise<Record<string, Command>>> = {
         'user add': a.serverUserAdd,
         'token create': a.serverTokenCreate,
         'site add': a.serverSiteAdd,
+        'site list': a.serverSiteList,
         'release add': a.serverReleaseAdd,
         bundle: a.serverBundle,
         'bundle import': a.serverBundleImport,

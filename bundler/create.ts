@@ -8,7 +8,7 @@ import { fsyncDir, tempPathFor } from '../platform/fsx.js';
 import { MANIFEST_PAYLOAD_TYPE, type Manifest } from '../core/manifest.js';
 import { parseIsoUtc } from '../core/time.js';
 import { blobEntryName } from '../core/bundle/reader.js';
-import { encodeHead } from '../core/bundle/head.js';
+import { encodeHead, volumePath } from '../core/bundle/head.js';
 import { checkPolicies } from './policies.js';
 import type { LoadedSpec } from './spec.js';
 import { BLOCK, encodeHeader, paddingFor } from '../core/bundle/tar.js';
@@ -69,11 +69,7 @@ function envelopeLength(manifest: Manifest, signers: readonly Signer[]): number 
   );
 }
 
-export function volumePath(out: string, index: number, count: number): string {
-  if (count === 1) return out;
-  const stem = out.endsWith('.ferry') ? out.slice(0, -'.ferry'.length) : out;
-  return `${stem}.vol${index + 1}.ferry`;
-}
+export { volumePath };
 
 /**
  * Writes a bundle (or its volumes) in one read of each artifact (policies are

@@ -53,6 +53,11 @@ export const WIRE_CODES = [
   'UNKNOWN_BUNDLE',
   'NO_SIGNING_KEY',
   'POLICY_INVALID',
+  // a mirror's link to the server (signed requests for its site's bundles)
+  'LINK_AUTH_MISSING',
+  'LINK_AUTH_INVALID',
+  'UNKNOWN_MIRROR',
+  'REQUEST_EXPIRED',
   // the service itself
   'STORE_LOCKED',
   'STORE_INVALID',

@@ -61,6 +61,7 @@ function fleetRolloutOf(s: GateSummary | null): FleetRolloutSummary | null {
 import { PeerSync } from './peers.js';
 import { SiteLog } from './site-log.js';
 import { SiteSync } from './site-sync.js';
+import { UpstreamBundles } from './upstream-bundles.js';
 import { peerList } from './peer-list.js';
 import { undiciTransport } from '../platform/http/undici.js';
 import { throttledTransport } from '../platform/http/throttle.js';
@@ -80,6 +81,8 @@ export interface MirrorOptions {
   dropStableMs?: number;
   /** Where telemetry goes home: the server, or a mirror closer to it. */
   upstream?: string;
+  /** The bundle link to an `upstream` server (mirror/upstream-bundles.ts); on by default. */
+  upstreamBundles?: { enabled: boolean; intervalMs?: number };
   /** Mirrors to relay through while the upstream is unreachable (or when there is none). */
   peers?: string[];
   /**
@@ -260,6 +263,25 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   });
   metrics.define('ferry_mirror_peer_bytes_total', 'counter', 'Blob bytes pulled from peer mirrors, by peer.');
 
+  const link =
+    o.upstream !== undefined && o.upstreamBundles?.enabled !== false
+      ? new UpstreamBundles({
+          upstream: o.upstream,
+          dataDir: o.dataDir,
+          store,
+          identity,
+          site,
+          log: log.child({ part: 'upstream-bundles' }),
+          transport: peerTransport,
+          ...(o.upstreamBundles?.intervalMs !== undefined && { intervalMs: o.upstreamBundles.intervalMs }),
+          ...(o.retryBaseMs !== undefined && { retryBaseMs: o.retryBaseMs }),
+          onImported: (r) => {
+            if (r.ok) metrics.inc('ferry_mirror_imports_total', { status: r.status });
+            else metrics.inc('ferry_mirror_refusals_total', { code: r.code });
+          },
+        })
+      : undefined;
+
   /** The keyid acks are checked with (pinned here at start, or by the first ack carried in). */
   let serverKeyId = await pinnedServerKeyId(o.dataDir);
   /** The outbox and its routes: the status page's block and the control socket's GET /status. */
@@ -270,6 +292,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     enrolment: agents.openEnrolment ? 'open' : 'token',
     bundlePeers: peerSync.status(),
     ...(late.siteSync && { siteLog: late.siteSync.status() }),
+    ...(link && { upstreamBundles: link.status() }),
   });
   // The rollout gate follows the active manifest, hears every heartbeat accepted, and ticks.
   const view = new StateView(store);
@@ -379,6 +402,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   forwarder.start();
   peerSync.start();
   await siteSync.start(o.siteSyncIntervalMs ?? ps.intervalMs);
+  link?.start();
   if (agents.openEnrolment)
     log.warn('mirror.open_enrolment', {
       message: 'enrolment is open: any agent that asks is enrolled, with the groups it claims',
@@ -390,6 +414,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
     drop: o.dropDir ?? null,
     mirror: identity.id,
     upstream: o.upstream ?? null,
+    upstreamBundles: link ? 'on' : 'off',
     peers: o.peers ?? [],
     peersFile: o.peerSync?.peersFile ?? null,
     outbox: outbox.depth,
@@ -416,6 +441,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
       await peerSync.stop();
       await siteSync?.stop();
       await siteLog.close();
+      await link?.stop();
       await peerTransport.close();
       await control?.close();
       await fleet.close();

@@ -14,6 +14,7 @@ import { FLEET_CSS, fleetBlock, type FleetBlockView } from './fleet-page.js';
 export const STATUS_REFRESH_SEC = 15;
 import type { PeerStatus } from './peers.js';
 import type { SitePeerStatus, SiteSyncStatus } from './site-sync.js';
+import type { UpstreamBundlesStatus } from './upstream-bundles.js';
 
 /** The telemetry outbox as the serving mirror sees it (absent when the app runs without one). */
 export type TelemetryView = ForwardStatus & {
@@ -26,6 +27,8 @@ export type TelemetryView = ForwardStatus & {
   bundlePeers?: PeerStatus[];
   /** The site log and each peer's cursor in it (mirror/site-sync.ts). */
   siteLog?: SiteSyncStatus;
+  /** The bundle link to the server (mirror/upstream-bundles.ts), when there is one. */
+  upstreamBundles?: UpstreamBundlesStatus;
 };
 
 function enrolmentLine(t: TelemetryView | undefined): Html {

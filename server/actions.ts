@@ -7,7 +7,6 @@ import { isSemver } from '../core/semver.js';
 import { resolveExpiry } from '../core/time.js';
 import { loadPrivateKey, type PrivateKey } from '../platform/keyfile.js';
 import { join } from 'node:path';
-import { stat } from 'node:fs/promises';
 import type { AuditLog } from './audit.js';
 import {
   addArtifact,
@@ -24,8 +23,11 @@ import {
   type Strategy,
 } from './catalog.js';
 import { ServerError } from './errors.js';
-import { buildSiteBundle } from './site-bundle.js';
+import { buildSiteBundle, type BuildOptions } from './site-bundle.js';
 import { checkPolicyFile, checkReleasePolicies } from './policy-check.js';
+import { checkInventory, lastInventoryBlobs } from './site-inventory.js';
+import { MirrorRegistry } from './mirrors.js';
+import { readFile, stat } from 'node:fs/promises';
 import type { ServerState } from './fleet-state.js';
 
 const bad = (m: string) => new ServerError('BAD_INPUT', m);
@@ -95,10 +97,14 @@ export async function registerSite(
   sequence: unknown,
 ): Promise<SiteRecord> {
   const site = checkName(name, 'site name');
-  const pub =
-    publisher === undefined || publisher === '' ? 'ferry-server' : checkName(publisher, 'publisher');
+  // no publisher given: a new site gets the default, a known one keeps its own
+  const pub = publisher === undefined || publisher === '' ? undefined : checkName(publisher, 'publisher');
   const seq = sequence === undefined || sequence === '' ? 0 : Number(sequence);
-  if (!Number.isSafeInteger(seq) || seq < 0 || (typeof sequence === 'string' && !/^\d+$/.test(sequence)))
+  if (
+    !Number.isSafeInteger(seq) ||
+    seq < 0 ||
+    (typeof sequence === 'string' && sequence !== '' && !/^\d+$/.test(sequence))
+  )
     throw bad('sequence must be a whole number ≥ 0 (the last sequence the site has seen)');
   const prev = (await c.catalog.read()).sites;
   const before = Object.hasOwn(prev, site) ? { ...prev[site]! } : undefined;
@@ -178,6 +184,39 @@ export async function bulk(
   return uniq.length;
 }
 
+/**
+ * What the site already holds: the inventory file given (checked: a registered mirror of this site
+ * signed it), or else the site's last known inventory; undefined when there is none.
+ */
+async function haveOf(
+  c: Ctx,
+  site: string,
+  path: string | undefined,
+): Promise<BuildOptions['have'] | undefined> {
+  const registry = await MirrorRegistry.open(c.dataDir);
+  if (path === undefined) {
+    const last = await lastInventoryBlobs(c.catalog, c.dataDir, site, registry);
+    return (
+      last && {
+        blobs: last.blobs,
+        from: 'last',
+        mirror: last.inventory.mirror,
+        created: last.inventory.created,
+      }
+    );
+  }
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw bad(`${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  const { inventory, mirror } = checkInventory(bytes, registry);
+  if (inventory.site !== site)
+    throw new ServerError('WRONG_SITE', `${path} is the inventory of site ${inventory.site}, not ${site}`);
+  return { blobs: new Set(inventory.blobs), from: 'file', mirror: mirror.id, created: inventory.created };
+}
+
 /** The key the server signs bundles with: `signing/bundle.key` in the data directory, if present. */
 export async function serverSigningKey(dataDir: string): Promise<PrivateKey | undefined> {
   const path = join(dataDir, 'signing', 'bundle.key');
@@ -196,6 +235,11 @@ export async function buildBundle(
     out?: string;
     expires?: string;
     setPins?: Record<string, string>;
+    /** An inventory file: leave out the blobs it lists. */
+    have?: string;
+    /** Every blob, even when the site's last known inventory lists some. */
+    full?: boolean;
+    volumeSize?: number;
   },
 ) {
   if (typeof site !== 'string' || typeof release !== 'string') throw bad('site and release are required');
@@ -217,12 +261,18 @@ export async function buildBundle(
       );
     signer = key;
   }
+  if (o.have !== undefined && o.full) throw bad('--have and --full exclude each other');
+  if (o.volumeSize !== undefined && (!Number.isSafeInteger(o.volumeSize) || o.volumeSize < 4096))
+    throw bad('volume size must be at least 4 KiB');
+  const have = o.full ? undefined : await haveOf(c, site, o.have);
   return buildSiteBundle(c.catalog, c.audit, c.dataDir, {
     site,
     release,
     strategy: strat as Strategy,
     signer,
     actor: c.actor,
+    ...(have && { have }),
+    ...(o.volumeSize !== undefined && { volumeSize: o.volumeSize }),
     ...(o.out && { out: o.out }),
     ...(o.expires && { expires: o.expires }),
     ...(o.setPins && { setPins: o.setPins }),

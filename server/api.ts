@@ -160,11 +160,16 @@ export function apiRouter(d: ApiDeps): Router {
     ctx.body = { ok: true, agents: await bulk(c, d.store.state, body.action, body.agents, body.value) };
   });
   r.post('/bundles', async (ctx) => {
-    const { c, body } = await admin(ctx, ['site', 'release', 'strategy', 'signed']);
-    if (body.signed !== undefined && typeof body.signed !== 'boolean')
-      throw new HttpError(400, 'BAD_INPUT', 'signed must be true or false');
+    const { c, body } = await admin(ctx, ['site', 'release', 'strategy', 'signed', 'full', 'volumeSize']);
+    for (const k of ['signed', 'full'])
+      if (body[k] !== undefined && typeof body[k] !== 'boolean')
+        throw new HttpError(400, 'BAD_INPUT', `${k} must be true or false`);
+    if (body.volumeSize !== undefined && !Number.isSafeInteger(body.volumeSize))
+      throw new HttpError(400, 'BAD_INPUT', 'volumeSize must be a whole number of bytes');
     const { record } = await buildBundle(c, body.site, body.release, body.strategy, {
       signed: body.signed !== false,
+      full: body.full === true,
+      ...(body.volumeSize !== undefined && { volumeSize: body.volumeSize as number }),
     });
     ctx.body = { bundle: record };
     ctx.status = 201;

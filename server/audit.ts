@@ -30,7 +30,9 @@ export type AuditAction =
   | 'bundle.imported'
   | 'telemetry.imported'
   | 'mirror.registered'
-  | 'rollback';
+  | 'rollback'
+  | 'inventory.received'
+  | 'bundle.fetched';
 
 export interface AuditEntry {
   seq: number;

@@ -46,6 +46,22 @@ export interface SiteRecord {
   /** Groups the operator moved agents to (kept on the server; shown in the fleet view). */
   groups: Record<string, string>;
   createdAt: string;
+  /** The site's last known inventory (server/site-inventory.ts), when one came home. */
+  inventory?: SiteInventory;
+}
+
+/** What the site record says of the last inventory kept (its bytes: `inventories/<site>.inventory.json`). */
+export interface SiteInventory {
+  mirror: string;
+  /** Its own signed time. */
+  created: string;
+  /** The mirror's active sequence when it was made. */
+  active: number | null;
+  blobs: number;
+  sha256: string;
+  receivedAt: string;
+  /** How it came: `courier` (beside a telemetry export) or `link` (a mirror's request). */
+  via: string;
 }
 
 export interface BundleRecord {
@@ -66,6 +82,21 @@ export interface BundleRecord {
   /** The rollout plan the bundle carries and its id (core/rollout/plan.ts), as the site's mirrors compute it. */
   plan?: Rollout;
   rolloutId?: string;
+  /** The files written when there is more than one (volumes); `file` is the first. */
+  volumes?: string[];
+  /** A delta: the inventory whose blobs it leaves out, and what a full bundle would weigh. */
+  delta?: BundleDelta;
+  /** Each time a mirror fetched it over its link (server/bundle-link.ts). */
+  fetches?: { mirror: string; at: string }[];
+}
+
+export interface BundleDelta {
+  /** `file` (--have) or `last` (the site's last known inventory). */
+  from: 'file' | 'last';
+  mirror: string;
+  created: string;
+  omitted: number;
+  fullBytes: number;
 }
 
 export interface CatalogData {

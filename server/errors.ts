@@ -22,7 +22,8 @@ export type ServerCode =
   | 'UNKNOWN_BUNDLE' // a bundle the server did not build
   | 'NO_SIGNING_KEY' // a signed bundle asked for, and no key to sign it with
   | 'BUNDLE_MISMATCH' // a signed file that is not the bundle the server built
-  | 'POLICY_INVALID'; // a policy artifact the agents would refuse (core/policy.ts, core/policy-refs.ts)
+  | 'POLICY_INVALID' // a policy artifact the agents would refuse (core/policy.ts, core/policy-refs.ts)
+  | 'BAD_INVENTORY'; // a site inventory whose signature, key or format does not hold
 
 export class ServerError extends CodedError<ServerCode> {}
 

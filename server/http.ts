@@ -6,6 +6,7 @@
  *   POST /v1/telemetry   {batches:[CarriedBatch…]} → 202 {results:[…]} once durable
  *   GET  /v1/agents, /v1/agents/:id, /v1/rejections?limit=, /v1/mirrors
  *   GET  /healthz, /metrics
+ *   GET  /v1/link/bundles…  a site mirror's signed requests for its bundles (server/bundle-link.ts)
  *   the JSON API (server/api.ts) and the web UI (server/ui/routes.ts)
  *
  * Telemetry ingest authenticates each batch by its signature; /healthz and /metrics are open; every
@@ -35,6 +36,7 @@ import { FileCatalog, type Catalog } from './catalog.js';
 import { ServerError, type ServerCode } from './errors.js';
 import { uiErrors, uiRouter } from './ui/routes.js';
 import { isCodedError } from '../core/errors.js';
+import { linkRouter } from './bundle-link.js';
 
 export interface HttpLimits {
   telemetryBodyBytes: number;
@@ -256,7 +258,8 @@ export function createApp({
   const lim = { ...DEFAULT_HTTP_LIMITS, ...limits };
   app.use(errorMiddleware(log, publicError));
   app.use(bodyLimit(lim.telemetryBodyBytes));
-  for (const router of [telemetryRouter(store, metrics, lim), openRouter(store, metrics)]) {
+  const link = linkRouter({ catalog, audit, mirrors: store.mirrors, log });
+  for (const router of [telemetryRouter(store, metrics, lim), openRouter(store, metrics), link]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -25,7 +25,7 @@ import {
 import { rolloutIdOf } from '../core/rollout/plan.js';
 import { isoUtc, resolveExpiry } from '../core/time.js';
 import { checkBundleFile } from '../platform/bundle-file.js';
-import { writeBundleFromStore } from '../platform/bundle-write.js';
+import { bundleSize, writeBundleFromStore } from '../platform/bundle-write.js';
 import type { AuditLog } from './audit.js';
 import { releaseOf, siteOf, type BundleRecord, type Catalog, type Strategy } from './catalog.js';
 import { ServerError } from './errors.js';
@@ -63,6 +63,10 @@ export interface BuildOptions {
   now?: Date;
   /** Pins written into the site's record before the bundle is built, in the same change (a rollback's). */
   setPins?: Record<string, string>;
+  /** Blobs the site already holds (from an inventory): left out of the bundle. */
+  have?: { blobs: ReadonlySet<string>; from: 'file' | 'last'; mirror: string; created: string };
+  /** Split into volumes of at most this many bytes each. */
+  volumeSize?: number;
 }
 
 /** Builds, writes, then records the bundle and the site's new sequence; audited. */
@@ -102,17 +106,21 @@ export async function buildSiteBundle(
     const envelope = signEnvelope(MANIFEST_PAYLOAD_TYPE, payload, o.signer ? [o.signer] : []);
     const out = o.out ? resolve(o.out) : join(dataDir, 'bundles', `${site.name}-${sequence}.ferry`);
     if (!o.out) await mkdir(join(dataDir, 'bundles'), { recursive: true });
-    const blobs = manifest.artifacts.map((a) => ({
+    const all = manifest.artifacts.map((a) => ({
       sha256: a.sha256,
       size: a.size,
       path: catalog.blobPath(a.sha256),
     }));
+    const blobs = o.have ? all.filter((b) => !o.have!.blobs.has(b.sha256)) : all;
+    const envelopeBytes = Buffer.from(serializeEnvelope(envelope));
     const written = await writeBundleFromStore(
       out,
-      Buffer.from(serializeEnvelope(envelope)),
+      envelopeBytes,
       blobs,
       Math.floor(now.getTime() / 1000),
+      o.volumeSize !== undefined ? { volumeSize: o.volumeSize } : {},
     );
+    const omitted = new Set(all.filter((b) => o.have?.blobs.has(b.sha256)).map((b) => b.sha256));
     const rec: BundleRecord = {
       id: `${site.name}-${sequence}`,
       site: site.name,
@@ -127,6 +135,16 @@ export async function buildSiteBundle(
       builtAt: now.toISOString(),
       builtBy: o.actor,
       ...(plan && { plan, rolloutId: rolloutIdOf(manifest) }),
+      ...(written.volumes.length > 1 && { volumes: written.volumes.map((v) => v.path) }),
+      ...(o.have && {
+        delta: {
+          from: o.have.from,
+          mirror: o.have.mirror,
+          created: o.have.created,
+          omitted: omitted.size,
+          fullBytes: bundleSize(envelopeBytes, all),
+        },
+      }),
     };
     site.sequence = sequence;
     if (plan) site.plan = plan;
@@ -142,6 +160,11 @@ export async function buildSiteBundle(
     strategy: o.strategy,
     signed: o.signer !== null,
     ...(o.signer && { keyid: o.signer.keyid }),
+    bytes: record.rec.bytes,
+    ...(record.rec.delta && {
+      delta: `${record.rec.delta.omitted} blob(s) left out (inventory of ${record.rec.delta.created}); full ${record.rec.delta.fullBytes} bytes`,
+    }),
+    ...(record.rec.volumes && { volumes: record.rec.volumes.length }),
   });
   return { record: record.rec, manifest: record.manifest };
 }

@@ -1,3 +1,4 @@
+import type { UpstreamBundlesStatus } from '../../mirror/upstream-bundles.js';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CodedError, FerryError } from '../../core/errors.js';
@@ -146,6 +147,20 @@ export const mirrorStatus: Command = {
         io.out(`  ${t.kind} ${t.url}: ${t.ok ? 'ok' : `failing (${t.failures}×: ${t.lastError ?? ''})`}`);
       for (const line of peerLines(telemetry.bundlePeers ?? [])) io.out(line);
       for (const line of siteLogLines(telemetry.siteLog)) io.out(line);
+      const link = telemetry.upstreamBundles;
+      if (link)
+        io.out(
+          `bundle link ${link.url}: ${link.state}` +
+            (link.lastImported
+              ? `, last imported sequence ${link.lastImported.sequence} (${link.lastImported.id})`
+              : '') +
+            (link.transfer
+              ? `, downloading ${link.transfer.id} ${humanBytes(link.transfer.have)}/${humanBytes(link.transfer.bytes)}`
+              : '') +
+            (link.lastError
+              ? `; last error ${link.lastError.at}: ${link.lastError.code}: ${link.lastError.message}`
+              : ''),
+        );
     }
     printFleet(io, fleet);
     return 0;
@@ -211,10 +226,14 @@ export const mirrorServe: Command = {
     'and revocations made at any mirror of the site reach the others each peer round. --peer-key MIRROR.pub\n' +
     '(repeatable; `ferry mirror identity --out` of each other mirror of this site) names the mirrors whose\n' +
     'decisions count here; an entry signed by any other key is refused.\n' +
+    'Bundle link: when --upstream is the server, the mirror asks it every --upstream-interval SEC (default\n' +
+    "60) for its site's newest signed bundle newer than its own, with requests signed by its own key (the\n" +
+    'one registered on the server), downloads it resumably and imports it with the checks of a drop-folder\n' +
+    'import. An upstream that is a mirror answers 404 and is left alone. --upstream-bundles off disables it.\n' +
     httpHelp +
     '\nLogs are JSON lines on stderr.',
   usage:
-    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--peer-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
+    '--data DIR --listen HOST:PORT [--trust root.json --site S] [--drop DIR] [--upstream URL [--upstream-bundles on|off] [--upstream-interval SEC]] [--peer URL]... [--peers FILE] [--peer-interval SEC] [--peer-rate RATE] [--peer-limits JSON] [--retry-max SEC] [--server-key SERVER.pub] [--relay-key MIRROR.pub]... [--peer-key MIRROR.pub]... [--open-enrolment] [--silent-after DURATION] [--fleet-view local|site] ' +
     httpUsage,
   options: {
     data: { type: 'string' },
@@ -223,6 +242,8 @@ export const mirrorServe: Command = {
     site: { type: 'string' },
     drop: { type: 'string' },
     upstream: { type: 'string' },
+    'upstream-bundles': { type: 'string' },
+    'upstream-interval': { type: 'string' },
     peer: { type: 'string', multiple: true },
     peers: { type: 'string' },
     'peer-interval': { type: 'string' },
@@ -256,6 +277,12 @@ export const mirrorServe: Command = {
     const relayKeys = list(p, 'relay-key', false);
     const peerKeys = list(p, 'peer-key', false);
     for (const u of [upstream, ...peers].filter(Boolean)) parseUrl(u);
+    const linkOn = str(p, 'upstream-bundles', false) || 'on';
+    if (linkOn !== 'on' && linkOn !== 'off')
+      throw new FerryError('USAGE', '--upstream-bundles must be on or off');
+    const every = str(p, 'upstream-interval', false);
+    if (every && !(/^\d+(\.\d+)?$/.test(every) && Number(every) > 0 && Number(every) <= 86_400))
+      throw new FerryError('USAGE', '--upstream-interval must be a number of seconds, like 60 or 0.5');
     const mirror = await startMirror({
       dataDir: str(p, 'data'),
       host,
@@ -265,6 +292,10 @@ export const mirrorServe: Command = {
       ...(site && { site }),
       ...(drop && { dropDir: drop }),
       ...(upstream && { upstream }),
+      upstreamBundles: {
+        enabled: linkOn === 'on',
+        ...(every && { intervalMs: Math.round(Number(every) * 1000) }),
+      },
       peers,
       ...(p.values['retry-max'] !== undefined && { retryMaxMs: int(p, 'retry-max') * 1000 }),
       ...(serverKey && { serverKeyPath: resolve(serverKey) }),
@@ -469,6 +500,8 @@ interface TelemetryStatus extends OutboxFigures {
   bundlePeers?: PeerStatus[];
   /** The site log and each peer's cursor in it, while the mirror serves. */
   siteLog?: SiteSyncStatus | null;
+  /** The bundle link to the server, while the mirror serves with one. */
+  upstreamBundles?: UpstreamBundlesStatus;
 }
 
 /** The site log: entries held, then one line per peer (link, cursor, taken and refused). */

@@ -17,7 +17,7 @@ import {
 import { ServerError } from '../../server/errors.js';
 import { importSignedBundle } from '../../server/site-bundle.js';
 import { checkPolicyFile, checkPolicyRefs } from '../../server/policy-check.js';
-import { jsonOption, printJson, str, type Command, type Parsed } from './common.js';
+import { jsonOption, parseSize, printJson, str, type Command, type Parsed } from './common.js';
 
 /** Who did it, in the audit log: the operating-system user running the command. */
 const cliActor = () => `cli:${userInfo().username}`;
@@ -109,6 +109,31 @@ export const serverSiteAdd: Command = {
   },
 };
 
+export const serverSiteList: Command = {
+  summary:
+    "Lists the registered sites: sequence, publisher, and the site's last known inventory (which mirror\n" +
+    'signed it, when, how many blobs, its active sequence). Safe while the server runs.',
+  usage: '--data DIR [--name SITE] [--json]',
+  options: { data: { type: 'string' }, name: { type: 'string' }, ...jsonOption },
+  async run(p, io) {
+    const c = await ctxOf(p).catalog.read();
+    const name = str(p, 'name', false);
+    if (name && !Object.hasOwn(c.sites, name))
+      throw new ServerError('UNKNOWN_SITE', `no site ${name} (ferry server site add)`);
+    const sites = Object.values(c.sites).filter((s) => !name || s.name === name);
+    if (p.json) printJson(io, { ok: true, sites });
+    else if (sites.length === 0) io.out('no sites');
+    else
+      for (const s of sites) {
+        const inv = s.inventory
+          ? `inventory ${s.inventory.created} by mirror ${s.inventory.mirror.slice(0, 16)}…: ${s.inventory.blobs} blob(s), active ${s.inventory.active ?? 'none'} (${s.inventory.via})`
+          : 'no inventory yet';
+        io.out(`${s.name}: publisher ${s.publisher}, sequence ${s.sequence}; ${inv}`);
+      }
+    return 0;
+  },
+};
+
 const SPEC_FIELDS = ['name', 'version', 'artifacts'];
 const ARTIFACT_FIELDS = ['name', 'kind', 'version', 'platform', 'interpreter', 'path'];
 
@@ -189,9 +214,12 @@ export const serverBundle: Command = {
     "Writes a site's next bundle from a release: the site's next sequence, the rollout plan of the strategy\n" +
     '(default staggered: a canary wave first), the site\'s pins and "update now" marks. Signed with --key, or\n' +
     'the key at signing/bundle.key in the data directory; --unsigned leaves it for an offline signing\n' +
-    'station (ferry bundle sign there, then ferry server bundle import).',
+    'station (ferry bundle sign there, then ferry server bundle import).\n' +
+    "It leaves out every blob the site already holds: those of --have INVENTORY (a mirror's signed inventory),\n" +
+    "or by default those of the site's last known inventory (came home beside a telemetry export); --full\n" +
+    'writes them all. It prints the bytes written against the full bundle. --volume-size splits it.',
   usage:
-    '--data DIR --site S --release NAME@VERSION [--strategy immediate|staggered|manual] [--key K | --unsigned] [--expires 90d] [--out FILE] [--json]',
+    '--data DIR --site S --release NAME@VERSION [--strategy immediate|staggered|manual] [--key K | --unsigned] [--have INVENTORY | --full] [--volume-size 4G] [--expires 90d] [--out FILE] [--json]',
   options: {
     data: { type: 'string' },
     site: { type: 'string' },
@@ -201,10 +229,15 @@ export const serverBundle: Command = {
     unsigned: { type: 'boolean' },
     expires: { type: 'string' },
     out: { type: 'string' },
+    have: { type: 'string' },
+    full: { type: 'boolean' },
+    'volume-size': { type: 'string' },
     ...jsonOption,
   },
   async run(p, io) {
     const c = ctxOf(p);
+    const have = str(p, 'have', false);
+    const volumeSize = p.values['volume-size'] ? parseSize(str(p, 'volume-size'), 'volume-size') : undefined;
     const keyPath = str(p, 'key', false);
     if (keyPath && p.values.unsigned)
       throw new ServerError('BAD_INPUT', '--key and --unsigned exclude each other');
@@ -221,13 +254,26 @@ export const serverBundle: Command = {
         ...(key && { key }),
         ...(out && { out }),
         ...(expires && { expires }),
+        ...(have && { have }),
+        ...(p.values.full && { full: true }),
+        ...(volumeSize !== undefined && { volumeSize }),
       },
     );
-    if (p.json) printJson(io, { ok: true, bundle: record, manifest });
+    const size = {
+      written: record.bytes,
+      full: record.delta?.fullBytes ?? record.bytes,
+      saved: record.delta ? record.delta.fullBytes - record.bytes : 0,
+    };
+    if (p.json) printJson(io, { ok: true, bundle: record, manifest, bytes: size });
     else {
       io.out(
         `${record.file}: site ${record.site} sequence ${record.sequence}, release ${record.release}, ${record.strategy}, ${record.bytes} bytes, ${record.status}`,
       );
+      for (const v of record.volumes ?? []) io.out(`  volume ${v}`);
+      if (record.delta)
+        io.out(
+          `delta: ${record.delta.omitted} blob(s) the site holds left out (inventory of ${record.delta.created}): ${size.written} bytes written instead of ${size.full} (${size.saved} saved)`,
+        );
       if (manifest.rollout)
         io.out(
           `plan: waves ${manifest.rollout.waves.map((w) => `${w.percent}%`).join(' → ')} to ${manifest.rollout.agent}`,

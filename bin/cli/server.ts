@@ -8,6 +8,9 @@ import { createLogger } from '../../platform/log.js';
 import { importExport, type ImportReport } from '../../server/exports.js';
 import { ensureIdentity } from '../../server/identity.js';
 import { registerMirror } from '../../server/mirrors.js';
+import { checkInventory, recordInventory, type InventoryOutcome } from '../../server/site-inventory.js';
+import { ServerError } from '../../server/errors.js';
+import { readFile } from 'node:fs/promises';
 import { startServer } from '../../server/serve.js';
 import { fleetView, type AgentView } from '../../server/fleet-state.js';
 import { readStateOffline, ServerStore } from '../../server/store.js';
@@ -104,20 +107,74 @@ function printReport(io: Io, r: ImportReport): void {
   if (r.ack) io.out(`ack written to ${r.ack}`);
 }
 
+/** The inventory that travels beside an export: `--inventory PATH`, else `FILE.inventory.json` if present. */
+async function inventoryBeside(
+  file: string,
+  given: string,
+): Promise<{ path: string; bytes: Buffer } | undefined> {
+  const path = given || `${file}.inventory.json`;
+  try {
+    return { path, bytes: await readFile(path) };
+  } catch (e) {
+    if (!given && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ServerError(
+      'BAD_INPUT',
+      `${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+    );
+  }
+}
+
+function printInventory(io: Io, path: string, i: InventoryOutcome): void {
+  const what =
+    i.status === 'kept'
+      ? "kept as the site's last known inventory"
+      : i.status === 'same'
+        ? 'already kept'
+        : 'older than the one kept (ignored)';
+  io.out(
+    `${path}: inventory of site ${i.site} by mirror ${i.mirror}, ${i.blobs} blob(s), active sequence ${i.active ?? 'none'}, made ${i.created}: ${what}`,
+  );
+}
+
 export const serverImportTelemetry: Command = {
   crypto: 'service',
   summary:
     'Imports a telemetry export a courier carried from a mirror: checks the signed header, hash and order of\n' +
     'every line before storing anything, ingests idempotently, reports chain, coverage and counter gaps.\n' +
-    '--ack-out writes the signed acknowledgement for the courier to carry back (ferry mirror import-ack).',
-  usage: 'FILE --data DIR [--ack-out ACK] [--json]',
-  options: { data: { type: 'string' }, 'ack-out': { type: 'string' }, ...jsonOption },
+    '--ack-out writes the signed acknowledgement for the courier to carry back (ferry mirror import-ack).\n' +
+    "The site's signed inventory beside it (FILE.inventory.json, or --inventory PATH) is checked against the\n" +
+    "registered mirror's key and site first (BAD_INVENTORY, UNKNOWN_MIRROR, WRONG_SITE refuse the whole\n" +
+    "import); the newest per site is kept for the site's next bundle (ferry server bundle leaves out its blobs).",
+  usage: 'FILE --data DIR [--ack-out ACK] [--inventory PATH] [--json]',
+  options: {
+    data: { type: 'string' },
+    'ack-out': { type: 'string' },
+    inventory: { type: 'string' },
+    ...jsonOption,
+  },
   positionals: { min: 1, max: 1 },
   async run(p, io) {
+    const file = p.positionals[0]!;
+    const inv = await inventoryBeside(file, str(p, 'inventory', false));
     const store = await ServerStore.open(str(p, 'data'));
     try {
+      const dataDir = str(p, 'data');
+      const catalog = new FileCatalog(dataDir);
+      if (inv) {
+        // checked before the export is read: a bad inventory refuses the whole import
+        await store.mirrors.reload();
+        const { inventory } = checkInventory(inv.bytes, store.mirrors);
+        if (!Object.hasOwn((await catalog.read()).sites, inventory.site))
+          throw new ServerError('UNKNOWN_SITE', `no site ${inventory.site} (ferry server site add)`);
+      }
       const ackOut = str(p, 'ack-out', false);
-      const r = await importExport(store, p.positionals[0]!, ackOut ? { ackOut } : {});
+      const r = await importExport(store, file, ackOut ? { ackOut } : {});
+      const inventory = inv
+        ? await recordInventory(catalog, new AuditLog(dataDir), dataDir, inv.bytes, store.mirrors, {
+            actor: `cli:${userInfo().username}`,
+            via: 'courier',
+          })
+        : undefined;
       if (r.chain.status !== 'already imported')
         await new AuditLog(store.dir).append(`cli:${userInfo().username}`, 'telemetry.imported', {
           mirror: r.mirror,
@@ -126,8 +183,11 @@ export const serverImportTelemetry: Command = {
           stored: r.stored,
           rejected: r.rejected,
         });
-      if (p.json) printJson(io, r);
-      else printReport(io, r);
+      if (p.json) printJson(io, { ...r, inventory: inventory ?? null });
+      else {
+        printReport(io, r);
+        if (inv && inventory) printInventory(io, inv.path, inventory);
+      }
       return 0;
     } finally {
       await store.close();

@@ -19,3 +19,10 @@ export function encodeHead(
   for (const r of roots) add(rootEntryName(r.version), r.bytes);
   return Buffer.concat(parts);
 }
+
+/** The file name of volume `index` (0-based) of `count`: `out` itself when there is one. */
+export function volumePath(out: string, index: number, count: number): string {
+  if (count === 1) return out;
+  const stem = out.endsWith('.ferry') ? out.slice(0, -'.ferry'.length) : out;
+  return `${stem}.vol${index + 1}.ferry`;
+}

@@ -10,6 +10,7 @@
  * for anyway; the URL is the digest, so there is nothing to hide or confuse.
  */
 import Router from '@koa/router';
+import { parseRange } from '../../platform/http/range.js';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { decodeBase64Strict, isSha256Hex } from '../../core/encoding.js';
@@ -33,32 +34,7 @@ export function etagMatches(header: string | undefined, etag: string): boolean {
     .some((t) => t === '*' || t === etag);
 }
 
-export type RangeResult =
-  { kind: 'none' } | { kind: 'partial'; start: number; end: number } | { kind: 'unsatisfiable' };
-
-/**
- * One byte range of a `size`-byte body (RFC 9110 14.1.2), end inclusive.
- * A header that does not parse is ignored, as the RFC allows. A multi-range
- * request is answered with the whole body (200): clients of this API resume
- * one download at a time, and multipart/byteranges is not worth its parser.
- */
-export function parseRange(header: string | undefined, size: number): RangeResult {
-  if (!header) return { kind: 'none' };
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m) return { kind: 'none' }; // includes "bytes=0-1,5-6": served whole
-  const [, a = '', b = ''] = m;
-  if (a === '' && b === '') return { kind: 'none' };
-  if (a === '') {
-    const n = Number(b);
-    if (n === 0 || size === 0) return { kind: 'unsatisfiable' };
-    return { kind: 'partial', start: Math.max(0, size - n), end: size - 1 };
-  }
-  const start = Number(a);
-  const end = b === '' ? Infinity : Number(b);
-  if (!Number.isSafeInteger(start) || end < start) return { kind: 'none' }; // "5-2" is invalid: ignored
-  if (start >= size) return { kind: 'unsatisfiable' };
-  return { kind: 'partial', start, end: Math.min(end, size - 1) };
-}
+export { parseRange, type RangeResult } from '../../platform/http/range.js';
 
 function blobsRouter(store: Store): Router {
   const router = new Router({ prefix: '/v1/blobs' });

@@ -68,6 +68,10 @@ export function sitesPage(
                   ><input type="checkbox" name="unsigned" value="1" /> unsigned (offline signing
                   station)</label
                 >
+                <label
+                  ><input type="checkbox" name="full" value="1" /> full (ignore the site's last
+                  inventory)</label
+                >
                 <button type="submit">Build next bundle</button>
               </form>`
           : ''

@@ -89,7 +89,10 @@ export const catalogRoutes: AreaRoutes = (r, d, k) => {
 
   r.post('/bundles', async (ctx) => {
     const { v, form } = await adminForm(ctx);
-    await buildBundle(act(ctx, v), form.site, form.release, form.strategy, { signed: form.unsigned !== '1' });
+    await buildBundle(act(ctx, v), form.site, form.release, form.strategy, {
+      signed: form.unsigned !== '1',
+      full: form.full === '1',
+    });
     done(ctx, '/bundles');
   });
 

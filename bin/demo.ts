@@ -284,16 +284,19 @@ async function serveDemo(dir: string, root: string, bundle: string): Promise<voi
  * lacks, adopts it under its own trust root, and serves an agent that knows only it.
  */
 async function peerDemo(dir: string, root: string, firstData: string): Promise<void> {
+  const data = join(dir, 'data');
+  // Each mirror lists the other's key: the second takes the first's site log (enrolments, revocations,
+  // rollout decisions), and the first answers only mirrors it lists.
+  await mkdir(dir, { recursive: true });
+  const firstPub = join(dir, 'first-mirror.pub');
+  const secondPub = join(dir, 'second-mirror.pub');
+  ferry(['mirror', 'identity', '--data', firstData, '--out', firstPub], 0);
+  ferry(['mirror', 'identity', '--data', data, '--out', secondPub], 0);
   const first = await background(
-    ['mirror', 'serve', '--data', firstData, '--listen', '127.0.0.1:0'],
+    ['mirror', 'serve', '--data', firstData, '--listen', '127.0.0.1:0', '--peer-key', secondPub],
     'mirror.started',
     'mirror.stopped',
   );
-  const data = join(dir, 'data');
-  // The first mirror's key, so the second takes its site log (enrolments, revocations, rollout decisions).
-  await mkdir(dir, { recursive: true });
-  const firstPub = join(dir, 'first-mirror.pub');
-  ferry(['mirror', 'identity', '--data', firstData, '--out', firstPub], 0);
   const second = await background(
     [
       ...['mirror', 'serve', '--data', data, '--listen', '127.0.0.1:0', '--trust', root, '--site', 'plant-7'],

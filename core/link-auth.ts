@@ -1,11 +1,12 @@
 /**
- * A mirror's signed request to the server over its link (`--upstream`): one header,
- * `Ferry-Link-Auth`, carrying a DSSE envelope (base64 of its JSON) signed with the mirror's own
- * Ed25519 key, the one the operator registered on the server. The payload binds the request:
- * mirror id, site, method, path with query, the time it was made and a random nonce. The server
- * accepts it only from a registered mirror of that site, signed by that mirror's key, for this very
- * request, within `LINK_AUTH_WINDOW_MS` of its own clock, and only once (server/bundle-link.ts
- * remembers the nonces of the window).
+ * A mirror's signed request: to the server over its link (`--upstream`), and to the other mirrors
+ * of its site for their site log. One header, `Ferry-Link-Auth`, carries a DSSE envelope (base64 of
+ * its JSON) signed with the mirror's own Ed25519 key — the one the operator registered on the server,
+ * or listed with `--peer-key` at the other mirrors. The payload binds the request: mirror id, site,
+ * method, path with query, the time it was made and a random nonce. The answering side accepts it
+ * only from a mirror it knows for that site, signed by that mirror's key, for this very request,
+ * within `LINK_AUTH_WINDOW_MS` of its own clock, and only once (`LinkNonces` remembers the nonces
+ * of the window).
  */
 import { CodedError } from './errors.js';
 import { decodeBase64Strict } from './encoding.js';
@@ -30,6 +31,30 @@ export type LinkAuthCode =
   | 'REPLAY'; // a nonce already seen
 
 export class LinkAuthError extends CodedError<LinkAuthCode> {}
+
+/** The HTTP status each refusal is answered with. */
+export const LINK_AUTH_STATUS: Record<LinkAuthCode, number> = {
+  LINK_AUTH_MISSING: 401,
+  LINK_AUTH_INVALID: 400,
+  BAD_SIGNATURE: 401,
+  UNKNOWN_MIRROR: 403,
+  WRONG_SITE: 403,
+  REQUEST_EXPIRED: 401,
+  REPLAY: 401,
+};
+
+/** Nonces seen within the time window (a request outside it is refused by its time anyway). */
+export class LinkNonces {
+  private seen = new Map<string, number>();
+
+  /** False when `nonce` was seen before; remembers it until the window has passed. */
+  take(nonce: string, now: number): boolean {
+    if (this.seen.size > 10_000) for (const [n, until] of this.seen) if (until < now) this.seen.delete(n);
+    if (this.seen.has(nonce)) return false;
+    this.seen.set(nonce, now + 2 * LINK_AUTH_WINDOW_MS);
+    return true;
+  }
+}
 
 export interface LinkRequest {
   type: 'ferry.link-request/v1';
@@ -97,7 +122,7 @@ export function verifyLinkRequest(
   }
   assertLinkRequest(peek);
   const m = lookup(peek.mirror);
-  if (!m) throw new LinkAuthError('UNKNOWN_MIRROR', `mirror ${peek.mirror} is not registered on this server`);
+  if (!m) throw new LinkAuthError('UNKNOWN_MIRROR', `mirror ${peek.mirror} is not known here`);
   let body: Buffer;
   try {
     body = verifyEnvelope(

@@ -314,6 +314,7 @@ export async function startMirror(o: MirrorOptions): Promise<RunningMirror> {
   await followPlan();
   const siteSync = (late.siteSync = new SiteSync({
     log: siteLog,
+    identity,
     rollout,
     agents,
     peers: peersNow,

@@ -8,7 +8,8 @@
  *   this mirror's key, before the state that follows from them is written.
  * * Each round this mirror asks every peer (`--peer` and the peers file) for
  *   the entries after the cursor it holds for that peer
- *   (`GET /v1/site-log?after=N`), keeps those signed by a listed mirror key
+ *   (`GET /v1/site-log?after=N`, signed with this mirror's key: a peer
+ *   answers only the mirrors it lists), keeps those signed by a listed mirror key
  *   (`--peer-key`) for this site, and refuses the rest with a code, logged and
  *   shown per peer.
  * * What the log holds is then applied: the rollout gate is brought to the
@@ -16,7 +17,9 @@
  *   agents store. Entries of a rollout this mirror does not run yet wait in
  *   the log and apply once it does.
  */
+import { randomBytes } from 'node:crypto';
 import { parseJsonStrict } from '../core/json.js';
+import { LINK_AUTH_HEADER, signLinkRequest } from '../core/link-auth.js';
 import { CodedError, isCodedError } from '../core/errors.js';
 import { decide, reconcile } from '../core/rollout/merge.js';
 import { SITE_LOG_LIMITS } from '../core/site-log.js';
@@ -24,6 +27,7 @@ import { request } from '../platform/http/request.js';
 import type { Transport } from '../platform/http/transport.js';
 import type { Logger } from '../platform/log.js';
 import type { AgentRecord, AgentsStore } from './agents.js';
+import type { MirrorIdentity } from './identity.js';
 import type { LocalDecision, MirrorRollout } from './rollout.js';
 import type { SiteLog } from './site-log.js';
 
@@ -48,6 +52,8 @@ export interface SiteSyncStatus {
 
 export interface SiteSyncOptions {
   log: SiteLog;
+  /** This mirror's key: it signs each request, and the peers answer only the mirrors they list. */
+  identity: MirrorIdentity;
   rollout: MirrorRollout;
   agents: AgentsStore;
   peers: () => Promise<string[]>;
@@ -64,6 +70,16 @@ export interface SiteSyncOptions {
 const MAX_PAGE_BYTES = SITE_LOG_LIMITS.maxPerPage * (SITE_LOG_LIMITS.maxEntryBytes + 16) + 1024;
 
 const iso = (ms: number) => new Date(ms).toISOString();
+
+/** The `code` of an error answer, when it has one (a peer that does not list this mirror says so). */
+function answerCode(body: Buffer): string | undefined {
+  try {
+    const v = parseJsonStrict(body, { maxBytes: 64 * 1024, maxDepth: 2 }) as { code?: unknown };
+    return typeof v.code === 'string' && /^[A-Z_]{1,40}$/.test(v.code) ? v.code : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export class SiteSync {
   private readonly peers = new Map<string, SitePeerStatus>();
@@ -212,12 +228,31 @@ export class SiteSync {
   private async pull(p: SitePeerStatus): Promise<number> {
     let fresh = 0;
     for (let page = 0; page < (this.o.maxPages ?? 16); page++) {
-      const res = await request(`${p.url}/v1/site-log?after=${p.cursor}`, {
+      const path = `/v1/site-log?after=${p.cursor}`;
+      const auth = signLinkRequest(
+        {
+          mirror: this.o.identity.id,
+          site: this.o.log.site,
+          method: 'GET',
+          path,
+          nonce: randomBytes(16).toString('hex'),
+          now: this.o.now(),
+        },
+        this.o.identity.key,
+      );
+      const res = await request(`${p.url}${path}`, {
+        headers: { [LINK_AUTH_HEADER]: auth },
         maxBytes: MAX_PAGE_BYTES,
         transport: this.o.transport,
         signal: this.abort.signal,
       });
-      if (res.status !== 200) throw new CodedError('HTTP_STATUS', `${p.url}/v1/site-log: HTTP ${res.status}`);
+      if (res.status !== 200) {
+        const code = answerCode(res.body);
+        throw new CodedError(
+          code ?? 'HTTP_STATUS',
+          `${p.url}/v1/site-log: HTTP ${res.status}${code ? ` ${code}` : ''}`,
+        );
+      }
       const v = parseJsonStrict(res.body, { maxBytes: MAX_PAGE_BYTES, maxDepth: 6 }) as Record<
         string,
         unknown

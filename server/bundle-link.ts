@@ -18,8 +18,9 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import {
   LINK_AUTH_HEADER,
-  LINK_AUTH_WINDOW_MS,
+  LINK_AUTH_STATUS,
   LinkAuthError,
+  LinkNonces,
   verifyLinkRequest,
 } from '../core/link-auth.js';
 import { parseRange } from '../platform/http/range.js';
@@ -29,15 +30,6 @@ import type { AuditLog } from './audit.js';
 import type { BundleRecord, Catalog } from './catalog.js';
 import type { MirrorRegistry } from './mirrors.js';
 
-const STATUS: Record<LinkAuthError['code'], number> = {
-  LINK_AUTH_MISSING: 401,
-  LINK_AUTH_INVALID: 400,
-  BAD_SIGNATURE: 401,
-  UNKNOWN_MIRROR: 403,
-  WRONG_SITE: 403,
-  REQUEST_EXPIRED: 401,
-  REPLAY: 401,
-};
 /** Fetch records kept per bundle (the newest). */
 const MAX_FETCHES = 50;
 
@@ -47,19 +39,6 @@ export interface LinkDeps {
   mirrors: MirrorRegistry;
   log: Logger;
   now?: () => number;
-}
-
-/** Nonces seen within the time window (a request outside it is refused by its time anyway). */
-class Nonces {
-  private seen = new Map<string, number>();
-
-  /** False when `nonce` was seen before; remembers it until the window has passed. */
-  take(nonce: string, now: number): boolean {
-    if (this.seen.size > 10_000) for (const [n, until] of this.seen) if (until < now) this.seen.delete(n);
-    if (this.seen.has(nonce)) return false;
-    this.seen.set(nonce, now + 2 * LINK_AUTH_WINDOW_MS);
-    return true;
-  }
 }
 
 /** sha256 of a bundle file, computed once per (path, size, mtime). */
@@ -85,7 +64,7 @@ const offered = (b: BundleRecord, site: string) =>
 
 export function linkRouter(d: LinkDeps): Router {
   const r = new Router({ prefix: '/v1/link' });
-  const nonces = new Nonces();
+  const nonces = new LinkNonces();
   const digests = new FileDigests();
   const now = d.now ?? Date.now;
 
@@ -107,7 +86,7 @@ export function linkRouter(d: LinkDeps): Router {
     } catch (e) {
       if (e instanceof LinkAuthError) {
         d.log.warn('link.refused', { code: e.code, reason: e.message, from: ctx.ip });
-        throw new HttpError(STATUS[e.code], e.code, e.message);
+        throw new HttpError(LINK_AUTH_STATUS[e.code], e.code, e.message);
       }
       throw e;
     }

@@ -13,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 import { enroll, loadOrCreateIdentity, type AgentIdentity } from '../agent/identity.js';
 import { keyIdOf } from '../core/ed25519.js';
 import { signHeartbeat } from '../core/heartbeat.js';
+import { LINK_AUTH_HEADER, signLinkRequest } from '../core/link-auth.js';
 import { signSiteEntry, SITE_LOG_TYPE, type SiteLogBody } from '../core/site-log.js';
 import { mirrorIdOf } from '../core/telemetry.js';
 import { generateKeyFiles, loadPrivateKey } from '../platform/keyfile.js';
@@ -413,6 +414,57 @@ describe('attack: a hostile peer serves forged decisions', () => {
       new Set(['SITE_LOG_UNKNOWN_MIRROR', 'SITE_LOG_BAD_SIGNATURE', 'SITE_LOG_WRONG_SITE']),
     );
     h.server.close();
+    for (const p of s.peers) await p.mirror.stop();
+  });
+});
+
+describe('attack: a stranger reads the site log', () => {
+  it('only a listed mirror of the site, with a fresh signed request, reads it; the rest get coded refusals', async () => {
+    const s = await site(['a', 'b'], 1);
+    const [A, B] = s.peers as [Peer, Peer];
+    const bKey = await loadPrivateKey(join(B.data, 'identity', 'mirror.key'));
+    const strangerDir = join(w.dir, s.tag, 'reader');
+    await mkdir(strangerDir, { recursive: true });
+    await generateKeyFiles(strangerDir, 'mirror');
+    const stranger = await loadPrivateKey(join(strangerDir, 'mirror.key'));
+    const path = '/v1/site-log?after=0';
+    const header = (k: typeof bKey, o: { site?: string; path?: string; at?: number } = {}) =>
+      signLinkRequest(
+        {
+          mirror: mirrorIdOf(k.publicKey),
+          site: o.site ?? 'plant-7',
+          method: 'GET',
+          path: o.path ?? path,
+          nonce: randomBytes(16).toString('hex'),
+          now: o.at ?? Date.now(),
+        },
+        { keyid: keyIdOf(k.publicKey), seed: k.seed },
+      );
+    const get = async (h?: string) => {
+      const r = await fetch(`${A.mirror.url}${path}`, { headers: h ? { [LINK_AUTH_HEADER]: h } : {} });
+      return { status: r.status, body: (await r.json()) as { code?: string; entries?: unknown[] } };
+    };
+    // B is listed at A: it reads A's enrolment of the agent.
+    const ok = await get(header(bKey));
+    expect(ok.status).toBe(200);
+    expect(ok.body.entries?.length).toBeGreaterThan(0);
+    expect(await get()).toMatchObject({ status: 401, body: { code: 'LINK_AUTH_MISSING' } });
+    expect(await get(header(stranger))).toMatchObject({ status: 403, body: { code: 'UNKNOWN_MIRROR' } });
+    expect(await get(header(bKey, { site: 'elsewhere' }))).toMatchObject({
+      status: 403,
+      body: { code: 'WRONG_SITE' },
+    });
+    expect(await get(header(bKey, { path: '/v1/site-log?after=5' }))).toMatchObject({
+      status: 400,
+      body: { code: 'LINK_AUTH_INVALID' },
+    });
+    expect(await get(header(bKey, { at: Date.now() - 10 * 60_000 }))).toMatchObject({
+      status: 401,
+      body: { code: 'REQUEST_EXPIRED' },
+    });
+    const once = header(bKey);
+    expect((await get(once)).status).toBe(200);
+    expect(await get(once)).toMatchObject({ status: 401, body: { code: 'REPLAY' } });
     for (const p of s.peers) await p.mirror.stop();
   });
 });

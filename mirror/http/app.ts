@@ -91,7 +91,7 @@ export function createApp({
     ...(rollout ? [rolloutRouter(rollout, agents, view)] : []),
     opsRouter(view, metrics, store.now, telemetry, fleet),
     ...(fleet ? [fleetRouter(view, fleet)] : []),
-    ...(siteLog ? [siteLogRouter(siteLog)] : []),
+    ...(siteLog ? [siteLogRouter(siteLog, store.now)] : []),
   ]) {
     api.use(router.routes(), router.allowedMethods());
   }

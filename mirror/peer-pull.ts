@@ -4,8 +4,9 @@
  * it (fewest transfers under way, then fewest recent failures), and when that
  * peer fails or serves bytes that do not match the signed digest the next one
  * is asked, resuming from the verified prefix (platform/http/blob.ts). Every
- * blob lands as `<dir>/<sha256>` only after its size and digest matched; the
- * import still re-hashes it from the stream before it enters the store.
+ * blob lands as `<dir>/<sha256>` only after its size and digest matched over
+ * every byte written; the import takes it from there without reading it again
+ * (import.ts, `verified`).
  */
 import { fetchVerifiedBlob, type SourceOutcome } from '../platform/http/blob.js';
 import { BlobFetchError } from '../platform/http/errors.js';

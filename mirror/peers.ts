@@ -319,7 +319,9 @@ export class PeerSync {
     const blobs = want
       .filter((b) => pulled.fetched.has(b.digest))
       .map((b) => ({ ...b, path: pulled.fetched.get(b.digest)! }));
-    const offer = { ...c.offer, blobs };
+    // The blobs are not streamed again: they were hashed as they arrived, and the import takes those
+    // the verified manifest names at their signed size.
+    const offer = { ...c.offer, blobs: [] };
     // Named after the peer that delivered the most blobs (the manifest is the same signed bytes from any).
     const counts = new Map<Peer, number>();
     for (const p of pulled.from.values()) counts.set(p as Peer, (counts.get(p as Peer) ?? 0) + 1);
@@ -328,7 +330,7 @@ export class PeerSync {
       const r = await importFrom(this.o.store, {
         label: `peer ${by.url}`,
         open: () => offerSource(offer),
-        prefetched: pulled.fetched,
+        verified: new Map(blobs.map((b) => [b.digest, b.path])),
         quarantine: false,
       });
       if (r.ok) {

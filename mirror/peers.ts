@@ -34,6 +34,7 @@ import type { Logger } from '../platform/log.js';
 import { offerSource, type Offer } from './bundle-source.js';
 import { importFrom, type ImportResult } from './import.js';
 import { pullBlobs, type PullPeer } from './peer-pull.js';
+import type { Range } from './peer-ranges.js';
 import { freshnessOf, type MirrorState } from './trust-state.js';
 import type { Store } from './store.js';
 
@@ -54,6 +55,10 @@ export interface PeerSyncOptions {
   /** Told of every adoption (logs, metrics). */
   onAdopted?: (r: ImportResult, peer: string) => void;
   onReceived?: (peer: string, bytes: number) => void;
+  /** Blobs this large or larger are pulled in ranges from several peers at once; default 64 MiB. */
+  rangeMinBytes?: number;
+  /** One range of such a pull; default 16 MiB. */
+  rangeBytes?: number;
 }
 
 export type LinkState = 'unknown' | 'up' | 'down';
@@ -100,6 +105,8 @@ export class PeerSync {
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private readonly dir: string;
+  /** Ranges of large blobs received in earlier rounds (peer-ranges.ts). */
+  private readonly carried = new Map<string, Range[]>();
 
   constructor(private readonly o: PeerSyncOptions) {
     this.dir = o.store.paths.peerPulls;
@@ -309,6 +316,9 @@ export class PeerSync {
         if (!this.abort.signal.aborted) this.fault(p as Peer, new CodedError(out.code, out.message));
       },
       onReceived: (p, n) => this.o.onReceived?.(p.url, n),
+      carried: this.carried,
+      ...(this.o.rangeMinBytes !== undefined && { rangeMinBytes: this.o.rangeMinBytes }),
+      ...(this.o.rangeBytes !== undefined && { rangeBytes: this.o.rangeBytes }),
     });
     for (const p of sources) p.transfer = null;
     if (pulled.unavailable.length > 0 && want.length > 0) {

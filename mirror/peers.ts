@@ -8,10 +8,13 @@
  * hold them (peer-pull.ts), and is then adopted by importFrom with those
  * blobs, which checks everything again under the store's lock.
  *
- * A peer is never trusted, only used: one whose offer is refused (rollback,
- * equivocation, expiry, another site, an unknown signer, bad bytes, a body
+ * A peer is never trusted, only used: one whose offer is refused
+ * (equivocation, expiry, another site, an unknown signer, bad bytes, a body
  * past its limit) is put on back-off and the others are asked instead; its
  * refusal is logged and shown in the peer status, never written to the store.
+ * A peer whose manifest verifies and is only older than ours is `behind`, not
+ * hostile: it is no source for the manifest, but it is not backed off, and the
+ * blobs it holds are pulled like any other peer's.
  *
  * Site-wide rollout decisions (a halt or approval made at one mirror) have
  * their place here too: round() asks every reachable peer once per round, and
@@ -22,9 +25,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import { readBundle } from '../core/bundle/reader.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { parseJsonStrict } from '../core/json.js';
-import { manifestBlobs, MAX_MANIFEST_BYTES, type Manifest } from '../core/manifest.js';
+import { decodeManifest, manifestBlobs, MAX_MANIFEST_BYTES, type Manifest } from '../core/manifest.js';
 import { MAX_ROOT_CHAIN_BYTES, peekRootPayload } from '../core/root.js';
-import { isSha256Hex } from '../core/encoding.js';
+import { decodeBase64Strict, isSha256Hex } from '../core/encoding.js';
 import { CodedError, isCodedError } from '../core/errors.js';
 import { backoffMs } from '../platform/http/retry.js';
 import { request } from '../platform/http/request.js';
@@ -68,8 +71,11 @@ export interface PeerStatus {
   link: LinkState;
   /** Sequence of the peer's active manifest, as it last offered it (null: none, or not asked yet). */
   sequence: number | null;
-  /** How its offer compares with what this mirror holds. */
-  offer: 'newer' | 'same' | 'refused' | 'none' | null;
+  /**
+   * How its offer compares with what this mirror holds: `behind` is a valid manifest that is only
+   * older (a peer that has not caught up yet): not a source for the manifest, not backed off.
+   */
+  offer: 'newer' | 'same' | 'behind' | 'refused' | 'none' | null;
   failures: number;
   backoffUntil: string | null;
   lastError: { code: string; message: string; at: string } | null;
@@ -231,13 +237,21 @@ export class PeerSync {
     }
     const offer: Offer = { envelopeBytes: p.envelopeBytes, roots: p.roots, blobs: [] };
     // The head of the offer through the reader and the freshness rule, as a courier's file meets them.
-    const contents = await readBundle(offerSource(offer), {
-      trusted: this.o.store.trustedRoot(state),
-      site: state.site,
-      now: this.o.store.now(),
-      freshness: freshnessOf(state),
-      acceptedExpired: 'refuse',
-    });
+    let contents;
+    try {
+      contents = await readBundle(offerSource(offer), {
+        trusted: this.o.store.trustedRoot(state),
+        site: state.site,
+        now: this.o.store.now(),
+        freshness: freshnessOf(state),
+        acceptedExpired: 'refuse',
+      });
+    } catch (e) {
+      if (!(isCodedError(e) && e.code === 'SEQUENCE_ROLLBACK')) throw e;
+      // Root chain, signatures and site all held; the sequence is only lower than ours. A peer that
+      // has not caught up, not a hostile one: no back-off, its blobs may still be pulled.
+      return this.behind(p, offer.envelopeBytes);
+    }
     p.sequence = contents.manifest.sequence;
     this.healthy(p);
     const missing = await this.missing(contents.manifest);
@@ -248,6 +262,17 @@ export class PeerSync {
     p.offer = 'same';
     // Known already: worth pulling only while blobs it names are still missing here (a delta, a volume).
     return missing.length > 0 ? { peer: p, manifest: contents.manifest, offer } : undefined;
+  }
+
+  /** Records a peer whose valid manifest is older than ours; it offers nothing to adopt. */
+  private behind(p: Peer, envelopeBytes: Buffer): undefined {
+    const env = parseEnvelope(envelopeBytes, 'peer manifest');
+    // Decoded only to show its sequence: the reader verified these bytes before it compared sequences.
+    p.sequence = decodeManifest(decodeBase64Strict(env.payload, 'peer manifest payload')).sequence;
+    p.offer = 'behind';
+    this.healthy(p);
+    if (p.lastError?.code === 'SEQUENCE_ROLLBACK') p.lastError = null;
+    return undefined;
   }
 
   /** The root envelopes the peer serves that are newer than this mirror's, as bundle entries. */

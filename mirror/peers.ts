@@ -38,6 +38,7 @@ import { offerSource, type Offer } from './bundle-source.js';
 import { importFrom, type ImportResult } from './import.js';
 import { pullBlobs, type PullPeer } from './peer-pull.js';
 import type { Range } from './peer-ranges.js';
+import { sweepPartials } from './peer-partials.js';
 import { freshnessOf, type MirrorState } from './trust-state.js';
 import type { Store } from './store.js';
 
@@ -93,6 +94,8 @@ interface Peer extends PullPeer {
   offer: PeerStatus['offer'];
   retryAt: number;
   lastError: PeerStatus['lastError'];
+  /** Digests its last answer names for this mirror (empty: nothing); undefined until it answers. */
+  wants: Set<string> | undefined;
 }
 
 const MAX_INVENTORY_BYTES = 64 * 1024 * 1024;
@@ -152,6 +155,9 @@ export class PeerSync {
 
   private async run(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
+    await this.sweep().catch((e: unknown) =>
+      this.o.log.error('peer.sweep_failed', { error: (e as Error).message }),
+    );
     while (!this.abort.signal.aborted) {
       try {
         await this.round();
@@ -191,6 +197,7 @@ export class PeerSync {
           sequence: null,
           offer: null,
           retryAt: 0,
+          wants: undefined,
           lastError: null,
         });
     return [...this.peers.values()];
@@ -205,11 +212,36 @@ export class PeerSync {
       if (this.abort.signal.aborted) return undefined;
       const c = await this.poll(p, state).catch((e: unknown) => this.fault(p, e));
       if (c) candidates.push(c);
+      // What it offers now; a peer that answered with nothing (or with a refused offer) wants nothing.
+      if (c) p.wants = new Set(manifestBlobs(c.manifest).keys());
+      else if (p.link === 'up') p.wants = new Set();
     }
     candidates.sort((a, b) => b.manifest.sequence - a.manifest.sequence);
     const best = candidates[0];
-    if (!best) return undefined;
-    return this.pullAndAdopt(best, peers);
+    try {
+      return best ? await this.pullAndAdopt(best, peers) : undefined;
+    } finally {
+      await this.sweep();
+    }
+  }
+
+  /** Removes stale files from peer-pulls/ (peer-partials.ts). */
+  private async sweep(): Promise<void> {
+    let wanted: Set<string> | undefined;
+    const peers = [...this.peers.values()];
+    if (peers.length > 0 && peers.every((p) => p.wants !== undefined)) {
+      wanted = new Set(peers.flatMap((p) => [...p.wants!]));
+      const state = await this.o.store.readState();
+      for (const ref of state.pending) for (const d of await this.o.store.missingBlobs(ref)) wanted.add(d);
+    }
+    const removed = await sweepPartials({
+      dir: this.dir,
+      held: (d) => this.o.store.hasBlob(d),
+      ranged: new Set(this.carried.keys()),
+      wanted,
+      log: this.o.log,
+    });
+    for (const name of removed) this.carried.delete(name.slice(0, 64));
   }
 
   /** Asks one peer for its manifest; returns an offer worth pulling, or nothing. Refusals throw. */

@@ -155,9 +155,7 @@ export class PeerSync {
 
   private async run(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    await this.sweep().catch((e: unknown) =>
-      this.o.log.error('peer.sweep_failed', { error: (e as Error).message }),
-    );
+    await this.sweep();
     while (!this.abort.signal.aborted) {
       try {
         await this.round();
@@ -225,8 +223,14 @@ export class PeerSync {
     }
   }
 
-  /** Removes stale files from peer-pulls/ (peer-partials.ts). */
+  /** Removes stale files from peer-pulls/ (peer-partials.ts); a failure is logged, the sync goes on. */
   private async sweep(): Promise<void> {
+    await this.sweepOnce().catch((e: unknown) =>
+      this.o.log.error('peer.sweep_failed', { error: (e as Error).message }),
+    );
+  }
+
+  private async sweepOnce(): Promise<void> {
     let wanted: Set<string> | undefined;
     const peers = [...this.peers.values()];
     if (peers.length > 0 && peers.every((p) => p.wants !== undefined)) {

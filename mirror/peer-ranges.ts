@@ -166,7 +166,10 @@ async function fill(
         peer.busy--;
       }
     };
-    await Promise.all(peers.map(worker));
+    // Every worker ends before the file is closed, even when one of them hit our own disk's failure.
+    const ends = await Promise.allSettled(peers.map(worker));
+    const failed = ends.find((x) => x.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 

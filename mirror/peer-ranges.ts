@@ -80,12 +80,13 @@ export async function pullRanged(
   let done = false;
   try {
     const log = o.log.child({ blob: digest });
-    const received = await fill(o, ranges, fh, blob, holders, disk);
+    const job: Job = { o, ranges, fh, blob, holders, disk };
+    const received = await fill(job);
     if (!received) return 'unavailable';
     await fh.sync();
     if ((await hashFile(fh, size)) !== digest) {
       log.warn('peer.ranges_mismatch', { ranges: ranges.length });
-      const liars = await recheck(o, ranges, fh, blob, holders, disk);
+      const liars = await recheck(job);
       await fh.sync();
       if ((await hashFile(fh, size)) !== digest) {
         log.warn('peer.ranges_unresolved', { fallback: 'whole blob, one peer at a time' });
@@ -127,18 +128,22 @@ export async function pullRanged(
 
 export const DEFAULT_RANGE_BYTES = 16 * 1024 * 1024;
 
+/** One ranged pull: the partial, its ranges, and who may serve them. */
+interface Job {
+  o: PullOptions;
+  ranges: Range[];
+  fh: FileHandle;
+  blob: { digest: string; size: number };
+  holders: (p: PullPeer) => boolean;
+  disk: (e: unknown) => Promise<unknown>;
+}
+
 /**
  * Fills every range not yet held, each usable holder taking the next free one. Returns whether all
  * are held; when the last peer able to help fails, the rest stay for a later round.
  */
-async function fill(
-  o: PullOptions,
-  ranges: Range[],
-  fh: FileHandle,
-  blob: { digest: string; size: number },
-  holders: (p: PullPeer) => boolean,
-  disk: (e: unknown) => Promise<unknown>,
-): Promise<boolean> {
+async function fill(j: Job): Promise<boolean> {
+  const { o, ranges, fh, blob, holders, disk } = j;
   const out = new Set<PullPeer>(); // failed, or does not serve it: not asked again this call
   for (;;) {
     const queue = ranges.filter((r) => !r.by);
@@ -219,14 +224,8 @@ async function one(
  * place. Returns the peers whose bytes differed (with one such range each): liars if the blob now
  * matches its digest.
  */
-async function recheck(
-  o: PullOptions,
-  ranges: Range[],
-  fh: FileHandle,
-  blob: { digest: string; size: number },
-  holders: (p: PullPeer) => boolean,
-  disk: (e: unknown) => Promise<unknown>,
-): Promise<Map<PullPeer, Range>> {
+async function recheck(j: Job): Promise<Map<PullPeer, Range>> {
+  const { o, ranges, fh, blob, holders, disk } = j;
   const differed = new Map<PullPeer, Range>();
   for (const r of ranges) {
     if (o.signal.aborted) break;

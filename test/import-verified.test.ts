@@ -7,13 +7,13 @@
  * checks that nothing of it reaches blobs/.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBundle } from '../core/bundle/reader.js';
 import { offerSource } from '../mirror/bundle-source.js';
-import { importBundle, importFrom } from '../mirror/import.js';
-import { Store } from '../mirror/store.js';
+import { importFrom } from '../mirror/import.js';
+import type { Store } from '../mirror/store.js';
 import { fileSource } from '../platform/fsx.js';
 import {
   buildBundle,
@@ -24,6 +24,7 @@ import {
   type World,
 } from './helpers/fixtures.js';
 import { sha256 } from './helpers/mirror-proc.js';
+import { storeWith } from './helpers/peer-stores.js';
 
 let w: World;
 const BIG = randomBytes(512 * 1024);
@@ -42,13 +43,7 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => w.cleanup());
 
-async function newStore(...bundles: string[]): Promise<Store> {
-  const dir = await mkdtemp(join(w.dir, 'data-'));
-  const store = await Store.open(dir, { init: { rootBytes: await readFile(w.rootPath), site: 'plant-7' } });
-  for (const f of bundles) expect((await importBundle(store, f)).ok).toBe(true);
-  await mkdir(store.paths.peerPulls, { recursive: true });
-  return store;
-}
+const newStore = (...bundles: string[]) => storeWith(w, ...bundles);
 
 /** The manifest envelope of a bundle file, as a peer would serve it. */
 async function envelopeOf(path: string): Promise<Buffer> {

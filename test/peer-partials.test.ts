@@ -5,22 +5,22 @@
  */
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { readdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHandler } from '../mirror/http/app.js';
-import { importBundle, type ImportResult } from '../mirror/import.js';
+import type { ImportResult } from '../mirror/import.js';
 import { PeerSync } from '../mirror/peers.js';
-import { Store } from '../mirror/store.js';
 import { nodeTransport } from '../platform/http/transport.js';
 import { createLogger } from '../platform/log.js';
 import { buildBundle, makeWorld, SAMPLE_ARTIFACTS, type World } from './helpers/fixtures.js';
 import { sha256, sha256File } from './helpers/mirror-proc.js';
+import { Servers, storeWith } from './helpers/peer-stores.js';
 
 let w: World;
-const servers: Server[] = [];
+const servers = new Servers();
 const quiet = createLogger({ component: 'test', write: () => undefined });
 const transport = nodeTransport({ maxSockets: 8 });
 const BIG = randomBytes(3 * 1024 * 1024);
@@ -42,29 +42,14 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  for (const s of servers) {
-    s.closeAllConnections();
-    await new Promise((r) => s.close(r));
-  }
+  await servers.close();
   await transport.close();
   await w.cleanup();
 });
 
-async function newStore(...bundles: string[]): Promise<Store> {
-  const dir = await mkdtemp(join(w.dir, 'data-'));
-  const store = await Store.open(dir, { init: { rootBytes: await readFile(w.rootPath), site: 'plant-7' } });
-  for (const f of bundles) expect((await importBundle(store, f)).ok).toBe(true);
-  await mkdir(store.paths.peerPulls, { recursive: true });
-  return store;
-}
-
-async function honestPeer(...bundles: string[]): Promise<string> {
-  const s = createServer(createHandler({ store: await newStore(...bundles) }));
-  servers.push(s);
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
-}
+const newStore = (...bundles: string[]) => storeWith(w, ...bundles);
+const honestPeer = async (...bundles: string[]) =>
+  servers.listen(createHandler({ store: await newStore(...bundles) }));
 
 /** A URL where nothing listens (a peer that is down). */
 async function downPeer(): Promise<string> {

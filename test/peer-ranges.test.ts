@@ -5,23 +5,21 @@
  * found, backed off and routed around without a bad byte reaching the store.
  */
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { open, mkdtemp, readFile, readdir } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { open, readdir } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHandler } from '../mirror/http/app.js';
-import { importBundle } from '../mirror/import.js';
 import { PeerSync } from '../mirror/peers.js';
-import { Store } from '../mirror/store.js';
+import type { Store } from '../mirror/store.js';
 import { nodeTransport } from '../platform/http/transport.js';
 import { createLogger } from '../platform/log.js';
 import { buildBundle, makeWorld, SAMPLE_ARTIFACTS, type World } from './helpers/fixtures.js';
 import { sha256, sha256File } from './helpers/mirror-proc.js';
+import { Servers, storeWith } from './helpers/peer-stores.js';
 
 let w: World;
-const servers: Server[] = [];
+const servers = new Servers();
 const quiet = createLogger({ component: 'test', write: () => undefined });
 const transport = nodeTransport({ maxSockets: 8 });
 const RANGE = 256 * 1024;
@@ -40,28 +38,13 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  for (const s of servers) {
-    s.closeAllConnections();
-    await new Promise((r) => s.close(r));
-  }
+  await servers.close();
   await transport.close();
   await w.cleanup();
 });
 
-async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
-  const s = createServer(handler);
-  servers.push(s);
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
-}
-
-async function newStore(...bundles: string[]): Promise<Store> {
-  const dir = await mkdtemp(join(w.dir, 'data-'));
-  const store = await Store.open(dir, { init: { rootBytes: await readFile(w.rootPath), site: 'plant-7' } });
-  for (const f of bundles) expect((await importBundle(store, f)).ok).toBe(true);
-  return store;
-}
+const listen = (h: (req: IncomingMessage, res: ServerResponse) => void) => servers.listen(h);
+const newStore = (...bundles: string[]) => storeWith(w, ...bundles);
 
 async function honestPeer(): Promise<string> {
   return listen(createHandler({ store: await newStore(seq2) }));

@@ -7,9 +7,11 @@
  *      capped at --link-rate (mirrors of a site sit on separate network segments);
  *   3. the courier's saving: a `--have` delta against the full bundle for a one-artifact change.
  *
- *   node dist/bench/peers.js [--size 1G] [--release-size 1G] [--blobs 8] [--link-rate 50M] [--json]
+ *   node dist/bench/peers.js [--size 1G] [--release-size 1G] [--blobs 8] [--link-rate 50M]
+ *                            [--only one|spread|courier] [--json]
  *
- * It prints a report and never fails on absolute times.
+ * It prints a report and never fails on absolute times. With BENCH_PROF=DIR the mirrors run with
+ * --cpu-prof into DIR, and the one-peer puller's log is copied there (where the time goes).
  */
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -40,6 +42,7 @@ const { values: a } = parseArgs({
     'release-size': { type: 'string', default: '1G' },
     blobs: { type: 'string', default: '8' },
     'link-rate': { type: 'string', default: '50M' },
+    only: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -101,7 +104,8 @@ async function serve(data: string, args: string[], name: string) {
   const url = `http://127.0.0.1:${port}`;
   const log = join(work, `${name}.log`);
   const argv = ['mirror', 'serve', '--data', data, '--listen', `127.0.0.1:${port}`, '--trust', root];
-  const child = start([process.execPath, FERRY, ...argv, '--site', 'bench', ...args], log);
+  const prof = process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF] : [];
+  const child = start([process.execPath, ...prof, FERRY, ...argv, '--site', 'bench', ...args], log);
   await ready(child, `${url}/healthz`, log);
   const event = async (name: string, timeoutMs = 30 * 60_000): Promise<number> => {
     for (const end = Date.now() + timeoutMs; Date.now() < end; await new Promise((r) => setTimeout(r, 50))) {
@@ -154,10 +158,23 @@ async function onePeer(key: string, size: number) {
   if (c.status !== 0) throw new Error(`curl failed: ${c.stderr.toString()}`);
   rmSync(out);
   const a = await serve(dataA, [], 'one-a');
+  // The serving side alone: curl fetching the blob from the ferry mirror.
+  const t1 = performance.now();
+  const c2 = spawnSync(CURL, ['-sf', '-o', out, `${a.url}/v1/blobs/sha256/${digest}`]);
+  const serveMs = performance.now() - t1;
+  if (c2.status !== 0) throw new Error(`curl from the mirror failed: ${c2.stderr.toString()}`);
+  rmSync(out);
+  console.error(
+    `bench: one peer: curl from nginx ${Math.round(curlMs)} ms, from the mirror ${Math.round(serveMs)} ms`,
+  );
   const b = await serve(join(work, 'one-b'), ['--peer', a.url, '--peer-interval', '0.1'], 'one-b');
   const start = await b.event('peer.pull');
+  const fetched = await b.event('blob.fetched');
   const end = await b.event('peer.adopted');
   const ferryMs = end - start;
+  if (process.env.BENCH_PROF) spawnSync('cp', [join(work, 'one-b.log'), process.env.BENCH_PROF]);
+  // Where the time goes: receiving and verifying the blob, then adopting it.
+  console.error(`bench: one peer: pull ${fetched - start} ms, adopt ${end - fetched} ms`);
   await stopAll();
   rmSync(join(work, 'one-b'), { recursive: true, force: true });
   return { bytes: size, curl: mibs(size, curlMs), ferry: mibs(size, ferryMs), ratio: curlMs / ferryMs };
@@ -257,47 +274,62 @@ async function main() {
   const release = parseSize(a['release-size'], 'release-size');
   const blobs = Number(a.blobs);
   const rate = `${a['link-rate']}/s`;
+  const only = a.only;
+  if (only !== undefined && !['one', 'spread', 'courier'].includes(only))
+    throw new Error(`--only takes one, spread or courier, not ${only}`);
+  const run = (part: string) => only === undefined || only === part;
   // Each figure is printed as it is measured too: a long run that is cut short keeps what it had.
-  const one = await onePeer(key, size);
-  console.error(`bench: one peer to one peer: ${JSON.stringify(one)}`);
-  const chain = await spread(key, release, blobs, rate, 'chain');
-  console.error(`bench: chain: ${chain} s`);
-  const mesh = await spread(key, release, blobs, rate, 'mesh');
-  console.error(`bench: mesh: ${mesh} s`);
-  const c = courier(key);
+  const one = run('one') ? await onePeer(key, size) : undefined;
+  if (one) console.error(`bench: one peer to one peer: ${JSON.stringify(one)}`);
+  let spreadFig: { chainSec: number; meshSec: number } | undefined;
+  if (run('spread')) {
+    const chainSec = await spread(key, release, blobs, rate, 'chain');
+    console.error(`bench: chain: ${chainSec} s`);
+    const meshSec = await spread(key, release, blobs, rate, 'mesh');
+    console.error(`bench: mesh: ${meshSec} s`);
+    spreadFig = { chainSec, meshSec };
+  }
+  const c = run('courier') ? courier(key) : undefined;
   const result = {
-    onePeer: one,
-    spread: { release, blobs, rate, chainSec: chain, meshSec: mesh, speedup: chain / mesh },
-    courier: c,
+    ...(one && { onePeer: one }),
+    ...(spreadFig && {
+      spread: { release, blobs, rate, ...spreadFig, speedup: spreadFig.chainSec / spreadFig.meshSec },
+    }),
+    ...(c && { courier: c }),
   };
-  if (a.json) console.log(JSON.stringify(result, null, 2));
-  else {
-    const f = (n: number, d = 1) => n.toFixed(d);
-    printTable([
-      ['test', 'ferry', 'baseline', 'ratio', 'target'],
-      [
-        `peer pull ${f(size / MiB, 0)} MiB (MiB/s)`,
-        f(one.ferry),
-        `curl+nginx ${f(one.curl)}`,
-        f(one.ratio, 2),
-        '≥ 0.80',
-      ],
-      [
-        `release ${f(release / MiB, 0)} MiB in ${blobs} blobs to 6 mirrors at ${rate} per link (s)`,
-        `mesh ${f(mesh)}`,
-        `chain ${f(chain)}`,
-        `${f(chain / mesh, 2)}× faster`,
-        'mesh wins',
-      ],
-      [
-        'one-artifact change: --have delta vs full bundle (bytes)',
-        String(c.delta),
-        String(c.full),
-        `${f((1 - c.delta / c.full) * 100, 2)} % saved`,
-        '',
-      ],
+  if (a.json) {
+    console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  const f = (n: number, d = 1) => n.toFixed(d);
+  const rows: string[][] = [['test', 'ferry', 'baseline', 'ratio', 'target']];
+  if (one)
+    rows.push([
+      `peer pull ${f(size / MiB, 0)} MiB (MiB/s)`,
+      f(one.ferry),
+      `curl+nginx ${f(one.curl)}`,
+      f(one.ratio, 2),
+      '≥ 0.80',
+    ]);
+  if (spreadFig) {
+    const { meshSec: mesh, chainSec: chain } = spreadFig;
+    rows.push([
+      `release ${f(release / MiB, 0)} MiB in ${blobs} blobs to 6 mirrors at ${rate} per link (s)`,
+      `mesh ${f(mesh)}`,
+      `chain ${f(chain)}`,
+      `${f(chain / mesh, 2)}× faster`,
+      'mesh wins',
     ]);
   }
+  if (c)
+    rows.push([
+      'one-artifact change: --have delta vs full bundle (bytes)',
+      String(c.delta),
+      String(c.full),
+      `${f((1 - c.delta / c.full) * 100, 2)} % saved`,
+      '',
+    ]);
+  printTable(rows);
 }
 
 try {

@@ -12,10 +12,13 @@
  *   → write state.json (the commit point), drop manifests no longer needed
  *
  * The source file is only ever read. A peer's offer comes through the same
- * function (importFrom): its manifest, the roots it serves and the blobs
- * already pulled and digest-checked are laid out as a bundle stream
- * (bundle-source.ts) and read by the same reader with the same state, so a
- * peer can never get past a check a courier's file would meet.
+ * function (importFrom): its manifest and the roots it serves are laid out as
+ * a bundle stream (bundle-source.ts) and read by the same reader with the same
+ * state, so a peer can never get past a check a courier's file would meet.
+ * The blobs pulled for it were hashed as they were received (every byte
+ * written to the file went through the hash, platform/http/download.ts) and
+ * are taken in without a second read, but only those the signed manifest
+ * names, at the signed size.
  */
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
@@ -27,7 +30,7 @@ import { FerryError, isFerryError } from '../core/errors.js';
 import { isoUtc } from '../core/time.js';
 import { parseEnvelope, verifyEnvelope } from '../core/dsse.js';
 import { observeRoot, trustedTime } from '../core/freshness.js';
-import { MANIFEST_PAYLOAD_TYPE } from '../core/manifest.js';
+import { MANIFEST_PAYLOAD_TYPE, manifestBlobs } from '../core/manifest.js';
 import type { TrustedRoot } from '../core/root.js';
 import { isMirrorError, refusalOf, type QuarantineCode } from './errors.js';
 import {
@@ -86,10 +89,12 @@ export interface ImportSource {
   label: string;
   open(): AsyncIterable<Buffer>;
   /**
-   * Blobs already received into files in the store's directory (digest → path): the reader still
-   * hashes every byte of them from the stream, and only then are those files moved into the store.
+   * Blobs already received into files on the store's filesystem whose sha256 was checked over every
+   * byte written (digest → path), such as fetchVerifiedBlob's. Once the manifest has passed every
+   * check, each one it names whose file has the signed size is moved into the store; the rest are
+   * left alone.
    */
-  prefetched?: ReadonlyMap<string, string>;
+  verified?: ReadonlyMap<string, string>;
   /** Whether a refusal is kept in the quarantine list (a file's is; a peer's goes to its back-off). */
   quarantine: boolean;
 }
@@ -109,7 +114,7 @@ async function importLocked(store: Store, src: ImportSource, opts: ImportOptions
   const file = src.label;
   const clock = store.now();
   let state = await store.readState();
-  const stage = store.stage(src.prefetched);
+  const stage = store.stage();
   try {
     let contents: BundleContents;
     try {
@@ -128,6 +133,7 @@ async function importLocked(store: Store, src: ImportSource, opts: ImportOptions
       if (!src.quarantine) return { ok: false, file, code: r.code, message: r.message };
       return await quarantine(store, state, file, clock, r);
     }
+    if (src.verified) await stage.takeVerified(manifestBlobs(contents.manifest), src.verified);
     crashPoint('staged');
     const verdict = contents.verdict!;
     const root = contents.root!;

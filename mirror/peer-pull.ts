@@ -1,17 +1,23 @@
 /**
  * Pulls the blobs a manifest names and the store lacks from the peers that
- * hold them, several at once: each blob goes to the least-busy peer that holds
+ * hold them, several at once. A large blob that several usable peers hold is
+ * pulled in ranges from all of them at once (peer-ranges.ts); any other blob
+ * goes whole to the least-busy peer that holds
  * it (fewest transfers under way, then fewest recent failures), and when that
  * peer fails or serves bytes that do not match the signed digest the next one
  * is asked, resuming from the verified prefix (platform/http/blob.ts). Every
- * blob lands as `<dir>/<sha256>` only after its size and digest matched; the
- * import still re-hashes it from the stream before it enters the store.
+ * blob lands as `<dir>/<sha256>` only after its size and digest matched over
+ * every byte written; the import takes it from there without reading it again
+ * (import.ts, `verified`).
  */
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fetchVerifiedBlob, type SourceOutcome } from '../platform/http/blob.js';
 import { BlobFetchError } from '../platform/http/errors.js';
 import type { ClientLimits } from '../platform/http/limits.js';
 import type { Transport } from '../platform/http/transport.js';
 import type { Logger } from '../platform/log.js';
+import { pullRanged, rangedPartName, type Range } from './peer-ranges.js';
 
 /** What the puller needs to know of a peer, and what it keeps current while it works. */
 export interface PullPeer {
@@ -42,7 +48,16 @@ export interface PullOptions {
   /** A peer failed or served bad bytes: the caller backs it off. */
   onFault: (p: PullPeer, outcome: Exclude<SourceOutcome, { kind: 'ok' | 'not_served' }>) => void;
   onReceived?: (p: PullPeer, bytes: number) => void;
+  /** Blobs of at least this size are pulled in ranges from several peers when two or more hold them. */
+  rangeMinBytes?: number;
+  /** Size of one range (peer-ranges.ts). */
+  rangeBytes?: number;
+  /** Ranges received in earlier rounds, by digest (kept by the caller between rounds). */
+  carried?: Map<string, Range[]>;
 }
+
+/** Default threshold for ranged pulls: below it, one peer per blob keeps the others free. */
+export const DEFAULT_RANGE_MIN_BYTES = 64 * 1024 * 1024;
 
 export interface PullResult {
   /** digest → verified file. */
@@ -67,7 +82,7 @@ export async function pullBlobs(o: PullOptions): Promise<PullResult> {
   const unavailable: string[] = [];
   const worker = async () => {
     for (let next = queue.shift(); next && !o.signal.aborted; next = queue.shift()) {
-      const got = await pullOne(o, next);
+      const got = await pullAny(o, next);
       if (got) {
         fetched.set(next.digest, got.path);
         from.set(next.digest, got.peer);
@@ -76,6 +91,23 @@ export async function pullBlobs(o: PullOptions): Promise<PullResult> {
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(o.parallel, queue.length)) }, worker));
   return { fetched, from, unavailable: [...unavailable, ...queue.map((b) => b.digest)] };
+}
+
+/** A large blob held by two or more usable peers in ranges; any other whole from one peer at a time. */
+async function pullAny(
+  o: PullOptions,
+  blob: { digest: string; size: number },
+): Promise<{ path: string; peer: PullPeer } | null> {
+  const big = blob.size >= (o.rangeMinBytes ?? DEFAULT_RANGE_MIN_BYTES);
+  if (big && rankSources(o.peers, blob.digest, o.usable).length >= 2) {
+    const r = await pullRanged(o, blob, (p) => p.holds.has(blob.digest));
+    if (r === 'unavailable') return null; // the ranges received stay for the next round
+    if (r !== 'whole') return r;
+  } else if (o.carried?.delete(blob.digest)) {
+    // Ranges kept from a round with more peers: one peer now, so the whole-blob resume takes over.
+    await rm(join(o.dir, rangedPartName(blob.digest)), { force: true });
+  }
+  return pullOne(o, blob);
 }
 
 async function pullOne(

@@ -8,10 +8,13 @@
  * hold them (peer-pull.ts), and is then adopted by importFrom with those
  * blobs, which checks everything again under the store's lock.
  *
- * A peer is never trusted, only used: one whose offer is refused (rollback,
- * equivocation, expiry, another site, an unknown signer, bad bytes, a body
+ * A peer is never trusted, only used: one whose offer is refused
+ * (equivocation, expiry, another site, an unknown signer, bad bytes, a body
  * past its limit) is put on back-off and the others are asked instead; its
  * refusal is logged and shown in the peer status, never written to the store.
+ * A peer whose manifest verifies and is only older than ours is `behind`, not
+ * hostile: it is no source for the manifest, but it is not backed off, and the
+ * blobs it holds are pulled like any other peer's.
  *
  * Site-wide rollout decisions (a halt or approval made at one mirror) have
  * their place here too: round() asks every reachable peer once per round, and
@@ -22,9 +25,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import { readBundle } from '../core/bundle/reader.js';
 import { parseEnvelope } from '../core/dsse.js';
 import { parseJsonStrict } from '../core/json.js';
-import { manifestBlobs, MAX_MANIFEST_BYTES, type Manifest } from '../core/manifest.js';
+import { decodeManifest, manifestBlobs, MAX_MANIFEST_BYTES, type Manifest } from '../core/manifest.js';
 import { MAX_ROOT_CHAIN_BYTES, peekRootPayload } from '../core/root.js';
-import { isSha256Hex } from '../core/encoding.js';
+import { decodeBase64Strict, isSha256Hex } from '../core/encoding.js';
 import { CodedError, isCodedError } from '../core/errors.js';
 import { backoffMs } from '../platform/http/retry.js';
 import { request } from '../platform/http/request.js';
@@ -34,6 +37,8 @@ import type { Logger } from '../platform/log.js';
 import { offerSource, type Offer } from './bundle-source.js';
 import { importFrom, type ImportResult } from './import.js';
 import { pullBlobs, type PullPeer } from './peer-pull.js';
+import type { Range } from './peer-ranges.js';
+import { sweepPartials } from './peer-partials.js';
 import { freshnessOf, type MirrorState } from './trust-state.js';
 import type { Store } from './store.js';
 
@@ -54,6 +59,10 @@ export interface PeerSyncOptions {
   /** Told of every adoption (logs, metrics). */
   onAdopted?: (r: ImportResult, peer: string) => void;
   onReceived?: (peer: string, bytes: number) => void;
+  /** Blobs this large or larger are pulled in ranges from several peers at once; default 64 MiB. */
+  rangeMinBytes?: number;
+  /** One range of such a pull; default 16 MiB. */
+  rangeBytes?: number;
 }
 
 export type LinkState = 'unknown' | 'up' | 'down';
@@ -63,8 +72,11 @@ export interface PeerStatus {
   link: LinkState;
   /** Sequence of the peer's active manifest, as it last offered it (null: none, or not asked yet). */
   sequence: number | null;
-  /** How its offer compares with what this mirror holds. */
-  offer: 'newer' | 'same' | 'refused' | 'none' | null;
+  /**
+   * How its offer compares with what this mirror holds: `behind` is a valid manifest that is only
+   * older (a peer that has not caught up yet): not a source for the manifest, not backed off.
+   */
+  offer: 'newer' | 'same' | 'behind' | 'refused' | 'none' | null;
   failures: number;
   backoffUntil: string | null;
   lastError: { code: string; message: string; at: string } | null;
@@ -82,6 +94,8 @@ interface Peer extends PullPeer {
   offer: PeerStatus['offer'];
   retryAt: number;
   lastError: PeerStatus['lastError'];
+  /** Digests its last answer names for this mirror (empty: nothing); undefined until it answers. */
+  wants: Set<string> | undefined;
 }
 
 const MAX_INVENTORY_BYTES = 64 * 1024 * 1024;
@@ -100,6 +114,8 @@ export class PeerSync {
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private readonly dir: string;
+  /** Ranges of large blobs received in earlier rounds (peer-ranges.ts). */
+  private readonly carried = new Map<string, Range[]>();
 
   constructor(private readonly o: PeerSyncOptions) {
     this.dir = o.store.paths.peerPulls;
@@ -139,6 +155,7 @@ export class PeerSync {
 
   private async run(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
+    await this.sweep();
     while (!this.abort.signal.aborted) {
       try {
         await this.round();
@@ -178,6 +195,7 @@ export class PeerSync {
           sequence: null,
           offer: null,
           retryAt: 0,
+          wants: undefined,
           lastError: null,
         });
     return [...this.peers.values()];
@@ -192,11 +210,42 @@ export class PeerSync {
       if (this.abort.signal.aborted) return undefined;
       const c = await this.poll(p, state).catch((e: unknown) => this.fault(p, e));
       if (c) candidates.push(c);
+      // What it offers now; a peer that answered with nothing (or with a refused offer) wants nothing.
+      if (c) p.wants = new Set(manifestBlobs(c.manifest).keys());
+      else if (p.link === 'up') p.wants = new Set();
     }
     candidates.sort((a, b) => b.manifest.sequence - a.manifest.sequence);
     const best = candidates[0];
-    if (!best) return undefined;
-    return this.pullAndAdopt(best, peers);
+    try {
+      return best ? await this.pullAndAdopt(best, peers) : undefined;
+    } finally {
+      await this.sweep();
+    }
+  }
+
+  /** Removes stale files from peer-pulls/ (peer-partials.ts); a failure is logged, the sync goes on. */
+  private async sweep(): Promise<void> {
+    await this.sweepOnce().catch((e: unknown) =>
+      this.o.log.error('peer.sweep_failed', { error: (e as Error).message }),
+    );
+  }
+
+  private async sweepOnce(): Promise<void> {
+    let wanted: Set<string> | undefined;
+    const peers = [...this.peers.values()];
+    if (peers.length > 0 && peers.every((p) => p.wants !== undefined)) {
+      wanted = new Set(peers.flatMap((p) => [...p.wants!]));
+      const state = await this.o.store.readState();
+      for (const ref of state.pending) for (const d of await this.o.store.missingBlobs(ref)) wanted.add(d);
+    }
+    const removed = await sweepPartials({
+      dir: this.dir,
+      held: (d) => this.o.store.hasBlob(d),
+      ranged: new Set(this.carried.keys()),
+      wanted,
+      log: this.o.log,
+    });
+    for (const name of removed) this.carried.delete(name.slice(0, 64));
   }
 
   /** Asks one peer for its manifest; returns an offer worth pulling, or nothing. Refusals throw. */
@@ -224,13 +273,21 @@ export class PeerSync {
     }
     const offer: Offer = { envelopeBytes: p.envelopeBytes, roots: p.roots, blobs: [] };
     // The head of the offer through the reader and the freshness rule, as a courier's file meets them.
-    const contents = await readBundle(offerSource(offer), {
-      trusted: this.o.store.trustedRoot(state),
-      site: state.site,
-      now: this.o.store.now(),
-      freshness: freshnessOf(state),
-      acceptedExpired: 'refuse',
-    });
+    let contents;
+    try {
+      contents = await readBundle(offerSource(offer), {
+        trusted: this.o.store.trustedRoot(state),
+        site: state.site,
+        now: this.o.store.now(),
+        freshness: freshnessOf(state),
+        acceptedExpired: 'refuse',
+      });
+    } catch (e) {
+      if (!(isCodedError(e) && e.code === 'SEQUENCE_ROLLBACK')) throw e;
+      // Root chain, signatures and site all held; the sequence is only lower than ours. A peer that
+      // has not caught up, not a hostile one: no back-off, its blobs may still be pulled.
+      return this.behind(p, offer.envelopeBytes);
+    }
     p.sequence = contents.manifest.sequence;
     this.healthy(p);
     const missing = await this.missing(contents.manifest);
@@ -241,6 +298,17 @@ export class PeerSync {
     p.offer = 'same';
     // Known already: worth pulling only while blobs it names are still missing here (a delta, a volume).
     return missing.length > 0 ? { peer: p, manifest: contents.manifest, offer } : undefined;
+  }
+
+  /** Records a peer whose valid manifest is older than ours; it offers nothing to adopt. */
+  private behind(p: Peer, envelopeBytes: Buffer): undefined {
+    const env = parseEnvelope(envelopeBytes, 'peer manifest');
+    // Decoded only to show its sequence: the reader verified these bytes before it compared sequences.
+    p.sequence = decodeManifest(decodeBase64Strict(env.payload, 'peer manifest payload')).sequence;
+    p.offer = 'behind';
+    this.healthy(p);
+    if (p.lastError?.code === 'SEQUENCE_ROLLBACK') p.lastError = null;
+    return undefined;
   }
 
   /** The root envelopes the peer serves that are newer than this mirror's, as bundle entries. */
@@ -309,6 +377,9 @@ export class PeerSync {
         if (!this.abort.signal.aborted) this.fault(p as Peer, new CodedError(out.code, out.message));
       },
       onReceived: (p, n) => this.o.onReceived?.(p.url, n),
+      carried: this.carried,
+      ...(this.o.rangeMinBytes !== undefined && { rangeMinBytes: this.o.rangeMinBytes }),
+      ...(this.o.rangeBytes !== undefined && { rangeBytes: this.o.rangeBytes }),
     });
     for (const p of sources) p.transfer = null;
     if (pulled.unavailable.length > 0 && want.length > 0) {
@@ -319,7 +390,9 @@ export class PeerSync {
     const blobs = want
       .filter((b) => pulled.fetched.has(b.digest))
       .map((b) => ({ ...b, path: pulled.fetched.get(b.digest)! }));
-    const offer = { ...c.offer, blobs };
+    // The blobs are not streamed again: they were hashed as they arrived, and the import takes those
+    // the verified manifest names at their signed size.
+    const offer = { ...c.offer, blobs: [] };
     // Named after the peer that delivered the most blobs (the manifest is the same signed bytes from any).
     const counts = new Map<Peer, number>();
     for (const p of pulled.from.values()) counts.set(p as Peer, (counts.get(p as Peer) ?? 0) + 1);
@@ -328,7 +401,7 @@ export class PeerSync {
       const r = await importFrom(this.o.store, {
         label: `peer ${by.url}`,
         open: () => offerSource(offer),
-        prefetched: pulled.fetched,
+        verified: new Map(blobs.map((b) => [b.digest, b.path])),
         quarantine: false,
       });
       if (r.ok) {

@@ -5,7 +5,7 @@
  * renames them into blobs/sha256/ and fsyncs that directory once.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { chmod, lstat, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BlobSink } from '../core/bundle/reader.js';
 import { fsyncDir } from '../platform/fsx.js';
@@ -21,24 +21,27 @@ export class BlobStage {
     private readonly tmpDir: string,
     private readonly blobDir: string,
     private readonly held: (digest: string) => Promise<boolean>,
-    /** Files already holding a blob's bytes (received from a peer): kept only if the reader's hash agrees. */
-    private readonly prefetched: ReadonlyMap<string, string> = new Map(),
   ) {}
+
+  /**
+   * Stages files whose digest the caller verified over every byte (a peer pull): only those `named`
+   * (the signed manifest's digest → size) and whose file is a regular file of exactly that size. The
+   * store does not hold them yet, so nothing is read twice; the rest are not touched.
+   */
+  async takeVerified(named: ReadonlyMap<string, number>, files: ReadonlyMap<string, string>): Promise<void> {
+    for (const [digest, path] of files) {
+      const size = named.get(digest);
+      if (size === undefined || this.staged.has(digest) || (await this.held(digest))) continue;
+      const st = await lstat(path).catch(() => undefined);
+      if (!st?.isFile() || st.size !== size) continue;
+      await chmod(path, BLOB_MODE);
+      this.staged.set(digest, path);
+    }
+  }
 
   /** The reader's `openBlob`: undefined (hash only, keep nothing) when the store already holds it. */
   readonly openBlob = async (digest: string): Promise<BlobSink | undefined> => {
     if (this.staged.has(digest) || (await this.held(digest))) return undefined;
-    const ready = this.prefetched.get(digest);
-    if (ready !== undefined)
-      // The stream is this file's bytes: the reader hashes them, and commit comes only if they match.
-      return {
-        write: () => undefined,
-        commit: async () => {
-          await chmod(ready, BLOB_MODE);
-          this.staged.set(digest, ready);
-        },
-        abort: () => Promise.resolve(),
-      };
     const path = join(this.tmpDir, `${digest}.${randomBytes(6).toString('hex')}.part`);
     const fh = await open(path, 'wx', BLOB_MODE);
     await fh.chmod(BLOB_MODE); // the umask must not change what agents are served

@@ -5,9 +5,10 @@
  *   blobs/sha256/<hex>                 content-addressed artifact bytes, read-only
  *   manifests/<publisher>/<seq>.dsse.json   envelopes of the active and pending manifests
  *   tmp/                               blobs being received; emptied at open
- *   peer-pulls/                        blobs pulled from peer mirrors, verified by digest, and
- *                                      partial pulls kept for a resume; only the serving process
- *                                      writes here, and the import re-hashes what it takes
+ *   peer-pulls/                        blobs pulled from peer mirrors, verified by digest as they
+ *                                      arrived, and partial pulls kept for a resume; only the
+ *                                      serving process writes here, and the import takes a blob
+ *                                      only if the signed manifest names it at its file's size
  *   lock                               held by the process importing (pid inside)
  *
  * Every change reaches disk by rename after fsync; state.json is the commit
@@ -169,9 +170,9 @@ export class Store {
     }
   }
 
-  /** A stage for one import; `prefetched` files (under tmp/) stand in for blobs the stream carries. */
-  stage(prefetched?: ReadonlyMap<string, string>): BlobStage {
-    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d), prefetched);
+  /** A stage for one import. */
+  stage(): BlobStage {
+    return new BlobStage(this.paths.tmp, this.paths.blobs, (d) => this.hasBlob(d));
   }
 
   manifestPath(ref: Pick<ManifestRef, 'publisher' | 'sequence'>): string {

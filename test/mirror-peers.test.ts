@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBundle } from '../core/bundle/reader.js';
 import { createHandler } from '../mirror/http/app.js';
-import { importBundle } from '../mirror/import.js';
+import { offerSource } from '../mirror/bundle-source.js';
+import { importBundle, importFrom } from '../mirror/import.js';
 import { PeerSync, type PeerSyncOptions } from '../mirror/peers.js';
 import { parsePeersFile, peerList } from '../mirror/peer-list.js';
 import { Store } from '../mirror/store.js';
@@ -57,6 +58,10 @@ beforeAll(async () => {
   const out = (n: string) => join(w.dir, `${n}.ferry`);
   await buildBundle(w, (b.seq1 = out('seq1')), { spec: { sequence: 1 } });
   await buildBundle(w, (b.seq2 = out('seq2')), { spec: { sequence: 2 }, artifacts: RELEASE_2 });
+  await buildBundle(w, (b.seq3 = out('seq3')), {
+    spec: { sequence: 3 },
+    artifacts: [...RELEASE_2, { name: 'small-3', kind: 'file', content: randomBytes(1000) }],
+  });
   await buildBundle(w, (b.equivocal = out('equivocal')), {
     spec: { sequence: 2, publisher: 'someone-else' },
   });
@@ -227,7 +232,6 @@ describe('bundle sync from an honest peer', () => {
 
 describe('a peer can never make a mirror accept what its own root refuses', () => {
   const cases: [string, () => string, string][] = [
-    ['an older validly signed manifest (rollback)', () => b.seq1!, 'SEQUENCE_ROLLBACK'],
     ['the same sequence with other content (equivocation)', () => b.equivocal!, 'EQUIVOCATION'],
     ['a manifest for another site', () => b.otherSite!, 'SITE_MISMATCH'],
     ['a manifest signed by a key the root does not know', () => b.unknownSigner!, 'SIGNATURE_THRESHOLD'],
@@ -250,6 +254,48 @@ describe('a peer can never make a mirror accept what its own root refuses', () =
       expect(await s.round()).toBeUndefined();
       expect(s.status()[0]!.failures).toBe(1);
     });
+});
+
+describe('a peer that is only behind', () => {
+  it('is reported behind, not backed off, and the blobs it holds are still pulled from it', async () => {
+    // This mirror knows sequence 3 (its manifest, none of its blobs yet); the lagging peer is at 2.
+    const mine = await newStore(b.seq1!);
+    const head = (await readBundle(fileSource(b.seq3!))).envelopeBytes;
+    const known = await importFrom(mine, {
+      label: 'manifest only',
+      open: () => offerSource({ envelopeBytes: head, roots: [], blobs: [] }),
+      quarantine: false,
+    });
+    expect(known).toMatchObject({ ok: true, sequence: 3, status: 'pending' });
+    const lagging = await honestPeer(b.seq2!);
+    const current = await honestPeer(b.seq3!);
+    // Ranges for BIG: both peers hold it, so both are asked.
+    const s = sync(mine, [lagging.url, current.url], { rangeMinBytes: 1024 * 1024, rangeBytes: 256 * 1024 });
+    expect(await s.round()).toMatchObject({ ok: true, sequence: 3, status: 'active' });
+    const [l, c] = s.status();
+    expect(l).toMatchObject({
+      offer: 'behind',
+      sequence: 2,
+      failures: 0,
+      backoffUntil: null,
+      lastError: null,
+    });
+    expect(l!.received).toBeGreaterThan(0);
+    expect(c).toMatchObject({ offer: 'same', sequence: 3, failures: 0 });
+    await blobsAreSound(mine);
+    // Asked again next round, still without back-off.
+    expect(await s.round()).toBeUndefined();
+    expect(s.status()[0]).toMatchObject({ offer: 'behind', failures: 0, backoffUntil: null });
+  }, 30_000);
+
+  it('an equivocating peer at the same sequence stays hostile: refused and backed off', async () => {
+    const mine = await newStore(b.seq1!, b.seq2!);
+    const evil = await hostilePeer(b.equivocal!);
+    const s = sync(mine, [evil.url]);
+    expect(await s.round()).toBeUndefined();
+    expect(s.status()[0]).toMatchObject({ offer: 'refused', failures: 1 });
+    expect(s.status()[0]!.lastError?.code).toBe('EQUIVOCATION');
+  });
 });
 
 describe('transfers', () => {

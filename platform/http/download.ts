@@ -49,6 +49,36 @@ async function hashPrefix(fh: FileHandle, length: number, hash: Hash): Promise<v
 
 const CONTENT_RANGE = /^bytes (\d+)-(\d+)\/(\d+|\*)$/;
 
+/** Bytes written between two background flushes. */
+const SYNC_EVERY = 64 * 1024 * 1024;
+
+/**
+ * Flushes the file to disk in the background as it grows (one fdatasync in flight, every
+ * SYNC_EVERY bytes), so the fsync that ends a download only has the last stretch to write instead
+ * of the whole blob. Durability still rests on that final fsync; a failed background flush is
+ * left for it to report.
+ */
+class BackgroundSync {
+  private next = SYNC_EVERY;
+  private running: Promise<void> | undefined;
+
+  constructor(private readonly fh: FileHandle) {}
+
+  wrote(offset: number): void {
+    if (offset < this.next || this.running) return;
+    this.next = offset + SYNC_EVERY;
+    this.running = this.fh.datasync().then(
+      () => void (this.running = undefined),
+      () => void (this.running = undefined),
+    );
+  }
+
+  /** Waits for a flush in flight (the handle must not close under it). */
+  async settle(): Promise<void> {
+    await this.running;
+  }
+}
+
 /** Streams `url` into `destPath` (see the file comment). The deadline defaults to the bytes still missing at the floor rate. */
 export async function download(
   url: string,
@@ -99,6 +129,7 @@ export async function download(
     const { res, touch, done, fail } = await exchange(url, { ...opts, headers, deadlineMs });
     let clean = false;
     let received = 0;
+    const flusher = new BackgroundSync(fh);
     try {
       const { status } = res;
       const declared =
@@ -167,6 +198,7 @@ export async function download(
         }
         have += chunk.length;
         received += chunk.length;
+        flusher.wrote(have);
         opts.onBytes?.(have, expectedSize, chunk.length);
       }
       clean = true;
@@ -174,6 +206,7 @@ export async function download(
       throw fail(e);
     } finally {
       done(!clean);
+      await flusher.settle();
     }
     if (have !== expectedSize)
       throw new HttpClientError(

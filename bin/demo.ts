@@ -671,6 +671,18 @@ async function rolloutDemo(dir: string, root: string): Promise<void> {
       );
       return r.status === 0 ? (JSON.parse(r.stdout) as { rollout: { phase: string } }).rollout.phase : '';
     };
+    const committedAtMirror = (): number => {
+      const r = spawnSync(
+        process.execPath,
+        [FERRY, 'mirror', 'rollout', 'status', '--data', data, '--json'],
+        {
+          encoding: 'utf8',
+        },
+      );
+      if (r.status !== 0) return 0;
+      const v = JSON.parse(r.stdout) as { rollout: { perWave: { committed: number }[] } };
+      return v.rollout.perWave.reduce((n, w) => n + w.committed, 0);
+    };
     await until('the rollout to await approval', async () =>
       Promise.resolve(phase() === 'awaiting-approval' ? true : undefined),
     );
@@ -687,6 +699,10 @@ async function rolloutDemo(dir: string, root: string): Promise<void> {
     const t0 = Date.now();
     await until(`${canary.name} to commit ${to}`, async () =>
       (await canary.committed(to)) ? true : undefined,
+    );
+    // its heartbeat saying so reaches the mirror on its next cycle
+    await until(`the mirror to hear ${canary.name} committed`, async () =>
+      Promise.resolve(committedAtMirror() >= 1 ? true : undefined),
     );
     const others = nodes.filter((n) => n !== canary);
     const otherVersions = await Promise.all(others.map((n) => n.version()));

@@ -345,7 +345,7 @@ async function peerDemo(dir: string, root: string, firstData: string): Promise<v
  * then both stay up for a browser until Ctrl-C (or stop at once with --exit).
  */
 async function serverDemo(dir: string, root: string): Promise<void> {
-  step("14. The connected server: a release, the site's next bundle with a canary plan, the web UI");
+  step("15. The connected server: a release, the site's next bundle with a canary plan, the web UI");
   const server = join(work, 'server');
   const usb = join(work, 'usb');
   const release = {
@@ -557,7 +557,7 @@ class DemoNode {
  * `approve` lets the rest follow. Every process started here is stopped, whatever happens.
  */
 async function rolloutDemo(dir: string, root: string): Promise<void> {
-  step('13. A staged rollout with real agents: three nodes move from 2.0.0 to 2.1.0, a canary first');
+  step('14. A staged rollout with real agents: three nodes move from 2.0.0 to 2.1.0, a canary first');
   const began = Date.now();
   const repo = join(dirname(FERRY), '../..');
   const from = '2.0.0';
@@ -935,7 +935,7 @@ async function main(): Promise<void> {
   await installDemo(work, { step, ferry, background });
 
   step(
-    '12. A peer mirror: no courier visits it; it pulls the release from the first mirror and serves an agent',
+    '13. A peer mirror: no courier visits it; it pulls the release from the first mirror and serves an agent',
   );
   await peerDemo(join(work, 'peer'), join(work, 'root.json'), join(work, 'served/data'));
 

@@ -29,16 +29,9 @@ import { resolveLimits } from '../platform/http/limits.js';
 import { fetchRange } from '../platform/http/range-fetch.js';
 import { withRetry } from '../platform/http/retry.js';
 import { diskFailure, ensureRoom } from '../platform/http/space.js';
-import type { PullOptions, PullPeer } from './peer-pull.js';
+import type { PullOptions, PullPeer, Range } from './pull-types.js';
 
-export interface Range {
-  start: number;
-  end: number;
-  /** The peer whose bytes the partial holds for this range, once received. */
-  by: PullPeer | undefined;
-  /** sha256 of those bytes. */
-  sha256: string;
-}
+export type { Range } from './pull-types.js';
 
 export type RangedResult = { path: string; peer: PullPeer } | 'unavailable' | 'whole';
 
